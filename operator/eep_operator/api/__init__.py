@@ -1,0 +1,1 @@
+"""The ElasticEPCluster contract. `v1alpha1` holds the models; `crd` generates the CRD and the reference docs."""

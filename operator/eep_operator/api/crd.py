@@ -1,0 +1,275 @@
+"""Generate the CRD manifest and the configuration reference from the contract models.
+
+`python -m eep_operator.api.crd` writes `crds/elasticep.io_elasticepclusters.yaml` and `docs/reference.md`
+(`--check` compares instead and exits 1 on a difference). Pydantic emits JSON Schema 2020-12 with `$ref`s
+and `anyOf` for optional fields; Kubernetes wants a structural OpenAPI v3.0 schema, so `to_structural`
+inlines references, drops nulls and titles, and rewrites the few keywords that differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import enum
+import inspect
+import sys
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from eep_operator.api import v1alpha1 as api
+
+Schema = dict[str, Any]
+
+CRD_FILE = Path("crds") / f"{api.GROUP}_{api.PLURAL}.yaml"
+REFERENCE_FILE = Path("docs") / "reference.md"
+
+
+@cache
+def enum_value_docs(enum_cls: type[enum.Enum]) -> dict[str, str]:
+    """Docstrings written under each enum member, read from the source (Python keeps none at runtime)."""
+    tree = ast.parse(inspect.getsource(enum_cls))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for stmt, nxt in zip(body, body[1:], strict=False):
+        if (
+            isinstance(stmt, ast.Assign)
+            and isinstance(stmt.targets[0], ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[enum_cls[stmt.targets[0].id].value] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _enum_classes() -> dict[str, type[enum.Enum]]:
+    return {
+        name: obj
+        for name, obj in vars(api).items()
+        if inspect.isclass(obj) and issubclass(obj, enum.Enum) and obj.__module__ == api.__name__
+    }
+
+
+def _describe_enum(description: str, enum_name: str) -> str:
+    docs = enum_value_docs(_enum_classes()[enum_name])
+    if not docs:
+        return description
+    values = "; ".join(f"`{value}`: {doc}" for value, doc in docs.items())
+    return f"{description} One of: {values}".strip()
+
+
+def to_structural(node: Any, defs: dict[str, Schema]) -> Any:
+    """Rewrite a pydantic JSON schema node into a Kubernetes structural schema node."""
+    if isinstance(node, list):
+        return [to_structural(item, defs) for item in node]
+    if not isinstance(node, dict):
+        return node
+    node = dict(node)
+    description = node.pop("description", None)
+    if "$ref" in node:
+        name = node.pop("$ref").rsplit("/", 1)[-1]
+        target = dict(defs[name])
+        if "enum" in target:
+            description = _describe_enum(description or target.get("description", ""), name)
+        elif description is None:
+            description = target.get("description")
+        target.pop("description", None)
+        node = {**target, **node}
+    if "anyOf" in node:
+        options = [o for o in node.pop("anyOf") if o.get("type") != "null"]
+        if len(options) != 1:
+            raise ValueError(f"cannot express a union in a structural schema: {options}")
+        inner = to_structural(options[0], defs)
+        description = description or inner.pop("description", None)
+        inner.pop("description", None)
+        node = {**inner, **node}
+    node.pop("title", None)
+    if node.get("default", "x") is None:
+        node.pop("default")
+    if node.get("additionalProperties") is False or node.get("additionalProperties") is True:
+        node.pop("additionalProperties")
+    for bound, plain in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if isinstance(node.get(bound), int | float) and not isinstance(node.get(bound), bool):
+            node[plain] = node.pop(bound)
+            node[bound] = True
+    if node.get("x-kubernetes-preserve-unknown-fields"):
+        node.pop("additionalProperties", None)
+        node["type"] = "object"
+    if node.get("format") == "date-time":
+        node["type"] = "string"
+    result: Schema = {}
+    if description:
+        result["description"] = " ".join(description.split())
+    for key, value in node.items():
+        if key in ("properties", "$defs"):
+            result[key] = {k: to_structural(v, defs) for k, v in value.items()}
+        elif key in ("items", "additionalProperties"):
+            result[key] = to_structural(value, defs)
+        else:
+            result[key] = value
+    result.pop("$defs", None)
+    return result
+
+
+def _add_object_defaults(schema: Schema, model: type[BaseModel]) -> None:
+    """Give defaulted nested objects `default: {}` so the API server fills in their own defaults."""
+    for name, field in model.model_fields.items():
+        alias = field.alias or name
+        prop = schema.get("properties", {}).get(alias)
+        if prop is None:
+            continue
+        annotation = field.annotation
+        if inspect.isclass(annotation) and issubclass(annotation, BaseModel):
+            if field.default_factory is not None:
+                prop["default"] = {}
+            _add_object_defaults(prop, annotation)
+
+
+def model_schema(model: type[BaseModel]) -> Schema:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    schema: Schema = to_structural(raw, raw.get("$defs", {}))
+    _add_object_defaults(schema, model)
+    return schema
+
+
+def openapi_schema() -> Schema:
+    spec = model_schema(api.ElasticEPClusterSpec)
+    status = model_schema(api.ElasticEPClusterStatus)
+    return {
+        "type": "object",
+        "description": "An expert-parallel LLM deployment whose members are recovered one by one "
+        "while the rest keep serving.",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": status,
+        },
+    }
+
+
+def crd_manifest() -> Schema:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{api.PLURAL}.{api.GROUP}",
+            "labels": {"app.kubernetes.io/part-of": "elastic-ep-operator"},
+        },
+        "spec": {
+            "group": api.GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": api.KIND,
+                "listKind": f"{api.KIND}List",
+                "plural": api.PLURAL,
+                "singular": api.SINGULAR,
+                "shortNames": list(api.SHORT_NAMES),
+                "categories": ["all"],
+            },
+            "versions": [
+                {
+                    "name": api.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": [
+                        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+                        {"name": "Active", "type": "integer", "jsonPath": ".status.activeRankCount",
+                         "description": "Active ranks"},
+                        {"name": "World", "type": "integer", "jsonPath": ".status.worldSize",
+                         "description": "World size (nodes x ranksPerNode)"},
+                        {"name": "Epoch", "type": "integer", "jsonPath": ".status.membership.epoch"},
+                        {"name": "Restarts", "type": "integer", "jsonPath": ".status.totalRestarts"},
+                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    ],
+                    "schema": {"openAPIV3Schema": openapi_schema()},
+                }
+            ],
+        },
+    }
+
+
+def crd_yaml() -> str:
+    header = "# Generated by `python -m eep_operator.api.crd` from eep_operator/api/v1alpha1.py. Do not edit.\n"
+    return header + yaml.safe_dump(crd_manifest(), sort_keys=False, width=110)
+
+
+def _reference_rows(schema: Schema, prefix: str, rows: list[tuple[str, str, str, str]]) -> None:
+    required = set(schema.get("required", []))
+    for name, prop in schema.get("properties", {}).items():
+        path = f"{prefix}.{name}" if prefix else name
+        kind = prop.get("type", "object")
+        if kind == "array":
+            kind = f"[]{prop.get('items', {}).get('type', 'object')}"
+        if "enum" in prop:
+            kind = " \\| ".join(f"`{v}`" for v in prop["enum"])
+        facts = []
+        if name in required:
+            facts.append("required")
+        if "default" in prop and prop["default"] not in ({}, []):
+            facts.append(f"default `{prop['default']}`")
+        for key, word in (("minimum", "min"), ("maximum", "max"), ("maxItems", "max items")):
+            if key in prop:
+                facts.append(f"{word} {prop[key]}")
+        rows.append((path, kind, ", ".join(facts), prop.get("description", "").replace("|", "\\|")))
+        if prop.get("type") == "object" and "properties" in prop:
+            _reference_rows(prop, path, rows)
+        items = prop.get("items", {})
+        if isinstance(items, dict) and "properties" in items:
+            _reference_rows(items, f"{path}[]", rows)
+
+
+def reference_markdown() -> str:
+    schema = openapi_schema()
+    out = [
+        "# ElasticEPCluster reference (`elasticep.io/v1alpha1`)",
+        "",
+        "Generated by `python -m eep_operator.api.crd` from `operator/eep_operator/api/v1alpha1.py`; "
+        "do not edit by hand. `kubectl explain eep.spec` shows the same text.",
+        "",
+    ]
+    for section in ("spec", "status"):
+        sub = schema["properties"][section]
+        out += [f"## {section}", "", sub.get("description", ""), ""]
+        rules = sub.get("x-kubernetes-validations", [])
+        if rules:
+            out += ["Cross-field rules (checked by the API server):", ""]
+            out += [f"- {rule['message']}" for rule in rules]
+            out += [""]
+        rows: list[tuple[str, str, str, str]] = []
+        _reference_rows(sub, section, rows)
+        out += ["| field | type | constraints | description |", "| --- | --- | --- | --- |"]
+        out += [f"| `{p}` | {k} | {f} | {d} |" for p, k, f, d in rows]
+        out += [""]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="compare instead of writing; exit 1 on a difference")
+    parser.add_argument("--root", type=Path, default=Path.cwd(), help="repository root")
+    args = parser.parse_args(argv)
+    wanted = {args.root / CRD_FILE: crd_yaml(), args.root / REFERENCE_FILE: reference_markdown()}
+    stale = []
+    for path, text in wanted.items():
+        if args.check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(str(path))
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    if stale:
+        print("out of date (run `make generate`): " + ", ".join(stale), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,484 @@
+"""The ElasticEPCluster contract, v1alpha1: spec, status, enums, label and annotation keys.
+
+This module is the single definition of the custom resource. The CRD's OpenAPI schema
+(`crds/elasticep.io_elasticepclusters.yaml`) and the configuration reference (`docs/reference.md`)
+are generated from these models by `eep_operator.api.crd`; tests fail when the committed files differ.
+
+Who reads it: the operator (writes status), the worker runtime (reads `status.membership`),
+the status CLI, the chart tests. It imports nothing from the rest of the project.
+
+Field names are camelCase on the wire (Kubernetes convention) and snake_case in Python.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "elasticep.io"
+VERSION = "v1alpha1"
+KIND = "ElasticEPCluster"
+PLURAL = "elasticepclusters"
+SINGULAR = "elasticepcluster"
+SHORT_NAMES = ("eep",)
+API_VERSION = f"{GROUP}/{VERSION}"
+
+MAX_MEMBERS = 256
+MAX_RANKS_PER_MEMBER = 16
+MAX_WORLD_SIZE = 1024
+
+
+class Labels:
+    """Label keys the operator puts on every object it owns."""
+
+    CLUSTER = "elasticep.io/cluster"
+    """Name of the owning ElasticEPCluster."""
+    MEMBER = "elasticep.io/member"
+    """Member index (0-based); member 0 holds global rank 0, Mooncake's coordinator."""
+    FIRST_RANK = "elasticep.io/first-rank"
+    """First global rank served by the member's pod."""
+    RANK_COUNT = "elasticep.io/rank-count"
+    """Number of global ranks served by the member's pod."""
+    MANAGED_BY = "app.kubernetes.io/managed-by"
+    """Always `elastic-ep-operator`."""
+
+
+class Annotations:
+    """Annotation keys on member pods."""
+
+    JOIN = "elasticep.io/join"
+    """`"true"` on a replacement pod started in join (recover) mode."""
+    EPOCH = "elasticep.io/epoch"
+    """Membership epoch at which the pod was created."""
+    INCARNATION = "elasticep.io/incarnation"
+    """How many times this member's pod has been created (1 for the first pod)."""
+
+
+MANAGED_BY_VALUE = "elastic-ep-operator"
+
+
+class _Model(BaseModel):
+    """Base for every contract model: camelCase on the wire, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_enum_values=False,
+        validate_default=True,
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The object as Kubernetes stores it: camelCase keys, no unset optional fields."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+# --------------------------------------------------------------------------------------------------
+# Spec
+# --------------------------------------------------------------------------------------------------
+
+
+class EngineName(StrEnum):
+    """Which serving engine runs in each member pod."""
+
+    EEP_WORKER = "eep-worker"
+    """The project's reference worker runtime (`eep-worker`): a small EP MoE server with Mooncake recovery."""
+    SGLANG = "sglang"
+    """SGLang's `launch_server` with Elastic EP on the Mooncake backend."""
+
+
+class SGLangJoinFlag(StrEnum):
+    """How a replacement SGLang member is told to join a running group."""
+
+    JOIN_MODE_RECOVER = "JoinModeRecover"
+    """`--elastic-ep-join-mode recover` (current SGLang)."""
+    REJOIN = "Rejoin"
+    """`--elastic-ep-rejoin` (older SGLang; still accepted as an alias by newer releases)."""
+
+
+class SGLangOptions(_Model):
+    """Options rendered into SGLang's `python -m sglang.launch_server` command line."""
+
+    model_path: str = Field(min_length=1, description="Model to serve (`--model-path`): a local path or hub id.")
+    tp_size: int | None = Field(
+        default=None, ge=1, le=MAX_WORLD_SIZE,
+        description="Tensor-parallel size (`--tp-size`). Defaults to the world size (nodes x ranksPerNode).",
+    )
+    ep_size: int | None = Field(
+        default=None, ge=1, le=MAX_WORLD_SIZE,
+        description="Expert-parallel size (`--ep-size`). Defaults to the world size.",
+    )
+    join_flag: SGLangJoinFlag = Field(
+        default=SGLangJoinFlag.JOIN_MODE_RECOVER,
+        description="Flag that starts a replacement member in join mode; `Rejoin` for SGLang releases "
+        "that predate `--elastic-ep-join-mode`.",
+    )
+    extra_args: list[str] = Field(
+        default_factory=list, max_length=128,
+        description="Further `launch_server` arguments, appended verbatim.",
+    )
+
+
+class EngineSpec(_Model):
+    """The serving engine and its arguments."""
+
+    name: EngineName = Field(default=EngineName.EEP_WORKER, description="Engine that runs in each member pod.")
+    port: int = Field(default=30000, ge=1024, le=65535, description="HTTP port of the serving endpoint.")
+    args: list[str] = Field(
+        default_factory=list, max_length=128,
+        description="Extra arguments appended to the engine's command line.",
+    )
+    readiness_path: str = Field(
+        default="/ready", pattern=r"^/.*",
+        description="HTTP path the pod's readiness probe calls. A member is Ready only after its ranks "
+        "have joined the group, so readiness is how the operator learns a join completed.",
+    )
+    sglang: SGLangOptions | None = Field(
+        default=None, description="SGLang options; required when `name` is `sglang`."
+    )
+
+
+class Backend(StrEnum):
+    """torch.distributed backend used by the Elastic EP process groups."""
+
+    MOONCAKE = "mooncake"
+    """Mooncake's GPU backend (RDMA, or TCP with `forceTCP`)."""
+    MOONCAKE_CPU = "mooncake-cpu"
+    """Mooncake's CPU backend: same recovery protocol on CPU tensors (tests, demos)."""
+
+
+class ElasticEPSpec(_Model):
+    """Elastic expert parallelism: the Mooncake process-group settings."""
+
+    backend: Backend = Field(default=Backend.MOONCAKE, description="Process-group backend.")
+    ib_devices: list[str] = Field(
+        default_factory=list, max_length=32,
+        description="InfiniBand devices Mooncake may use (`--mooncake-ib-device`). Empty: let Mooncake choose.",
+    )
+    force_tcp: bool = Field(
+        default=False, alias="forceTCP", description="Use TCP instead of RDMA (`MC_FORCE_TCP=true`); for hosts without InfiniBand."
+    )
+    collective_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=3600,
+        description="Seconds a collective waits for a peer before Mooncake suspects it (detection, part 1).",
+    )
+    reconciliation_window_seconds: float = Field(
+        default=30.0, gt=0, le=3600,
+        description="Seconds Mooncake waits for ranks to agree on a failure before deactivating the "
+        "suspected rank (detection, part 2).",
+    )
+    coordinator_port: int = Field(
+        default=29500, ge=1024, le=65535,
+        description="TCP port of the rendezvous store on member 0 (`--dist-init-addr` host:port).",
+    )
+
+
+class RecoveryMode(StrEnum):
+    """What the operator does when a member fails."""
+
+    PER_MEMBER = "PerMember"
+    """Recreate only the failed member's pod, in join mode; the rest keep serving (the default)."""
+    GROUP_RESTART = "GroupRestart"
+    """Recreate every pod, fresh, on any failure (what LeaderWorkerSet's RecreateGroupOnPodRestart does)."""
+
+
+class RecoverySpec(_Model):
+    """Backoff, budgets and fallbacks of the recovery loop."""
+
+    mode: RecoveryMode = Field(default=RecoveryMode.PER_MEMBER, description="Recovery strategy.")
+    backoff_initial_seconds: float = Field(
+        default=2.0, ge=0, le=3600,
+        description="Delay before the first replacement of a failed member. Doubles per restart within the window.",
+    )
+    backoff_max_seconds: float = Field(
+        default=300.0, ge=0, le=86400, description="Upper bound of the per-member backoff."
+    )
+    max_restarts_per_member: int = Field(
+        default=5, ge=0, le=1000,
+        description="Restarts one member may use within `restartWindowSeconds`; one more failure marks the "
+        "cluster Failed (no silent endless loop).",
+    )
+    restart_window_seconds: float = Field(
+        default=3600.0, gt=0, le=7 * 86400, description="Sliding window for `maxRestartsPerMember`."
+    )
+    rejoin_timeout_seconds: float = Field(
+        default=600.0, gt=0, le=86400,
+        description="Seconds a replacement may take from creation to Ready (joined) before it counts as failed.",
+    )
+    max_unavailable_members: int = Field(
+        default=1, ge=0, le=MAX_MEMBERS,
+        description="Members that may be down at once while the rest serve; more than this triggers a "
+        "whole-group restart. Must be smaller than `nodes`.",
+    )
+    terminating_timeout_seconds: float = Field(
+        default=30.0, gt=0, le=3600,
+        description="Seconds a pod may stay Terminating on a lost node before it is force-deleted.",
+    )
+
+
+class EnvVar(_Model):
+    """An environment variable for every member container."""
+
+    name: str = Field(min_length=1, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$", description="Variable name.")
+    value: str | None = Field(default=None, description="Literal value.")
+    value_from: dict[str, Any] | None = Field(
+        default=None,
+        description="A Kubernetes EnvVarSource (secretKeyRef, configMapKeyRef, fieldRef, resourceFieldRef).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+
+
+class PodTemplateOverlay(_Model):
+    """Pod settings merged into every member pod the operator renders."""
+
+    labels: dict[str, str] = Field(default_factory=dict, description="Extra pod labels.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Extra pod annotations.")
+    resources: dict[str, Any] | None = Field(
+        default=None,
+        description="Container ResourceRequirements (requests/limits, e.g. `nvidia.com/gpu`).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Pod nodeSelector.")
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list, description="Pod tolerations.",
+        json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+    )
+    affinity: dict[str, Any] | None = Field(
+        default=None, description="Pod affinity.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    env: list[EnvVar] = Field(default_factory=list, max_length=256, description="Extra container environment.")
+    service_account_name: str | None = Field(
+        default=None, description="ServiceAccount of the member pods; it needs read access to this CR."
+    )
+    priority_class_name: str | None = Field(default=None, description="Pod priorityClassName.")
+    termination_grace_period_seconds: int | None = Field(
+        default=None, ge=0, le=3600, description="Seconds between SIGTERM and SIGKILL on pod deletion."
+    )
+
+
+class ElasticEPClusterSpec(_Model):
+    """Desired state of an elastic expert-parallel deployment."""
+
+    image: str = Field(min_length=1, description="Container image of the serving engine.")
+    nodes: int = Field(
+        ge=1, le=MAX_MEMBERS,
+        description="Number of members (one pod each, usually one per GPU node). Fixed after creation: "
+        "a Mooncake group's world size does not change in place.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "self == oldSelf", "message": "nodes is immutable: create a new cluster to resize the group"}
+            ]
+        },
+    )
+    ranks_per_node: int = Field(
+        default=8, ge=1, le=MAX_RANKS_PER_MEMBER,
+        description="Global ranks (GPUs) per member pod. Fixed after creation.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "self == oldSelf", "message": "ranksPerNode is immutable: create a new cluster"}
+            ]
+        },
+    )
+    engine: EngineSpec = Field(default_factory=EngineSpec, description="Serving engine.")
+    elastic_ep: ElasticEPSpec = Field(
+        default_factory=ElasticEPSpec, alias="elasticEP", description="Elastic EP / Mooncake settings."
+    )
+    recovery: RecoverySpec = Field(default_factory=RecoverySpec, description="Recovery policy.")
+    template: PodTemplateOverlay = Field(
+        default_factory=PodTemplateOverlay, description="Overlay merged into every member pod."
+    )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.nodes * self.ranksPerNode <= 1024",
+                    "message": "world size (nodes x ranksPerNode) must be at most 1024",
+                },
+                {
+                    "rule": "!has(self.recovery) || !has(self.recovery.maxUnavailableMembers) || "
+                    "self.recovery.maxUnavailableMembers < self.nodes",
+                    "message": "recovery.maxUnavailableMembers must be smaller than nodes: at least one member "
+                    "has to keep serving",
+                },
+                {
+                    "rule": "!has(self.recovery) || !has(self.recovery.backoffInitialSeconds) || "
+                    "!has(self.recovery.backoffMaxSeconds) || "
+                    "self.recovery.backoffMaxSeconds >= self.recovery.backoffInitialSeconds",
+                    "message": "recovery.backoffMaxSeconds must be at least recovery.backoffInitialSeconds",
+                },
+                {
+                    "rule": "!has(self.engine) || !has(self.engine.name) || self.engine.name != 'sglang' || "
+                    "has(self.engine.sglang)",
+                    "message": "engine.sglang (with modelPath) is required when engine.name is sglang",
+                },
+            ]
+        }
+    )
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.ranks_per_node
+
+
+# --------------------------------------------------------------------------------------------------
+# Status
+# --------------------------------------------------------------------------------------------------
+
+
+class _StatusModel(_Model):
+    """Status models ignore unknown fields, so a worker keeps reading the status of a newer operator."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class Phase(StrEnum):
+    """Overall state of the cluster, as `kubectl get eep` shows it."""
+
+    PENDING = "Pending"
+    """Pods are being created or have not all joined the first time."""
+    RUNNING = "Running"
+    """Every member is Healthy: full capacity."""
+    DEGRADED = "Degraded"
+    """At least one member is down and waiting for its replacement; the rest serve."""
+    RECOVERING = "Recovering"
+    """A replacement is joining; the rest serve."""
+    RESTARTING = "Restarting"
+    """A whole-group restart is under way: no serving until every member is back."""
+    FAILED = "Failed"
+    """A restart budget is exhausted; the operator stopped acting. See the Ready condition's message."""
+
+
+class MemberState(StrEnum):
+    """Lifecycle of one member (pod). The transition table lives in `eep_operator.core.members`.
+
+    Pending -> Healthy -> Failed -> Restarting -> Joining -> Healthy
+    """
+
+    PENDING = "Pending"
+    """Pod created as part of a fresh (group) start; not Ready yet."""
+    HEALTHY = "Healthy"
+    """Pod Ready; its ranks are in `membership.activeRanks`."""
+    FAILED = "Failed"
+    """Pod lost (exit, eviction, deletion, node loss); its ranks left `activeRanks`; waiting for backoff."""
+    RESTARTING = "Restarting"
+    """Replacement pod created with the join flag; not yet running."""
+    JOINING = "Joining"
+    """Replacement running; its ranks are in `membership.joiningRanks`; the survivors admit it."""
+
+
+class ConditionType(StrEnum):
+    """Condition types the operator maintains."""
+
+    READY = "Ready"
+    """True when every member is Healthy."""
+    DEGRADED = "Degraded"
+    """True while fewer ranks than the world size are active."""
+    RECOVERING = "Recovering"
+    """True while a member or group restart is in progress."""
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Condition(_StatusModel):
+    """A Kubernetes-style condition. `lastTransitionTime` changes only when `status` flips."""
+
+    type: ConditionType = Field(description="Condition type.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(default="", max_length=1024, description="CamelCase reason, searchable.")
+    message: str = Field(default="", max_length=32768, description="Human-readable detail.")
+    last_transition_time: datetime | None = Field(default=None, description="When `status` last changed.")
+    observed_generation: int | None = Field(default=None, ge=0, description="Spec generation it was computed for.")
+
+
+class Membership(_StatusModel):
+    """The signal the workers read: which ranks serve and which are joining, fenced by an epoch."""
+
+    epoch: int = Field(default=0, ge=0, description="Grows by one on every membership change; never decreases.")
+    active_ranks: list[int] = Field(
+        default_factory=list, max_length=MAX_WORLD_SIZE,
+        description="Global ranks that serve (sorted).",
+    )
+    joining_ranks: list[int] = Field(
+        default_factory=list, max_length=MAX_WORLD_SIZE,
+        description="Global ranks of replacements that are running and must be admitted by the survivors (sorted).",
+    )
+
+
+class ExitRecord(_StatusModel):
+    """Evidence of how a member's pod ended, kept after the pod is gone."""
+
+    exit_code: int | None = Field(default=None, description="Container exit code (137 = SIGKILL).")
+    reason: str = Field(default="", max_length=1024, description="Failure reason (e.g. Error, OOMKilled, NodeLost).")
+    message: str = Field(default="", max_length=4096, description="Termination message or operator's explanation.")
+    time: datetime | None = Field(default=None, description="When the failure was observed.")
+    pod_uid: str | None = Field(default=None, description="UID of the pod that ended.")
+
+
+class MemberStatus(_StatusModel):
+    """Observed and remembered state of one member. Enough to resume a recovery after an operator restart."""
+
+    index: int = Field(ge=0, lt=MAX_MEMBERS, description="Member index; member 0 holds global rank 0.")
+    pod_name: str = Field(default="", description="Name of the member's current pod.")
+    pod_uid: str | None = Field(default=None, description="UID of the member's current pod, if created.")
+    node: str | None = Field(default=None, description="Kubernetes node the pod is bound to.")
+    first_rank: int = Field(ge=0, description="First global rank of the member.")
+    rank_count: int = Field(ge=1, description="Number of global ranks of the member.")
+    state: MemberState = Field(default=MemberState.PENDING, description="Member state.")
+    state_since: datetime | None = Field(default=None, description="When the member entered `state`.")
+    restarts: int = Field(default=0, ge=0, description="Replacements created for this member so far.")
+    restart_times: list[datetime] = Field(
+        default_factory=list, max_length=1000,
+        description="When each recent replacement was created (for the restart budget window).",
+    )
+    next_restart_time: datetime | None = Field(
+        default=None, description="Earliest time the next replacement may be created (backoff)."
+    )
+    failed_time: datetime | None = Field(
+        default=None, description="When the current failure was observed (start of the recovery clock)."
+    )
+    last_exit: ExitRecord | None = Field(default=None, description="How the last pod of this member ended.")
+    last_recovery_seconds: float | None = Field(
+        default=None, ge=0, description="Seconds from the last failure to this member Healthy again."
+    )
+
+
+class ElasticEPClusterStatus(_StatusModel):
+    """Observed state. The workers' membership signal and the operator's memory."""
+
+    phase: Phase = Field(default=Phase.PENDING, description="Overall phase.")
+    conditions: list[Condition] = Field(default_factory=list, description="Ready, Degraded, Recovering.")
+    observed_generation: int | None = Field(default=None, ge=0, description="Spec generation last acted on.")
+    world_size: int = Field(default=0, ge=0, description="nodes x ranksPerNode.")
+    active_rank_count: int = Field(default=0, ge=0, description="len(membership.activeRanks), for printing.")
+    membership: Membership = Field(default_factory=Membership, description="Which ranks serve and which join.")
+    members: list[MemberStatus] = Field(default_factory=list, description="One entry per member, by index.")
+    total_restarts: int = Field(default=0, ge=0, description="Member replacements plus group restarts, ever.")
+    group_restarts: int = Field(default=0, ge=0, description="Whole-group restarts so far.")
+    group_restart_times: list[datetime] = Field(
+        default_factory=list, max_length=1000, description="When recent group restarts happened (budget window)."
+    )
+    last_recovery_seconds: float | None = Field(
+        default=None, ge=0, description="Seconds from the last failure until every rank was active again."
+    )
+
+
+class ElasticEPCluster(_Model):
+    """A whole custom resource object, as read from the API server."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: str = Field(default=API_VERSION)
+    kind: str = Field(default=KIND)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: ElasticEPClusterSpec
+    status: ElasticEPClusterStatus = Field(default_factory=ElasticEPClusterStatus)
