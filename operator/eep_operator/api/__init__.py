@@ -1,1 +1,4 @@
-"""The ElasticEPCluster contract. `v1alpha1` holds the models; `crd` generates the CRD and the reference docs."""
+"""The ElasticEPCluster contract.
+
+`v1alpha1` holds the models; `crd` generates the CRD and the reference docs from them.
+"""

@@ -103,13 +103,19 @@ class SGLangJoinFlag(StrEnum):
 class SGLangOptions(_Model):
     """Options rendered into SGLang's `python -m sglang.launch_server` command line."""
 
-    model_path: str = Field(min_length=1, description="Model to serve (`--model-path`): a local path or hub id.")
+    model_path: str = Field(
+        min_length=1, description="Model to serve (`--model-path`): a local path or hub id."
+    )
     tp_size: int | None = Field(
-        default=None, ge=1, le=MAX_WORLD_SIZE,
+        default=None,
+        ge=1,
+        le=MAX_WORLD_SIZE,
         description="Tensor-parallel size (`--tp-size`). Defaults to the world size (nodes x ranksPerNode).",
     )
     ep_size: int | None = Field(
-        default=None, ge=1, le=MAX_WORLD_SIZE,
+        default=None,
+        ge=1,
+        le=MAX_WORLD_SIZE,
         description="Expert-parallel size (`--ep-size`). Defaults to the world size.",
     )
     join_flag: SGLangJoinFlag = Field(
@@ -118,7 +124,8 @@ class SGLangOptions(_Model):
         "that predate `--elastic-ep-join-mode`.",
     )
     extra_args: list[str] = Field(
-        default_factory=list, max_length=128,
+        default_factory=list,
+        max_length=128,
         description="Further `launch_server` arguments, appended verbatim.",
     )
 
@@ -126,14 +133,18 @@ class SGLangOptions(_Model):
 class EngineSpec(_Model):
     """The serving engine and its arguments."""
 
-    name: EngineName = Field(default=EngineName.EEP_WORKER, description="Engine that runs in each member pod.")
+    name: EngineName = Field(
+        default=EngineName.EEP_WORKER, description="Engine that runs in each member pod."
+    )
     port: int = Field(default=30000, ge=1024, le=65535, description="HTTP port of the serving endpoint.")
     args: list[str] = Field(
-        default_factory=list, max_length=128,
+        default_factory=list,
+        max_length=128,
         description="Extra arguments appended to the engine's command line.",
     )
     readiness_path: str = Field(
-        default="/ready", pattern=r"^/.*",
+        default="/ready",
+        pattern=r"^/.*",
         description="HTTP path the pod's readiness probe calls. A member is Ready only after its ranks "
         "have joined the group, so readiness is how the operator learns a join completed.",
     )
@@ -156,23 +167,33 @@ class ElasticEPSpec(_Model):
 
     backend: Backend = Field(default=Backend.MOONCAKE, description="Process-group backend.")
     ib_devices: list[str] = Field(
-        default_factory=list, max_length=32,
-        description="InfiniBand devices Mooncake may use (`--mooncake-ib-device`). Empty: let Mooncake choose.",
+        default_factory=list,
+        max_length=32,
+        description="InfiniBand devices Mooncake may use (`--mooncake-ib-device`). "
+        "Empty: let Mooncake choose.",
     )
     force_tcp: bool = Field(
-        default=False, alias="forceTCP", description="Use TCP instead of RDMA (`MC_FORCE_TCP=true`); for hosts without InfiniBand."
+        default=False,
+        alias="forceTCP",
+        description="Use TCP instead of RDMA (`MC_FORCE_TCP=true`); for hosts without InfiniBand.",
     )
     collective_timeout_seconds: float = Field(
-        default=10.0, gt=0, le=3600,
+        default=10.0,
+        gt=0,
+        le=3600,
         description="Seconds a collective waits for a peer before Mooncake suspects it (detection, part 1).",
     )
     reconciliation_window_seconds: float = Field(
-        default=30.0, gt=0, le=3600,
+        default=30.0,
+        gt=0,
+        le=3600,
         description="Seconds Mooncake waits for ranks to agree on a failure before deactivating the "
         "suspected rank (detection, part 2).",
     )
     coordinator_port: int = Field(
-        default=29500, ge=1024, le=65535,
+        default=29500,
+        ge=1024,
+        le=65535,
         description="TCP port of the rendezvous store on member 0 (`--dist-init-addr` host:port).",
     )
 
@@ -191,14 +212,19 @@ class RecoverySpec(_Model):
 
     mode: RecoveryMode = Field(default=RecoveryMode.PER_MEMBER, description="Recovery strategy.")
     backoff_initial_seconds: float = Field(
-        default=2.0, ge=0, le=3600,
-        description="Delay before the first replacement of a failed member. Doubles per restart within the window.",
+        default=2.0,
+        ge=0,
+        le=3600,
+        description="Delay before the first replacement of a failed member. "
+        "Doubles per restart within the window.",
     )
     backoff_max_seconds: float = Field(
         default=300.0, ge=0, le=86400, description="Upper bound of the per-member backoff."
     )
     max_restarts_per_member: int = Field(
-        default=5, ge=0, le=1000,
+        default=5,
+        ge=0,
+        le=1000,
         description="Restarts one member may use within `restartWindowSeconds`; one more failure marks the "
         "cluster Failed (no silent endless loop).",
     )
@@ -206,16 +232,23 @@ class RecoverySpec(_Model):
         default=3600.0, gt=0, le=7 * 86400, description="Sliding window for `maxRestartsPerMember`."
     )
     rejoin_timeout_seconds: float = Field(
-        default=600.0, gt=0, le=86400,
-        description="Seconds a replacement may take from creation to Ready (joined) before it counts as failed.",
+        default=600.0,
+        gt=0,
+        le=86400,
+        description="Seconds a replacement may take from creation to Ready (joined) "
+        "before it counts as failed.",
     )
     max_unavailable_members: int = Field(
-        default=1, ge=0, le=MAX_MEMBERS,
+        default=1,
+        ge=0,
+        le=MAX_MEMBERS,
         description="Members that may be down at once while the rest serve; more than this triggers a "
         "whole-group restart. Must be smaller than `nodes`.",
     )
     terminating_timeout_seconds: float = Field(
-        default=30.0, gt=0, le=3600,
+        default=30.0,
+        gt=0,
+        le=3600,
         description="Seconds a pod may stay Terminating on a lost node before it is force-deleted.",
     )
 
@@ -244,14 +277,18 @@ class PodTemplateOverlay(_Model):
     )
     node_selector: dict[str, str] = Field(default_factory=dict, description="Pod nodeSelector.")
     tolerations: list[dict[str, Any]] = Field(
-        default_factory=list, description="Pod tolerations.",
+        default_factory=list,
+        description="Pod tolerations.",
         json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
     )
     affinity: dict[str, Any] | None = Field(
-        default=None, description="Pod affinity.",
+        default=None,
+        description="Pod affinity.",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
-    env: list[EnvVar] = Field(default_factory=list, max_length=256, description="Extra container environment.")
+    env: list[EnvVar] = Field(
+        default_factory=list, max_length=256, description="Extra container environment."
+    )
     service_account_name: str | None = Field(
         default=None, description="ServiceAccount of the member pods; it needs read access to this CR."
     )
@@ -266,17 +303,23 @@ class ElasticEPClusterSpec(_Model):
 
     image: str = Field(min_length=1, description="Container image of the serving engine.")
     nodes: int = Field(
-        ge=1, le=MAX_MEMBERS,
+        ge=1,
+        le=MAX_MEMBERS,
         description="Number of members (one pod each, usually one per GPU node). Fixed after creation: "
         "a Mooncake group's world size does not change in place.",
         json_schema_extra={
             "x-kubernetes-validations": [
-                {"rule": "self == oldSelf", "message": "nodes is immutable: create a new cluster to resize the group"}
+                {
+                    "rule": "self == oldSelf",
+                    "message": "nodes is immutable: create a new cluster to resize the group",
+                }
             ]
         },
     )
     ranks_per_node: int = Field(
-        default=8, ge=1, le=MAX_RANKS_PER_MEMBER,
+        default=8,
+        ge=1,
+        le=MAX_RANKS_PER_MEMBER,
         description="Global ranks (GPUs) per member pod. Fixed after creation.",
         json_schema_extra={
             "x-kubernetes-validations": [
@@ -303,8 +346,8 @@ class ElasticEPClusterSpec(_Model):
                 {
                     "rule": "!has(self.recovery) || !has(self.recovery.maxUnavailableMembers) || "
                     "self.recovery.maxUnavailableMembers < self.nodes",
-                    "message": "recovery.maxUnavailableMembers must be smaller than nodes: at least one member "
-                    "has to keep serving",
+                    "message": "recovery.maxUnavailableMembers must be smaller than nodes: "
+                    "at least one member has to keep serving",
                 },
                 {
                     "rule": "!has(self.recovery) || !has(self.recovery.backoffInitialSeconds) || "
@@ -397,20 +440,27 @@ class Condition(_StatusModel):
     reason: str = Field(default="", max_length=1024, description="CamelCase reason, searchable.")
     message: str = Field(default="", max_length=32768, description="Human-readable detail.")
     last_transition_time: datetime | None = Field(default=None, description="When `status` last changed.")
-    observed_generation: int | None = Field(default=None, ge=0, description="Spec generation it was computed for.")
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="Spec generation it was computed for."
+    )
 
 
 class Membership(_StatusModel):
     """The signal the workers read: which ranks serve and which are joining, fenced by an epoch."""
 
-    epoch: int = Field(default=0, ge=0, description="Grows by one on every membership change; never decreases.")
+    epoch: int = Field(
+        default=0, ge=0, description="Grows by one on every membership change; never decreases."
+    )
     active_ranks: list[int] = Field(
-        default_factory=list, max_length=MAX_WORLD_SIZE,
+        default_factory=list,
+        max_length=MAX_WORLD_SIZE,
         description="Global ranks that serve (sorted).",
     )
     joining_ranks: list[int] = Field(
-        default_factory=list, max_length=MAX_WORLD_SIZE,
-        description="Global ranks of replacements that are running and must be admitted by the survivors (sorted).",
+        default_factory=list,
+        max_length=MAX_WORLD_SIZE,
+        description="Global ranks of replacements that are running and must be admitted "
+        "by the survivors (sorted).",
     )
 
 
@@ -418,8 +468,12 @@ class ExitRecord(_StatusModel):
     """Evidence of how a member's pod ended, kept after the pod is gone."""
 
     exit_code: int | None = Field(default=None, description="Container exit code (137 = SIGKILL).")
-    reason: str = Field(default="", max_length=1024, description="Failure reason (e.g. Error, OOMKilled, NodeLost).")
-    message: str = Field(default="", max_length=4096, description="Termination message or operator's explanation.")
+    reason: str = Field(
+        default="", max_length=1024, description="Failure reason (e.g. Error, OOMKilled, NodeLost)."
+    )
+    message: str = Field(
+        default="", max_length=4096, description="Termination message or operator's explanation."
+    )
     time: datetime | None = Field(default=None, description="When the failure was observed.")
     pod_uid: str | None = Field(default=None, description="UID of the pod that ended.")
 
@@ -437,7 +491,8 @@ class MemberStatus(_StatusModel):
     state_since: datetime | None = Field(default=None, description="When the member entered `state`.")
     restarts: int = Field(default=0, ge=0, description="Replacements created for this member so far.")
     restart_times: list[datetime] = Field(
-        default_factory=list, max_length=1000,
+        default_factory=list,
+        max_length=1000,
         description="When each recent replacement was created (for the restart budget window).",
     )
     next_restart_time: datetime | None = Field(
@@ -460,12 +515,16 @@ class ElasticEPClusterStatus(_StatusModel):
     observed_generation: int | None = Field(default=None, ge=0, description="Spec generation last acted on.")
     world_size: int = Field(default=0, ge=0, description="nodes x ranksPerNode.")
     active_rank_count: int = Field(default=0, ge=0, description="len(membership.activeRanks), for printing.")
-    membership: Membership = Field(default_factory=Membership, description="Which ranks serve and which join.")
+    membership: Membership = Field(
+        default_factory=Membership, description="Which ranks serve and which join."
+    )
     members: list[MemberStatus] = Field(default_factory=list, description="One entry per member, by index.")
     total_restarts: int = Field(default=0, ge=0, description="Member replacements plus group restarts, ever.")
     group_restarts: int = Field(default=0, ge=0, description="Whole-group restarts so far.")
     group_restart_times: list[datetime] = Field(
-        default_factory=list, max_length=1000, description="When recent group restarts happened (budget window)."
+        default_factory=list,
+        max_length=1000,
+        description="When recent group restarts happened (budget window).",
     )
     last_recovery_seconds: float | None = Field(
         default=None, ge=0, description="Seconds from the last failure until every rank was active again."
