@@ -1,0 +1,70 @@
+"""The generated CRD on the real API server: examples accepted, invalid CRs rejected readably."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+INVALID = sorted((ROOT / "tests" / "data" / "invalid").glob("*.yaml"))
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+
+pytestmark = pytest.mark.cluster
+
+Kubectl = Callable[..., str]
+
+
+def _expectation(path: Path) -> str:
+    return path.read_text().splitlines()[0].removeprefix("# expect: ").strip()
+
+
+def _apply(kubectl: Kubectl, namespace: str, path: Path) -> tuple[bool, str]:
+    try:
+        kubectl("apply", "-n", namespace, "-f", str(path))
+    except AssertionError as rejected:
+        return False, str(rejected)
+    return True, ""
+
+
+@pytest.mark.parametrize("path", INVALID, ids=lambda p: p.stem)
+def test_invalid_cr_is_rejected_with_a_readable_message(kubectl: Kubectl, namespace: str, path: Path) -> None:
+    accepted, message = _apply(kubectl, namespace, path)
+    assert not accepted, f"{path.name} was accepted"
+    assert _expectation(path) in message, message
+
+
+def test_examples_are_accepted_and_printed_with_columns(
+    kubectl: Kubectl, namespace: str, tmp_path: Path
+) -> None:
+    for path in EXAMPLES:
+        doc = yaml.safe_load(path.read_text())
+        doc["metadata"].pop("namespace", None)  # the GPU example names its own namespace
+        local = tmp_path / path.name
+        local.write_text(yaml.safe_dump(doc))
+        # a server-side dry run passes the schema and the CEL rules, and returns the defaulted object
+        echoed = yaml.safe_load(
+            kubectl("create", "-n", namespace, "--dry-run=server", "-o", "yaml", "-f", str(local))
+        )
+        assert echoed["spec"]["recovery"]["mode"] == doc["spec"]["recovery"].get("mode", "PerMember")
+    kubectl("apply", "-n", namespace, "-f", str(ROOT / "examples" / "cpu-demo.yaml"))
+    table = kubectl("get", "eep", "-n", namespace)
+    header = table.splitlines()[0].split()
+    assert header == ["NAME", "PHASE", "ACTIVE", "WORLD", "EPOCH", "RESTARTS", "AGE"], table
+    explained = kubectl("explain", "eep.spec.recovery.maxUnavailableMembers")
+    assert "whole-group restart" in explained
+
+
+def test_defaults_are_filled_in_by_the_api_server(kubectl: Kubectl, namespace: str) -> None:
+    kubectl("apply", "-n", namespace, "-f", str(ROOT / "examples" / "cpu-demo.yaml"))
+    stored = yaml.safe_load(kubectl("get", "eep", "cpu-demo", "-n", namespace, "-o", "yaml"))
+    assert stored["spec"]["recovery"]["terminatingTimeoutSeconds"] == 30
+    assert stored["spec"]["engine"]["readinessPath"] == "/ready"
+
+
+def test_world_size_cannot_change_after_creation(kubectl: Kubectl, namespace: str) -> None:
+    kubectl("apply", "-n", namespace, "-f", str(ROOT / "examples" / "cpu-demo.yaml"))
+    with pytest.raises(AssertionError, match="nodes is immutable: create a new cluster to resize the group"):
+        kubectl("patch", "eep", "cpu-demo", "-n", namespace, "--type=merge", "-p", '{"spec":{"nodes":5}}')
