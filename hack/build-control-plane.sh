@@ -56,10 +56,18 @@ for b in kube-apiserver kube-controller-manager kube-scheduler; do
 done
 if [ ! -x "$out/etcd" ]; then
   echo ">> building etcd $ETCD_VERSION" >&2
-  ewrap="$cache/control-plane/etcd-$ETCD_VERSION"
+  # etcd's server module carries its main package (server/main.go), but its go.mod has replace directives
+  # (../api, ../client/...), so `go install module@version` refuses it. A wrapper module that requires it
+  # resolves its siblings at the published versions instead.
+  ewrap="$cache/control-plane/etcd-wrapper-$ETCD_VERSION"
   mkdir -p "$ewrap"
-  # etcd's server module carries its main package; GOBIN install honours the module's own go.mod
-  GOBIN="$ewrap" go install -trimpath -ldflags "-s -w" "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >&2
-  mv "$ewrap/v3" "$out/etcd" 2>/dev/null || mv "$ewrap/server" "$out/etcd"
+  if [ ! -f "$ewrap/.resolved" ]; then
+    printf 'module eep.local/etcd\n\ngo %s\n' "$(go env GOVERSION | sed 's/^go//; s/\.[0-9]*$//')" > "$ewrap/go.mod"
+    echo 'package main' > "$ewrap/doc.go"
+    (cd "$ewrap" && go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >&2)
+    touch "$ewrap/.resolved"
+  fi
+  (cd "$ewrap" && go build -trimpath -ldflags "-s -w" -o "$out/etcd.tmp" go.etcd.io/etcd/server/v3 >&2)
+  mv "$out/etcd.tmp" "$out/etcd"
 fi
 echo "$out"

@@ -1,0 +1,146 @@
+"""Shared fixtures for tests that need the local control plane (mark them `@pytest.mark.cluster`).
+
+- `local_cluster` (session): starts eep-localcluster once per run in a temporary state directory, or reuses
+  the one `EEP_KUBECONFIG` points at (its directory is the state directory); applies crds/*.yaml and waits for
+  them to be Established; stops the cluster at the end only if it started it.
+- `kube`: an ApiClient of the official client (admin). `namespace`: a fresh namespace, deleted after the test.
+- `kubectl(*args)`: our pinned kubectl with the cluster's kubeconfig; raises with stderr on failure.
+- `wait_for(predicate, timeout, describe)`: polls; on timeout fails with `describe()` and the agents' logs.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client, config
+
+from eep_localcluster.__main__ import default_bin_dir, main, tools_bin_dir
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    state: Path
+    kubeconfig: Path
+    kubectl_path: Path
+    started_here: bool
+
+    def agent_logs(self, lines: int = 40) -> str:
+        out = []
+        for log in sorted((self.state / "nodes").glob("*/agent.log")):
+            tail = log.read_text(errors="replace").splitlines()[-lines:]
+            out.append(f"--- {log.parent.name} agent log (last {lines} lines) ---\n" + "\n".join(tail))
+        return "\n".join(out)
+
+    def run(self, *argv: str) -> int:
+        return main(["--state", str(self.state), *argv])
+
+
+def _kubectl(cluster: LocalCluster, *args: str, check: bool = True, timeout: float = 60) -> str:
+    r = subprocess.run(
+        [str(cluster.kubectl_path), f"--kubeconfig={cluster.kubeconfig}", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if check and r.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} failed ({r.returncode}):\n{r.stderr}{r.stdout}")
+    return r.stdout
+
+
+@pytest.fixture(scope="session")
+def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    kubectl_path = tools_bin_dir() / "kubectl"
+    if not kubectl_path.exists():
+        pytest.skip(f"{kubectl_path} missing: run `make tools`")
+    reuse = os.environ.get("EEP_KUBECONFIG")
+    if reuse:
+        kubeconfig = Path(reuse).resolve()
+        cluster = LocalCluster(kubeconfig.parent, kubeconfig, kubectl_path, started_here=False)
+    else:
+        if not (default_bin_dir() / "kube-apiserver").exists():
+            pytest.skip(f"control plane not built in {default_bin_dir()}: run `make control-plane`")
+        state = tmp_path_factory.mktemp("localcluster")
+        cluster = LocalCluster(state, state / "kubeconfig", kubectl_path, started_here=True)
+        if cluster.run("up", "--exit-with", str(os.getpid())) != 0:
+            cluster.run("down")
+            pytest.fail("eep-localcluster up failed")
+    try:
+        crds = sorted((REPO / "crds").glob("*.yaml"))
+        if crds:
+            _kubectl(cluster, "apply", "--server-side", *[f"-f={c}" for c in crds])
+            _kubectl(cluster, "wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+        yield cluster
+    finally:
+        if cluster.started_here:
+            cluster.run("down")
+
+
+@pytest.fixture
+def kube(local_cluster: LocalCluster) -> Iterator[Any]:
+    api = config.new_client_from_config(config_file=str(local_cluster.kubeconfig))
+    try:
+        yield api
+    finally:
+        api.close()
+
+
+@pytest.fixture
+def kubectl(local_cluster: LocalCluster) -> Callable[..., str]:
+    def run(*args: str, check: bool = True, timeout: float = 60) -> str:
+        return _kubectl(local_cluster, *args, check=check, timeout=timeout)
+
+    return run
+
+
+WaitFor = Callable[..., Any]
+
+
+@pytest.fixture
+def wait_for(local_cluster: LocalCluster) -> WaitFor:
+    def wait(
+        predicate: Callable[[], Any],
+        timeout: float = 30,
+        describe: Callable[[], str] | None = None,
+        interval: float = 0.25,
+    ) -> Any:
+        deadline = time.monotonic() + timeout
+        last_error: BaseException | None = None
+        while time.monotonic() < deadline:
+            try:
+                value = predicate()
+                if value:
+                    return value
+            except Exception as e:  # a transient API error is just "not yet"
+                last_error = e
+            time.sleep(interval)
+        details = describe() if describe else ""
+        raise AssertionError(
+            f"timed out after {timeout}s waiting for {getattr(predicate, '__name__', predicate)}"
+            f" (last error: {last_error!r})\n{details}\n{local_cluster.agent_logs()}"
+        )
+
+    return wait
+
+
+@pytest.fixture
+def namespace(kube: Any, wait_for: WaitFor) -> Iterator[str]:
+    core = client.CoreV1Api(kube)
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    core.create_namespace({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    # Pods need the namespace's default ServiceAccount, which the controller-manager creates asynchronously.
+    wait_for(lambda: core.read_namespaced_service_account("default", name), 30)
+    try:
+        yield name
+    finally:
+        core.delete_namespace(name, grace_period_seconds=0)
