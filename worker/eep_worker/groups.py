@@ -1,0 +1,177 @@
+"""Process-group registry: the world group and the model's subgroups, each as a device group and a CPU group.
+
+Who calls it: the rank process (`rank.py`) creates the registry once at start-up; `recovery.py` iterates it
+in `ordered()` order on every rank, survivors and joiners alike. The layout (`group_specs`) is pure.
+
+Layout. Besides the world group, one "column" group per local rank index: the ranks with the same position in
+every member (like one GPU of each node). Every column contains a rank of member 0, which never dies in place,
+so each column keeps a survivor whichever other member is lost and can be recovered with `recover_ranks`.
+We do not build per-member groups: in a probe with mooncake-transfer-engine 0.3.13 (CPU), a group whose ranks
+were all replaced could not be re-created by the replacements (each saw only itself; `recover_ranks` among
+the joiners returned Applied but the group stayed split), so a member group would be lost with its member.
+With one rank per member a column is the world, so the layout is the world alone.
+
+Subgroups are optional (`Settings.subgroups`). Measured with mooncake-transfer-engine 0.3.13 on CPU, killing
+both ranks of member 1 of a 2 x 2 world: with column groups (idle; the hot path uses only the world) the
+coordinator deactivated rank 0 instead of ranks 2 and 3 (1 run of 1); with the world alone it deactivated
+ranks 2 and 3 and the rejoin worked in 2 runs of 3, the third again deactivated rank 0. Mooncake's
+coordinator keeps the largest clique of mutually connected ranks, and the dead ranks' last link reports still
+count. `auto` builds columns on GPUs (backend `mooncake`, where the benchmark measures them) and none on
+mooncake-cpu.
+
+Order. `ordered()` yields the world first, then subgroups sorted by their unique name; torch names groups by
+creation count, so every process must create them in this same order (joiners included).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from eep_worker.mooncake import DEVICE_BACKENDS, Mooncake
+
+__all__ = ["WORLD", "Group", "GroupRegistry", "GroupSpec", "group_specs"]
+
+WORLD = "world"
+CPU_BACKEND = "mooncake-cpu"
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupSpec:
+    """A group's unique name and its global ranks (ascending)."""
+
+    name: str
+    ranks: tuple[int, ...]
+
+    def local(self, global_rank: int) -> int:
+        """Group-local rank of `global_rank`. Raises ValueError when it is not a member."""
+        return self.ranks.index(global_rank)
+
+    def global_rank(self, local_rank: int) -> int:
+        return self.ranks[local_rank]
+
+    def locals_of(self, global_ranks: Sequence[int]) -> list[int]:
+        """Group-local ranks of the members among `global_ranks`, ascending."""
+        return sorted(self.ranks.index(r) for r in global_ranks if r in self.ranks)
+
+
+def group_specs(world_size: int, ranks_per_member: int, *, subgroups: bool = True) -> list[GroupSpec]:
+    """The world, then (with `subgroups`) one column group per local rank index (none when a member has one
+    rank). Pure."""
+    if world_size < 1 or ranks_per_member < 1 or world_size % ranks_per_member:
+        raise ValueError(f"world size {world_size} is not a multiple of ranks per member {ranks_per_member}")
+    specs = [GroupSpec(WORLD, tuple(range(world_size)))]
+    if subgroups and ranks_per_member > 1:
+        for column in range(ranks_per_member):
+            ranks = tuple(range(column, world_size, ranks_per_member))
+            specs.append(GroupSpec(f"column-{column:03d}", ranks))
+    return [specs[0], *sorted(specs[1:], key=lambda s: s.name)]
+
+
+@dataclasses.dataclass
+class Group:
+    """One logical group on this rank. `device`/`cpu` are None where this rank is not a member.
+
+    The mirrors are the active-ranks tensors handed to Mooncake (group-local order, 1 = active); Mooncake
+    updates them in place when it deactivates or admits a rank. The CPU mirror is read on the host for free.
+    """
+
+    spec: GroupSpec
+    device: dist.ProcessGroup | None
+    cpu: dist.ProcessGroup | None
+    device_mirror: torch.Tensor
+    cpu_mirror: torch.Tensor
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def is_member(self) -> bool:
+        return self.cpu is not None
+
+    def pgs(self) -> list[dist.ProcessGroup]:
+        """Device group then CPU group (one object when both are the same backend on CPU)."""
+        pgs = [pg for pg in (self.device, self.cpu) if pg is not None]
+        return pgs[:1] if len(pgs) == 2 and pgs[0] is pgs[1] else pgs
+
+
+class GroupRegistry:
+    """Owns every process group of this rank; iterates them in one deterministic order on every rank."""
+
+    def __init__(self, groups: list[Group], rank: int) -> None:
+        self._groups = groups
+        self.rank = rank
+
+    @classmethod
+    def create(
+        cls,
+        mc: Mooncake,
+        *,
+        backend: str,
+        store: Any,
+        # torch.distributed.Store (a TCPStore); torch does not export the name to type checkers
+        rank: int,
+        specs: Sequence[GroupSpec],
+        is_extension: Callable[[GroupSpec], bool],
+    ) -> GroupRegistry:
+        """Create every group in `specs` order (the world first). Joiners pass `is_extension` True."""
+        if not specs or specs[0].name != WORLD:
+            raise ValueError("the first group must be the world")
+        device = (
+            torch.device(DEVICE_BACKENDS[backend], torch.cuda.current_device())
+            if backend == "mooncake"
+            else (torch.device("cpu"))
+        )
+        world = specs[0]
+        groups: list[Group] = []
+        for spec in specs:
+            ext = is_extension(spec)
+            dev_mirror = torch.ones(len(spec.ranks), dtype=torch.int32, device=device)
+            cpu_mirror = torch.ones(len(spec.ranks), dtype=torch.int32)
+            if spec is world:
+                dist.init_process_group(
+                    backend=backend,
+                    store=store,
+                    rank=rank,
+                    world_size=len(world.ranks),
+                    pg_options=mc.options(dev_mirror, ext),
+                )
+                dev_pg: dist.ProcessGroup | None = dist.group.WORLD
+            else:
+                dev_pg = _member_or_none(
+                    dist.new_group(list(spec.ranks), backend=backend, pg_options=mc.options(dev_mirror, ext))
+                )
+            if backend == CPU_BACKEND:
+                # On mooncake-cpu one group serves both roles: two groups of the same ranks only double the
+                # recovery work, and a collective on one right after the other detected a failure hung
+                # intermittently in a probe (mooncake-transfer-engine 0.3.13).
+                cpu_pg, cpu_mirror = dev_pg, dev_mirror
+            else:
+                cpu_pg = _member_or_none(
+                    dist.new_group(
+                        list(spec.ranks), backend=CPU_BACKEND, pg_options=mc.options(cpu_mirror, ext)
+                    )
+                )
+            groups.append(Group(spec, dev_pg, cpu_pg, dev_mirror, cpu_mirror))
+        return cls(groups, rank)
+
+    def ordered(self) -> Iterator[Group]:
+        """World first, then subgroups by name: the order of creation, recovery and join on every rank."""
+        return iter(self._groups)
+
+    def member_groups(self) -> Iterator[Group]:
+        return (g for g in self._groups if g.is_member)
+
+    @property
+    def world(self) -> Group:
+        return self._groups[0]
+
+
+def _member_or_none(pg: object) -> dist.ProcessGroup | None:
+    # torch returns GroupMember.NON_GROUP_MEMBER to ranks outside the group.
+    return pg if isinstance(pg, dist.ProcessGroup) else None

@@ -1,0 +1,64 @@
+"""The only module that imports mooncake: a thin typed wrapper over `mooncake.pg`.
+
+Called by `groups.py` (group creation options), `recovery.py` (peer state, recover, join) and the rank loop
+(`rank.py`: success of a collective). Everything else sees plain Python types. Importing this module loads
+the Mooncake backend, which registers the torch backends `mooncake` (GPU) and `mooncake-cpu`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from mooncake import pg as _pg
+
+__all__ = ["Mooncake", "RecoverResult"]
+
+DEVICE_BACKENDS = {"mooncake": "cuda", "mooncake-cpu": "cpu"}
+"""Backend name -> device type of its tensors."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RecoverResult:
+    """What `recover_ranks` answered: `applied` is True when the proposal took effect."""
+
+    applied: bool
+    status: str
+    reason: str
+
+
+class Mooncake:
+    """Process-wide Mooncake settings and calls. One instance per rank process."""
+
+    def configure(self, *, host_ip: str, collective_timeout_s: float, reconcile_window_s: float) -> None:
+        """Must run before the first process group is created (Mooncake reads these at backend creation)."""
+        _pg.set_host_ip(host_ip)
+        _pg.set_collective_timeout_us(round(collective_timeout_s * 1e6))
+        _pg.set_fault_reconciliation_window_us(round(reconcile_window_s * 1e6))
+
+    def options(self, active_ranks: torch.Tensor, is_extension: bool) -> Any:
+        """`MooncakeBackendOptions` for a group. Mooncake keeps `active_ranks` up to date in place: it is the
+        group's active-ranks mirror (1 = active), readable without a collective."""
+        return _pg.MooncakeBackendOptions(active_ranks, is_extension)
+
+    def local_success(self, work: dist.Work) -> bool:
+        """False when this rank saw a peer fail during the collective (its result is then partial)."""
+        return bool(_pg.get_local_success(work))
+
+    def peer_ready(self, group: dist.ProcessGroup, local_ranks: list[int]) -> bool:
+        """True when every listed group-local rank has started in extension mode and can be recovered."""
+        return all(bool(s) for s in _pg.get_peer_state(group, local_ranks))
+
+    def recover_ranks(self, group: dist.ProcessGroup, local_ranks: list[int]) -> RecoverResult:
+        """Admit the listed group-local ranks (each blocks in `join_group`). Every survivor calls it."""
+        response = _pg.recover_ranks(group, local_ranks)
+        status = str(response.status)
+        return RecoverResult(
+            applied=status.endswith("Applied"), status=status, reason=str(response.reject_reason or "")
+        )
+
+    def join_group(self, group: dist.ProcessGroup) -> None:
+        """Joiner side: blocks until the survivors call `recover_ranks` for this rank."""
+        _pg.join_group(group)

@@ -1,0 +1,220 @@
+"""The step plan and the leader's decisions. Pure: no torch, no I/O, no clock (``now`` is passed in).
+
+Who calls it: the rank loop (`rank.py`). Every step, global rank 0 (the leader) builds a `Plan`, encodes it
+into a fixed-size int64 vector and broadcasts it on the world group; every other rank decodes and checks it
+(`decode`) and executes exactly what it says. Followers never decide anything on their own: survivors can
+disagree about whether a step succeeded (one may finish a collective with a dead rank's data while another
+fails in it), so only the leader's view counts, and it reaches every rank inside the plan.
+
+Fixed sequence per step, on every rank whatever it saw: one plan broadcast, then, for a `BATCH` plan, one
+combine all-reduce per model layer over ``max_batch`` padded token rows; for a `RECOVER` plan, the recovery
+sequence (`recovery.recover_survivor`). Shapes never depend on data, so a rank that received a bad plan still
+issues the same collectives as the others (it contributes zeros) and the group never goes out of step.
+
+Plan vector (int64): ``[MAGIC, epoch, step, kind, n_tokens, live_mask, joining_mask, source, tokens...]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from enum import IntEnum
+
+__all__ = [
+    "EXIT_JOIN_FAILED",
+    "EXIT_LEADER_LOST",
+    "EXIT_STALLED",
+    "EXIT_UNCOVERED",
+    "HEADER",
+    "MAGIC",
+    "JoinDecision",
+    "Kind",
+    "LeaderView",
+    "Plan",
+    "PlanError",
+    "Request",
+    "Snapshot",
+    "broadcast_source",
+    "decide_membership",
+    "decode",
+    "encode",
+    "mask",
+    "unmask",
+]
+
+EXIT_LEADER_LOST = 3
+"""Exit code of a rank that lost member 0 (rank 0, the leader and TCPStore host): not recoverable in place;
+the operator restarts the whole group."""
+EXIT_JOIN_FAILED = 4
+"""Exit code of a joiner whose join did not complete within its join timeout."""
+EXIT_UNCOVERED = 5
+"""Exit code when some logical expert has no live replica: answers would be wrong, so the rank stops."""
+
+EXIT_STALLED = 6
+"""Exit code of a rank whose step hung in a collective (see `rank.RankRuntime._watch_steps`)."""
+
+MAGIC = 0x45455050  # "EEPP": rejects a buffer that is not a plan
+HEADER = 8
+MAX_RANKS = 62
+"""Ranks are carried as bits of one int64."""
+
+
+class Kind(IntEnum):
+    BATCH = 1
+    """Run the forward over the plan's tokens (possibly none: an idle step still runs its collectives)."""
+    RECOVER = 2
+    """Admit `joining` on every group in registry order, then broadcast the metadata from `source`."""
+
+
+class PlanError(ValueError):
+    """A received plan vector that must not be acted on."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    epoch: int
+    step: int
+    kind: Kind
+    tokens: tuple[int, ...]
+    live: frozenset[int]
+    """Ranks the dispatch map is built for in this step (the leader's view)."""
+    joining: frozenset[int] = frozenset()
+    source: int = -1
+    """RECOVER: the healthy, non-joining rank that broadcasts the expert-location metadata."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Request:
+    """A client request as the supervisor hands it to the leader rank."""
+
+    request_id: str
+    tokens: list[int]
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """A membership snapshot as the leader uses it (sources convert the contract model into this)."""
+
+    epoch: int
+    active_ranks: frozenset[int]
+    joining_ranks: frozenset[int]
+
+
+def mask(ranks: frozenset[int]) -> int:
+    if any(not 0 <= r < MAX_RANKS for r in ranks):
+        raise ValueError(f"ranks must be in [0, {MAX_RANKS})")
+    return sum(1 << r for r in ranks)
+
+
+def unmask(bits: int) -> frozenset[int]:
+    return frozenset(r for r in range(MAX_RANKS) if bits >> r & 1)
+
+
+def encode(plan: Plan, max_tokens: int) -> list[int]:
+    """The plan as exactly ``HEADER + max_tokens`` ints (tokens padded with 0). Raises ValueError."""
+    if len(plan.tokens) > max_tokens:
+        raise ValueError(f"{len(plan.tokens)} tokens exceed the plan's {max_tokens} slots")
+    header = [
+        MAGIC,
+        plan.epoch,
+        plan.step,
+        int(plan.kind),
+        len(plan.tokens),
+        mask(plan.live),
+        mask(plan.joining),
+        plan.source,
+    ]
+    return [*header, *plan.tokens, *([0] * (max_tokens - len(plan.tokens)))]
+
+
+def decode(values: Sequence[int], *, world_size: int, min_epoch: int, after_step: int) -> Plan:
+    """Check and decode a received plan vector. Raises PlanError when it is not a plan, or an older one
+    (epoch below ``min_epoch``, step not after ``after_step``), or names ranks outside the world."""
+    if len(values) < HEADER or values[0] != MAGIC:
+        raise PlanError("bad magic")
+    magic, epoch, step, kind, n, live_bits, joining_bits, source = (int(v) for v in values[:HEADER])
+    del magic
+    if epoch < min_epoch:
+        raise PlanError(f"stale epoch {epoch} < {min_epoch}")
+    if step <= after_step:
+        raise PlanError(f"stale step {step} <= {after_step}")
+    if kind not in (Kind.BATCH, Kind.RECOVER):
+        raise PlanError(f"unknown kind {kind}")
+    if not 0 <= n <= len(values) - HEADER:
+        raise PlanError(f"token count {n} outside [0, {len(values) - HEADER}]")
+    full = (1 << world_size) - 1
+    if live_bits <= 0 or live_bits & ~full or joining_bits < 0 or joining_bits & ~full:
+        raise PlanError("rank masks outside the world")
+    live, joining = unmask(live_bits), unmask(joining_bits)
+    if kind == Kind.RECOVER and (not joining or source not in live - joining):
+        raise PlanError(f"recover plan with joining {sorted(joining)} and source {source}")
+    return Plan(
+        epoch=epoch,
+        step=step,
+        kind=Kind(kind),
+        tokens=tuple(int(v) for v in values[HEADER : HEADER + n]),
+        live=live,
+        joining=joining,
+        source=source,
+    )
+
+
+def broadcast_source(live: frozenset[int], joining: frozenset[int], epoch: int) -> int:
+    """The rank that broadcasts the expert-location metadata: healthy (live), not joining, rotating with the
+    epoch so no fixed rank is special. Every rank computes the same. Raises ValueError if there is none."""
+    healthy = sorted(live - joining)
+    if not healthy:
+        raise ValueError("no healthy rank to broadcast from")
+    return healthy[epoch % len(healthy)]
+
+
+@dataclasses.dataclass(frozen=True)
+class LeaderView:
+    """What the leader knows when it builds a plan."""
+
+    epoch: int
+    """Epoch of the last plan it sent."""
+    live: frozenset[int]
+    """Active ranks in its world group's CPU mirror."""
+    pending_since: float | None = None
+    """`now` when it first saw the current snapshot's joining ranks (None: no join pending)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class JoinDecision:
+    epoch: int
+    """Epoch the next plan carries."""
+    recover: frozenset[int]
+    """Ranks to admit in the next plan (empty: a BATCH plan)."""
+    pending_since: float | None
+    gave_up: frozenset[int] = frozenset()
+    """Joining ranks not ready within the join timeout: the epoch is adopted without them."""
+
+
+def decide_membership(
+    view: LeaderView,
+    snapshot: Snapshot | None,
+    *,
+    ready: bool,
+    now: float,
+    join_timeout_s: float,
+) -> JoinDecision:
+    """Leader, pure: what the next plan carries given the newest snapshot.
+
+    A snapshot newer than the leader's epoch with joining ranks that are not live starts a pending join;
+    the leader keeps serving (BATCH plans at its old epoch) until ``ready`` (every joining rank waits in
+    its first ``join_group``, seen with ``get_peer_state``), then sends one RECOVER plan at the new epoch.
+    If they are not ready within ``join_timeout_s`` it adopts the epoch without them (degraded; the
+    operator bumps the epoch to try again). A snapshot without joining ranks is adopted at once; one that
+    is not newer is ignored (fencing)."""
+    if snapshot is None or snapshot.epoch <= view.epoch:
+        return JoinDecision(view.epoch, frozenset(), None)
+    admit = snapshot.joining_ranks - view.live
+    if not admit:
+        return JoinDecision(snapshot.epoch, frozenset(), None)
+    since = now if view.pending_since is None else view.pending_since
+    if ready:
+        return JoinDecision(snapshot.epoch, admit, None)
+    if now - since >= join_timeout_s:
+        return JoinDecision(snapshot.epoch, frozenset(), None, gave_up=admit)
+    return JoinDecision(view.epoch, frozenset(), since)
