@@ -97,7 +97,7 @@ class SGLangJoinFlag(StrEnum):
     JOIN_MODE_RECOVER = "JoinModeRecover"
     """`--elastic-ep-join-mode recover` (current SGLang)."""
     REJOIN = "Rejoin"
-    """`--elastic-ep-rejoin` (older SGLang; still accepted as an alias by newer releases)."""
+    """`--elastic-ep-rejoin` (older SGLang; later an alias, no longer accepted by sglang 0.5.23's parser)."""
 
 
 class SGLangOptions(_Model):
@@ -296,6 +296,12 @@ class PodTemplateOverlay(_Model):
     termination_grace_period_seconds: int | None = Field(
         default=None, ge=0, le=3600, description="Seconds between SIGTERM and SIGKILL on pod deletion."
     )
+    command: list[str] | None = Field(
+        default=None,
+        max_length=128,
+        description="Replaces the container's entrypoint; the engine's command line (with the join flag of "
+        "a replacement) is then passed as the container's `args`. For debugging and tests (a stand-in).",
+    )
 
 
 class ElasticEPClusterSpec(_Model):
@@ -489,6 +495,12 @@ class MemberStatus(_StatusModel):
     rank_count: int = Field(ge=1, description="Number of global ranks of the member.")
     state: MemberState = Field(default=MemberState.PENDING, description="Member state.")
     state_since: datetime | None = Field(default=None, description="When the member entered `state`.")
+    incarnation: int = Field(
+        default=0,
+        ge=0,
+        description="Incarnation of the member's current pod (its `elasticep.io/incarnation` annotation): "
+        "grows by one whenever the operator decides to create a pod for this member.",
+    )
     restarts: int = Field(default=0, ge=0, description="Replacements created for this member so far.")
     restart_times: list[datetime] = Field(
         default_factory=list,
@@ -525,6 +537,9 @@ class ElasticEPClusterStatus(_StatusModel):
         default_factory=list,
         max_length=1000,
         description="When recent group restarts happened (budget window).",
+    )
+    recovery_start_time: datetime | None = Field(
+        default=None, description="When the unfinished recovery (member or group) began; unset when none."
     )
     last_recovery_seconds: float | None = Field(
         default=None, ge=0, description="Seconds from the last failure until every rank was active again."

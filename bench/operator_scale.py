@@ -1,0 +1,332 @@
+"""Operator scale benchmark: many ElasticEPClusters on the local control plane with fake kubelets.
+
+    .venv/bin/python bench/operator_scale.py [--clusters 50] [--members 16] [--failures 50] [--nodes 4]
+        [--kubeconfig PATH (reuse a running --fake cluster)] [--out bench/results/operator_scale.json]
+
+Starts `eep-localcluster up --fake` (pods go Running+Ready at once; the pod annotation
+`eep.local/fake-exit-code` terminates a container), one `eep-operator run` subprocess, creates the clusters,
+waits until every one is Running, then injects `--failures` container exits (one member at a time per cluster,
+never member 0). One watcher in this process sees every pod and CR change, and measures on one clock:
+
+- detection: the container shows terminated -> the CR status shows that member Failed (with that pod's uid);
+- reaction: the container shows terminated -> the replacement pod (join flag) exists.
+
+Also the operator's CPU seconds (whole run and failure phase) and peak RSS (VmHWM). Targets (issue 4):
+p99 detection <= 1 s, p99 reaction <= backoff + 1 s, peak RSS <= 250 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client, config, watch
+
+REPO = Path(__file__).resolve().parent.parent
+GROUP, VERSION, PLURAL = "elasticep.io", "v1alpha1", "elasticepclusters"
+NS = "bench"
+FAKE_EXIT = "eep.local/fake-exit-code"
+BACKOFF_S = 1.0
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return round(s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))], 4)
+
+
+def proc_stats(pid: int) -> tuple[float, int]:
+    """(CPU seconds user+system, peak RSS bytes) of a live process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    hwm = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            hwm = int(line.split()[1]) * 1024
+    return cpu, hwm
+
+
+class Watcher:
+    """Timestamps, on this process's monotonic clock, of what the benchmark measures."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
+        self.terminated: dict[str, float] = {}  # pod uid -> first seen terminated
+        self.failed: dict[str, float] = {}  # pod uid -> first seen as lastExit of a Failed member
+        self.created: dict[tuple[str, int], list[tuple[float, str]]] = {}  # (cluster, member) -> (t, uid)
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+
+    def start(self) -> None:
+        for target in (self._pods, self._crs):
+            threading.Thread(target=target, daemon=True).start()
+
+    def _pods(self) -> None:
+        self._loop(self._pods_once)
+
+    def _crs(self) -> None:
+        self._loop(self._crs_once)
+
+    def _loop(self, once: Any) -> None:
+        """Re-establish the watch until stopped (a watch ends on timeout or when the cluster goes down)."""
+        while not self.stop.is_set():
+            try:
+                once()
+            except Exception:  # any stream error: reconnect, or leave when stopping
+                time.sleep(0.2)
+
+    def _pods_once(self) -> None:
+        w = watch.Watch()
+        for ev in w.stream(self.core.list_namespaced_pod, NS, timeout_seconds=60):
+            now = time.monotonic()
+            pod = ev["object"]
+            uid = pod.metadata.uid
+            labels = pod.metadata.labels or {}
+            ann = pod.metadata.annotations or {}
+            with self.lock:
+                if ev["type"] == "ADDED" and ann.get("elasticep.io/join") == "true":
+                    key = (
+                        labels.get("elasticep.io/cluster", ""),
+                        int(labels.get("elasticep.io/member", -1)),
+                    )
+                    self.created.setdefault(key, []).append((now, uid))
+                for cs in (pod.status.container_statuses or []) if pod.status else []:
+                    if cs.state and cs.state.terminated and uid not in self.terminated:
+                        self.terminated[uid] = now
+            if self.stop.is_set():
+                w.stop()
+
+    def _crs_once(self) -> None:
+        w = watch.Watch()
+        for ev in w.stream(
+            self.custom.list_namespaced_custom_object, GROUP, VERSION, NS, PLURAL, timeout_seconds=60
+        ):
+            now = time.monotonic()
+            for m in (ev["object"].get("status") or {}).get("members", []):
+                uid = (m.get("lastExit") or {}).get("podUid")
+                if uid and m.get("state") in ("Failed", "Restarting", "Joining", "Healthy"):
+                    with self.lock:
+                        self.failed.setdefault(uid, now)
+            if self.stop.is_set():
+                w.stop()
+
+
+def cluster_body(name: str, members: int) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ElasticEPCluster",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "image": "fake",
+            "nodes": members,
+            "ranksPerNode": 1,
+            "recovery": {
+                "backoffInitialSeconds": BACKOFF_S,
+                "backoffMaxSeconds": BACKOFF_S,
+                "maxRestartsPerMember": 1000,
+                "maxUnavailableMembers": 1,
+                "rejoinTimeoutSeconds": 120,
+            },
+        },
+    }
+
+
+def all_running(custom: client.CustomObjectsApi, n: int) -> int:
+    items = custom.list_namespaced_custom_object(GROUP, VERSION, NS, PLURAL)["items"]
+    return (
+        sum(1 for cr in items if (cr.get("status") or {}).get("phase") == "Running") if len(items) == n else 0
+    )
+
+
+def wait(pred: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.5)
+    raise TimeoutError(what)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bench/operator_scale.py")
+    p.add_argument("--clusters", type=int, default=50)
+    p.add_argument("--members", type=int, default=16)
+    p.add_argument("--failures", type=int, default=50)
+    p.add_argument("--nodes", type=int, default=4, help="fake nodes (250 pods each)")
+    p.add_argument("--interval", type=float, default=0.2, help="seconds between injected failures")
+    p.add_argument("--kubeconfig", help="reuse a running --fake local cluster")
+    p.add_argument("--out", default=str(REPO / "bench" / "results" / "operator_scale.json"))
+    a = p.parse_args(argv)
+    venv_bin = Path(sys.executable).parent
+    state = Path(tempfile.mkdtemp(prefix="eep-bench-"))
+    started_cluster = a.kubeconfig is None
+    kubeconfig = Path(a.kubeconfig) if a.kubeconfig else state / "kubeconfig"
+    op: subprocess.Popen[bytes] | None = None
+    watcher: Watcher | None = None
+    result: dict[str, Any] = {
+        "benchmark": "operator_scale",
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    try:
+        if started_cluster:
+            subprocess.run(
+                [
+                    str(venv_bin / "eep-localcluster"),
+                    "--state",
+                    str(state),
+                    "up",
+                    "--fake",
+                    "--nodes",
+                    str(a.nodes),
+                ],
+                check=True,
+            )
+        api = config.new_client_from_config(config_file=str(kubeconfig))
+        ext = client.ApiextensionsV1Api(api)
+        for crd_file in sorted((REPO / "crds").glob("*.yaml")):
+            body = yaml.safe_load(crd_file.read_text())
+            try:
+                ext.create_custom_resource_definition(body)
+            except client.exceptions.ApiException as e:
+                if e.status != 409:
+                    raise
+        wait(
+            lambda: any(
+                c.type == "Established" and c.status == "True"
+                for c in (ext.read_custom_resource_definition(f"{PLURAL}.{GROUP}").status.conditions or [])
+            ),
+            60,
+            "CRD established",
+        )
+        core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+        try:
+            core.create_namespace({"metadata": {"name": NS}})
+        except client.exceptions.ApiException as e:
+            if e.status != 409:
+                raise
+        log = (state / "operator.log").open("wb")
+        op = subprocess.Popen(
+            [
+                str(venv_bin / "eep-operator"), "run", "--namespace", NS, "--kubeconfig", str(kubeconfig),
+                "--metrics-port", "0", "--health-port", "0", "--no-leader-election", "--resync-seconds", "30",
+                "--log-level", "WARNING",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        watcher = Watcher(api)
+        watcher.start()
+        t0 = time.monotonic()
+        for i in range(a.clusters):
+            custom.create_namespaced_custom_object(
+                GROUP, VERSION, NS, PLURAL, cluster_body(f"c{i:03d}", a.members)
+            )
+        wait(lambda: all_running(custom, a.clusters) == a.clusters, 900, "every cluster Running")
+        startup_s = time.monotonic() - t0
+        cpu0, _ = proc_stats(op.pid)
+        rng = random.Random(4)
+        injected: list[tuple[str, int, str, float]] = []
+        busy: dict[str, float] = {}
+        for k in range(a.failures):
+            name = f"c{k % a.clusters:03d}"
+            # One failure at a time per cluster: wait until its previous one is recovered.
+            wait(lambda name=name: busy.get(name, 0) <= time.monotonic(), 120, "previous failure")
+            wait(lambda name=name: all_running_one(custom, name), 120, f"{name} Running")
+            member = rng.randrange(1, a.members)
+            pod = core.read_namespaced_pod(f"{name}-{member}", NS)
+            core.patch_namespaced_pod(
+                f"{name}-{member}", NS, {"metadata": {"annotations": {FAKE_EXIT: "137"}}}
+            )
+            injected.append((name, member, pod.metadata.uid, time.monotonic()))
+            busy[name] = time.monotonic() + BACKOFF_S + 2
+            time.sleep(a.interval)
+        wait(
+            lambda: all(
+                any(t > watcher.terminated.get(uid, float("inf")) for t, _ in watcher.created.get((c, m), []))
+                for c, m, uid, _ in injected
+            ),
+            300,
+            "every replacement created",
+        )
+        wait(lambda: all_running(custom, a.clusters) == a.clusters, 300, "every cluster Running again")
+        cpu1, rss = proc_stats(op.pid)
+        detection, reaction = [], []
+        for c, m, uid, _ in injected:
+            term = watcher.terminated.get(uid)
+            if term is None:
+                continue
+            if uid in watcher.failed:
+                detection.append(watcher.failed[uid] - term)
+            after = [t for t, _ in watcher.created.get((c, m), []) if t > term]
+            if after:
+                reaction.append(min(after) - term)
+        watcher.stop.set()
+        result.update(
+            {
+                "clusters": a.clusters,
+                "members_per_cluster": a.members,
+                "pods": a.clusters * a.members,
+                "failures_injected": len(injected),
+                "failures_measured": len(detection),
+                "backoff_seconds": BACKOFF_S,
+                "startup_to_all_running_seconds": round(startup_s, 2),
+                "detection_seconds": {
+                    "p50": pct(detection, 50),
+                    "p99": pct(detection, 99),
+                    "max": pct(detection, 100),
+                },
+                "reaction_seconds": {
+                    "p50": pct(reaction, 50),
+                    "p99": pct(reaction, 99),
+                    "max": pct(reaction, 100),
+                },
+                "operator_cpu_seconds_total": round(cpu1, 2),
+                "operator_cpu_seconds_failure_phase": round(cpu1 - cpu0, 2),
+                "operator_peak_rss_mb": round(rss / 2**20, 1),
+                "host_cpus": os.cpu_count(),
+            }
+        )
+        d99, r99 = result["detection_seconds"]["p99"], result["reaction_seconds"]["p99"]
+        result["targets"] = {
+            "p99_detection_le_1s": d99 is not None and d99 <= 1.0,
+            "p99_reaction_le_backoff_plus_1s": r99 is not None and r99 <= BACKOFF_S + 1.0,
+            "peak_rss_le_250mb": result["operator_peak_rss_mb"] <= 250,
+        }
+        out = Path(a.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result, indent=2))
+        return 0
+    finally:
+        if watcher is not None:
+            watcher.stop.set()
+        if op is not None and op.poll() is None:
+            op.terminate()
+            try:
+                op.wait(15)
+            except subprocess.TimeoutExpired:
+                op.kill()
+        if started_cluster:
+            subprocess.run([str(venv_bin / "eep-localcluster"), "--state", str(state), "down"], check=False)
+
+
+def all_running_one(custom: client.CustomObjectsApi, name: str) -> bool:
+    cr = custom.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name)
+    return bool((cr.get("status") or {}).get("phase") == "Running")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Pure decisions: no I/O, no clock, no logging. Imported by `eep_operator.io` and the entry points."""

@@ -1,0 +1,115 @@
+"""What the planner asks for: frozen values, applied by `eep_operator.io.executor` (idempotently, in order).
+
+Kubernetes objects travel as rendered manifests, so the executor needs no knowledge of the spec.
+Metric-recording actions carry exactly the labels of docs/dev/interfaces.md; gauges are set from the
+new status instead (they describe state, not decisions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from eep_operator.api.v1alpha1 import ElasticEPClusterStatus
+
+
+@dataclass(frozen=True)
+class EnsureService:
+    """Create the headless Service if it does not exist."""
+
+    manifest: dict[str, Any] = field(compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class CreatePod:
+    """Create a member pod. AlreadyExists is success (a retry after a lost reply)."""
+
+    member: int
+    name: str
+    join: bool
+    incarnation: int
+    manifest: dict[str, Any] = field(compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class DeletePod:
+    """Delete a member pod gracefully, only if it still has `uid` (a precondition). NotFound is success."""
+
+    member: int
+    name: str
+    uid: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ForceDeletePod:
+    """Delete with grace period 0: for a pod stuck Terminating on a lost node. NotFound is success."""
+
+    member: int
+    name: str
+    uid: str
+
+
+@dataclass(frozen=True)
+class EmitEvent:
+    """A Kubernetes Event on the CR, and a structured log line with cluster, member and epoch."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+    member: int | None = None
+    epoch: int = 0
+
+
+@dataclass(frozen=True)
+class RecordFailure:
+    """`elasticep_rank_failures_total{reason}`."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class RecordMemberRestart:
+    """`elasticep_member_restarts_total{member}`."""
+
+    member: int
+
+
+@dataclass(frozen=True)
+class RecordGroupRestart:
+    """`elasticep_group_restarts_total{reason}`."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class RecordRecovery:
+    """`elasticep_recoveries_total{result}`, and the duration histogram when it succeeded."""
+
+    result: Literal["Succeeded", "Failed"]
+    seconds: float | None = None
+
+
+Action = (
+    EnsureService
+    | CreatePod
+    | DeletePod
+    | ForceDeletePod
+    | EmitEvent
+    | RecordFailure
+    | RecordMemberRestart
+    | RecordGroupRestart
+    | RecordRecovery
+)
+
+KUBE_ACTIONS = (EnsureService, CreatePod, DeletePod, ForceDeletePod)
+"""Actions that change the cluster; the rest only report."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The planner's answer: apply `actions` after writing `status`; look again within `requeue_after` s."""
+
+    actions: tuple[Action, ...]
+    status: ElasticEPClusterStatus
+    requeue_after: float | None

@@ -1,0 +1,569 @@
+"""The operator's decision: `plan(spec, status, observed, now) -> Plan`. Pure: no I/O, no clock, no logging.
+
+Called by `eep_operator.reconcile` on every event (CR, pod, node, timer, resume) with what it just observed;
+level-triggered, so it recomputes everything from the status (the operator's memory) and the world.
+
+Order of the status write and the actions. The executor writes the new status (compare-and-set on the CR's
+resourceVersion) *before* it applies the actions. So the status is a write-ahead record: crash evidence
+(`lastExit`) is stored before the pod is removed, a replacement's incarnation is stored before the pod is
+created, and an operator that dies between the two finds the intent in the status and repeats the
+(idempotent) action. A 409 means another writer got there first: the plan is dropped and recomputed.
+
+Decisions, per member (state machine in `eep_operator.core.members`):
+- Failure signals on the member's current pod (the one whose `elasticep.io/incarnation` equals the member's
+  `incarnation`): evicted; being deleted although we did not delete it; container terminated (any code:
+  pods are `restartPolicy: Never`); phase Failed; gone although we had seen it; its node NotReady/Unknown or
+  deleted; not Ready within `rejoinTimeoutSeconds` of its creation.
+- A failed member keeps its crash evidence in `lastExit`, leaves `activeRanks`, and waits out its backoff
+  (`backoffInitialSeconds * 2^restarts-in-window`, capped at `backoffMaxSeconds`). Its pod is deleted (at
+  once if every container has ended, else gracefully); a pod stuck Terminating on a lost node is
+  force-deleted after `terminatingTimeoutSeconds`. Once the pod name is free and the backoff is over, the
+  replacement is created with the join flag (Restarting); when it runs, its ranks go to `joiningRanks`
+  (Joining); when it is Ready, to `activeRanks` (Healthy).
+- A member that fails with `maxRestartsPerMember` restarts already used in `restartWindowSeconds` exhausts the
+  budget: the CR goes to phase Failed and the operator stops acting (until the spec changes).
+- Whole-group restart instead of per-member recovery when: `recovery.mode` is GroupRestart; member 0 fails (it
+  hosts Mooncake's coordinator); more than `maxUnavailableMembers` members would be down; or a member fails
+  while the group is still starting (there is no running group to join). Every member gets a fresh pod
+  without the join flag, created only after every old pod is gone and a backoff. Group restarts have the
+  same budget (`maxRestartsPerMember` within the window).
+- The epoch grows by one whenever `activeRanks`/`joiningRanks` change and on every group restart, never more
+  than once per plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Literal
+
+from eep_operator.api.v1alpha1 import (
+    Condition,
+    ConditionStatus,
+    ConditionType,
+    ElasticEPClusterSpec,
+    ElasticEPClusterStatus,
+    ExitRecord,
+    Membership,
+    MemberState,
+    MemberStatus,
+    Phase,
+    RecoveryMode,
+)
+from eep_operator.core import podspec
+from eep_operator.core.actions import (
+    Action,
+    CreatePod,
+    DeletePod,
+    EmitEvent,
+    EnsureService,
+    ForceDeletePod,
+    Plan,
+    RecordFailure,
+    RecordGroupRestart,
+    RecordMemberRestart,
+    RecordRecovery,
+)
+from eep_operator.core.conditions import set_condition
+from eep_operator.core.members import DOWN, transition
+from eep_operator.core.observe import Observed, PodObs
+
+S = MemberState
+
+
+class FailureReason:
+    """Values of `elasticep_rank_failures_total{reason}` (docs/dev/interfaces.md)."""
+
+    CONTAINER_EXIT = "ContainerExit"
+    POD_FAILED = "PodFailed"
+    POD_DELETED = "PodDeleted"
+    EVICTED = "Evicted"
+    NODE_LOST = "NodeLost"
+    JOIN_TIMEOUT = "JoinTimeout"
+
+
+class GroupRestartReason:
+    """Values of `elasticep_group_restarts_total{reason}`."""
+
+    MEMBER_ZERO_LOST = "MemberZeroLost"
+    TOO_MANY_UNAVAILABLE = "TooManyUnavailable"
+    GROUP_RESTART_MODE = "GroupRestartMode"
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A failure signal on a member's current pod, with the evidence to keep."""
+
+    member: int
+    reason: str
+    exit: ExitRecord
+
+
+def backoff_seconds(spec: ElasticEPClusterSpec, restarts_in_window: int) -> float:
+    """Delay before the next replacement: initial * 2^n, capped at the maximum."""
+    rec = spec.recovery
+    # Cap the exponent: 2**64 seconds is already past any maximum, and floats overflow further out.
+    return float(min(rec.backoff_max_seconds, rec.backoff_initial_seconds * 2 ** min(restarts_in_window, 64)))
+
+
+def in_window(times: Iterable[datetime], now: datetime, window_s: float) -> list[datetime]:
+    """The times within the last `window_s` seconds (the sliding budget window)."""
+    start = now - timedelta(seconds=window_s)
+    return [t for t in times if t > start]
+
+
+def ranks(m: MemberStatus) -> list[int]:
+    return list(range(m.first_rank, m.first_rank + m.rank_count))
+
+
+def detect_failure(
+    m: MemberStatus, pod: PodObs | None, observed: Observed, spec: ElasticEPClusterSpec, now: datetime
+) -> Failure | None:
+    """The failure signal on member `m`'s current pod, if any. Only for members with a live pod expected."""
+    if m.state not in (S.PENDING, S.HEALTHY, S.RESTARTING, S.JOINING):
+        return None
+
+    def fail(reason: str, exit_reason: str, message: str, code: int | None = None) -> Failure:
+        uid = pod.uid if pod is not None else m.pod_uid
+        rec = ExitRecord(exit_code=code, reason=exit_reason, message=message[-4096:], time=now, pod_uid=uid)
+        return Failure(member=m.index, reason=reason, exit=rec)
+
+    if pod is None:
+        if m.pod_uid is not None:
+            return fail(
+                FailureReason.POD_DELETED, "PodDeleted", f"pod {m.pod_name} ({m.pod_uid}) disappeared"
+            )
+        return None
+    if pod.evicted:
+        return fail(FailureReason.EVICTED, "Evicted", pod.message or f"pod {pod.name} was evicted")
+    if pod.deleting:
+        # Deleted by someone else (we delete only pods we no longer count as current). The kubelet's SIGTERM
+        # may already show as a terminated container: the deletion is the cause, the exit code is evidence.
+        code = pod.terminated.exit_code if pod.terminated is not None else None
+        return fail(
+            FailureReason.POD_DELETED, "PodDeleted", f"pod {pod.name} was deleted by someone else", code
+        )
+    if pod.terminated is not None:
+        t = pod.terminated
+        return fail(FailureReason.CONTAINER_EXIT, t.reason or "Terminated", t.message, t.exit_code)
+    if pod.phase in ("Failed", "Succeeded"):
+        return fail(
+            FailureReason.POD_FAILED, pod.reason or pod.phase, pod.message or f"pod phase {pod.phase}"
+        )
+    if pod.node is not None:
+        node = observed.nodes.get(pod.node)
+        if node is None or not node.ready:
+            what = "was deleted" if node is None else "is not Ready"
+            return fail(FailureReason.NODE_LOST, "NodeLost", f"node {pod.node} {what}")
+    if (
+        not pod.ready
+        and m.state != S.HEALTHY
+        and pod.created is not None
+        and (now - pod.created).total_seconds() > spec.recovery.rejoin_timeout_seconds
+    ):
+        return fail(
+            FailureReason.JOIN_TIMEOUT,
+            "JoinTimeout",
+            f"pod {pod.name} not Ready within {spec.recovery.rejoin_timeout_seconds:g}s",
+        )
+    return None
+
+
+@dataclass
+class _Ctx:
+    """Mutable scratch state of one `plan()` call; never escapes it."""
+
+    spec: ElasticEPClusterSpec
+    observed: Observed
+    now: datetime
+    status: ElasticEPClusterStatus
+    actions: list[Action] = field(default_factory=list)
+    bump_epoch: bool = False
+    wakeups: list[float] = field(default_factory=list)
+
+    def event(
+        self, type_: Literal["Normal", "Warning"], reason: str, message: str, member: int | None = None
+    ) -> None:
+        self.actions.append(
+            EmitEvent(
+                type=type_, reason=reason, message=message, member=member, epoch=self.status.membership.epoch
+            )
+        )
+
+    def wake_at(self, when: datetime) -> None:
+        self.wakeups.append(max(0.0, (when - self.now).total_seconds()))
+
+    def move(self, m: MemberStatus, target: MemberState) -> None:
+        m.state = transition(m.state, target)
+        m.state_since = self.now
+
+
+def _init_members(spec: ElasticEPClusterSpec, now: datetime) -> list[MemberStatus]:
+    rpn = spec.ranks_per_node
+    return [
+        MemberStatus(
+            index=i,
+            first_rank=i * rpn,
+            rank_count=rpn,
+            state=S.PENDING,
+            state_since=now,
+            incarnation=1,
+        )
+        for i in range(spec.nodes)
+    ]
+
+
+def plan(
+    spec: ElasticEPClusterSpec, status: ElasticEPClusterStatus, observed: Observed, now: datetime
+) -> Plan:
+    """Decide the next actions and the new status. See the module docstring for the rules."""
+    st = status.model_copy(deep=True)
+    ctx = _Ctx(spec=spec, observed=observed, now=now, status=st)
+    st.world_size = spec.world_size
+    if not observed.service_exists:
+        svc = podspec.render_service(
+            spec, cluster=observed.name, namespace=observed.namespace, uid=observed.uid
+        )
+        ctx.actions.append(EnsureService(manifest=svc))
+    if len(st.members) != spec.nodes:
+        st.members = _init_members(spec, now)
+        ctx.bump_epoch = bool(status.members)
+        ctx.event(
+            "Normal", "GroupCreating", f"creating {spec.nodes} member pods (world size {spec.world_size})"
+        )
+
+    if st.phase == Phase.FAILED:
+        if observed.generation <= (st.observed_generation or 0):
+            # Budget exhausted: stop acting, keep reporting. A spec change is the way out.
+            return Plan(actions=tuple(ctx.actions), status=st, requeue_after=None)
+        st.phase = Phase.RESTARTING
+        st.group_restart_times = []
+        for m in st.members:
+            m.restart_times = []
+            if m.state == S.FAILED:
+                m.state = S.HEALTHY  # only to enter the group restart through a legal transition
+        ctx.event("Normal", "SpecChanged", "spec changed after the cluster failed: restarting the group")
+        _group_restart(ctx, None)
+
+    _observe_pods(ctx)
+    failures = [
+        f
+        for m in st.members
+        if (f := detect_failure(m, _current_pod(observed, m), observed, spec, now)) is not None
+    ]
+    if failures:
+        _handle_failures(ctx, failures)
+    if st.phase != Phase.FAILED:
+        _progress(ctx)
+    _finish(ctx, status)
+    # Every decision of this plan is logged and posted with the epoch the plan results in.
+    epoch = st.membership.epoch
+    ctx.actions = [replace(a, epoch=epoch) if isinstance(a, EmitEvent) else a for a in ctx.actions]
+    requeue = min(ctx.wakeups) if ctx.wakeups else None
+    return Plan(actions=tuple(ctx.actions), status=st, requeue_after=requeue)
+
+
+def _current_pod(observed: Observed, m: MemberStatus) -> PodObs | None:
+    pods = [p for p in observed.pods_of(m.index) if p.incarnation == m.incarnation]
+    return pods[-1] if pods else None
+
+
+def _observe_pods(ctx: _Ctx) -> None:
+    """Record the current pod's uid/node in the status: from then on, its disappearance is a failure."""
+    for m in ctx.status.members:
+        pod = _current_pod(ctx.observed, m)
+        if pod is not None and m.state != S.FAILED:
+            m.pod_name, m.pod_uid, m.node = pod.name, pod.uid, pod.node or m.node
+
+
+def _handle_failures(ctx: _Ctx, failures: list[Failure]) -> None:
+    st, spec, now = ctx.status, ctx.spec, ctx.now
+    by_index = {m.index: m for m in st.members}
+    was_starting = any(m.state == S.PENDING for m in st.members)
+    for f in failures:
+        m = by_index[f.member]
+        m.last_exit = f.exit
+        ctx.actions.append(RecordFailure(reason=f.reason))
+        code = "" if f.exit.exit_code is None else f" exit code {f.exit.exit_code},"
+        ctx.event(
+            "Warning",
+            f"Member{f.reason}",
+            f"member {m.index} (pod {m.pod_name}) failed:{code} {f.exit.reason}: {f.exit.message}".strip(),
+            m.index,
+        )
+    failed_idx = {f.member for f in failures}
+    down_after = sum(1 for m in st.members if m.state in DOWN or m.index in failed_idx)
+    group_reason: str | None = None
+    if spec.recovery.mode == RecoveryMode.GROUP_RESTART:
+        group_reason = GroupRestartReason.GROUP_RESTART_MODE
+    elif 0 in failed_idx:
+        group_reason = GroupRestartReason.MEMBER_ZERO_LOST
+    elif was_starting or down_after > spec.recovery.max_unavailable_members:
+        group_reason = GroupRestartReason.TOO_MANY_UNAVAILABLE
+    if group_reason is not None:
+        for f in failures:  # failed first, so the evidence stays with the member that failed
+            _mark_failed(ctx, by_index[f.member], backoff=0.0)
+        _group_restart(ctx, group_reason)
+        return
+    for f in failures:
+        m = by_index[f.member]
+        used = in_window(m.restart_times, now, spec.recovery.restart_window_seconds)
+        if len(used) >= spec.recovery.max_restarts_per_member:
+            _mark_failed(ctx, m, backoff=0.0)
+            _give_up(
+                ctx,
+                f"member {m.index} failed after {len(used)} restarts within "
+                f"{spec.recovery.restart_window_seconds:g}s (maxRestartsPerMember "
+                f"{spec.recovery.max_restarts_per_member})",
+                m.index,
+            )
+            return
+        _mark_failed(ctx, m, backoff=backoff_seconds(spec, len(used)))
+
+
+def _mark_failed(ctx: _Ctx, m: MemberStatus, backoff: float) -> None:
+    st, now = ctx.status, ctx.now
+    in_recovery = m.state in (S.RESTARTING, S.JOINING) and m.failed_time is not None
+    ctx.move(m, S.FAILED)
+    m.failed_time = m.failed_time if in_recovery else now
+    m.next_restart_time = now + timedelta(seconds=backoff)
+    st.recovery_start_time = st.recovery_start_time or now
+    ctx.event(
+        "Normal",
+        "BackoffScheduled",
+        f"member {m.index}: replacement in {backoff:g}s",
+        m.index,
+    )
+
+
+def _give_up(ctx: _Ctx, message: str, member: int | None) -> None:
+    st = ctx.status
+    st.phase = Phase.FAILED
+    st.conditions = set_condition(
+        st.conditions,
+        Condition(
+            type=ConditionType.READY,
+            status=ConditionStatus.FALSE,
+            reason="RestartBudgetExhausted",
+            message=message,
+            observed_generation=ctx.observed.generation,
+        ),
+        ctx.now,
+    )
+    ctx.actions.append(RecordRecovery(result="Failed"))
+    ctx.event("Warning", "RestartBudgetExhausted", f"{message}; the operator stopped acting", member)
+
+
+def _group_restart(ctx: _Ctx, reason: str | None) -> None:
+    """Move every member to Pending with a new incarnation; pods are recreated once all old ones are gone."""
+    st, spec, now = ctx.status, ctx.spec, ctx.now
+    used = in_window(st.group_restart_times, now, spec.recovery.restart_window_seconds)
+    if reason is not None and len(used) >= spec.recovery.max_restarts_per_member:
+        _give_up(
+            ctx,
+            f"group restart ({reason}) needed after {len(used)} group restarts within "
+            f"{spec.recovery.restart_window_seconds:g}s "
+            f"(maxRestartsPerMember {spec.recovery.max_restarts_per_member})",
+            None,
+        )
+        return
+    delay = backoff_seconds(spec, len(used)) if reason is not None else 0.0
+    for m in st.members:
+        ctx.move(m, S.PENDING)
+        m.incarnation += 1
+        m.pod_uid = None
+        m.next_restart_time = now + timedelta(seconds=delay)
+        m.failed_time = m.failed_time or now
+    st.group_restarts += 1
+    st.total_restarts += 1
+    st.group_restart_times = [*used, now]
+    st.recovery_start_time = st.recovery_start_time or now
+    ctx.bump_epoch = True
+    if reason is not None:
+        ctx.actions.append(RecordGroupRestart(reason=reason))
+        ctx.event("Warning", "GroupRestart", f"restarting the whole group ({reason}) in {delay:g}s")
+
+
+def _remove_pod(ctx: _Ctx, m: MemberStatus, pod: PodObs, why: str) -> None:
+    """Delete a pod we no longer want; force-delete it if it is stuck on a lost node."""
+    if not pod.deleting:
+        if pod.phase in ("Failed", "Succeeded"):
+            # Every container has ended: nothing is left to stop gracefully, and waiting for the kubelet to
+            # confirm would delay the replacement (same pod name) for nothing.
+            ctx.actions.append(ForceDeletePod(member=m.index, name=pod.name, uid=pod.uid))
+        else:
+            ctx.actions.append(DeletePod(member=m.index, name=pod.name, uid=pod.uid, reason=why))
+        return
+    node = ctx.observed.nodes.get(pod.node) if pod.node else None
+    if pod.node is None or (node is not None and node.ready):
+        return  # the kubelet (or the API server, for an unbound pod) finishes it
+    started = pod.deletion_started or ctx.now
+    deadline = started + timedelta(seconds=ctx.spec.recovery.terminating_timeout_seconds)
+    if ctx.now >= deadline:
+        ctx.actions.append(ForceDeletePod(member=m.index, name=pod.name, uid=pod.uid))
+        ctx.event(
+            "Warning",
+            "PodForceDeleted",
+            f"pod {pod.name} stuck Terminating on lost node {pod.node}: force-deleted",
+            m.index,
+        )
+    else:
+        ctx.wake_at(deadline)
+
+
+def _progress(ctx: _Ctx) -> None:
+    st, now, observed = ctx.status, ctx.now, ctx.observed
+    start_of_state = {m.index: m.state for m in st.members}
+    # Old pods: a pod whose incarnation is not the member's, and the pod of a failed member.
+    for m in st.members:
+        for old in observed.pods_of(m.index):
+            if old.incarnation != m.incarnation or m.state == S.FAILED:
+                _remove_pod(ctx, m, old, "replaced" if m.state != S.FAILED else "member failed")
+    # A fresh (group) start only once no pod of an older incarnation is left anywhere: fresh ranks must never
+    # meet ranks of the previous group.
+    quiet = all(p.incarnation == by.incarnation for by in st.members for p in observed.pods_of(by.index))
+    for m in st.members:
+        pods = observed.pods_of(m.index)
+        pod = _current_pod(observed, m)
+        if m.state == S.FAILED:
+            assert m.next_restart_time is not None
+            if now < m.next_restart_time:
+                ctx.wake_at(m.next_restart_time)
+            elif not pods:
+                _start_replacement(ctx, m)
+        elif m.state == S.RESTARTING:
+            if pod is None and m.pod_uid is None and not pods:
+                ctx.actions.append(_create(ctx, m, join=True))  # write-ahead intent not yet carried out
+            elif pod is not None and (pod.running or pod.phase == "Running"):
+                ctx.move(m, S.JOINING)
+                ctx.event(
+                    "Normal", "MemberJoining", f"member {m.index} running; survivors admit ranks", m.index
+                )
+            _wake_for_timeout(ctx, pod)
+        elif m.state == S.JOINING:
+            # Healthy only if Joining was already published (survivors must have seen joiningRanks).
+            if pod is not None and pod.ready and start_of_state[m.index] == S.JOINING:
+                ctx.move(m, S.HEALTHY)
+                if m.failed_time is not None:
+                    m.last_recovery_seconds = (now - m.failed_time).total_seconds()
+                m.failed_time = None
+                m.next_restart_time = None
+                ctx.event(
+                    "Normal",
+                    "MemberRecovered",
+                    f"member {m.index} joined; recovered in {m.last_recovery_seconds or 0:.2f}s",
+                    m.index,
+                )
+            _wake_for_timeout(ctx, pod)
+        elif m.state == S.PENDING:
+            if pod is None and m.pod_uid is None and quiet:
+                if m.next_restart_time is not None and now < m.next_restart_time:
+                    ctx.wake_at(m.next_restart_time)
+                else:
+                    ctx.actions.append(_create(ctx, m, join=False))
+            elif pod is not None and pod.ready:
+                ctx.move(m, S.HEALTHY)
+                m.failed_time = None
+                m.next_restart_time = None
+                ctx.event("Normal", "MemberHealthy", f"member {m.index} Ready", m.index)
+            _wake_for_timeout(ctx, pod)
+
+
+def _wake_for_timeout(ctx: _Ctx, pod: PodObs | None) -> None:
+    if pod is not None and not pod.ready and pod.created is not None:
+        ctx.wake_at(pod.created + timedelta(seconds=ctx.spec.recovery.rejoin_timeout_seconds + 1))
+
+
+def _start_replacement(ctx: _Ctx, m: MemberStatus) -> None:
+    st, now = ctx.status, ctx.now
+    ctx.move(m, S.RESTARTING)
+    m.incarnation += 1
+    m.restarts += 1
+    m.restart_times = [*in_window(m.restart_times, now, ctx.spec.recovery.restart_window_seconds), now]
+    m.pod_uid = None
+    m.node = None
+    m.next_restart_time = None
+    st.total_restarts += 1
+    ctx.actions.append(_create(ctx, m, join=True))
+    ctx.actions.append(RecordMemberRestart(member=m.index))
+    ctx.event(
+        "Normal", "MemberRestarting", f"member {m.index}: replacement created with the join flag", m.index
+    )
+
+
+def _create(ctx: _Ctx, m: MemberStatus, *, join: bool) -> CreatePod:
+    o = ctx.observed
+    name = podspec.pod_name(o.name, m.index)
+    m.pod_name = name
+    manifest = podspec.render_pod(
+        ctx.spec,
+        cluster=o.name,
+        namespace=o.namespace,
+        uid=o.uid,
+        index=m.index,
+        join=join,
+        epoch=ctx.status.membership.epoch,
+        incarnation=m.incarnation,
+    )
+    return CreatePod(member=m.index, name=name, join=join, incarnation=m.incarnation, manifest=manifest)
+
+
+def _finish(ctx: _Ctx, before: ElasticEPClusterStatus) -> None:
+    """Membership, epoch, recovery bookkeeping, phase and conditions from the members' new states."""
+    st, now = ctx.status, ctx.now
+    active = sorted(r for m in st.members if m.state == S.HEALTHY for r in ranks(m))
+    joining = sorted(r for m in st.members if m.state == S.JOINING for r in ranks(m))
+    old = before.membership
+    changed = active != old.active_ranks or joining != old.joining_ranks
+    epoch = old.epoch + 1 if changed or ctx.bump_epoch else old.epoch
+    st.membership = Membership(epoch=epoch, active_ranks=active, joining_ranks=joining)
+    st.active_rank_count = len(active)
+    st.observed_generation = ctx.observed.generation
+    all_healthy = all(m.state == S.HEALTHY for m in st.members)
+    if all_healthy and st.recovery_start_time is not None and st.phase != Phase.FAILED:
+        seconds = (now - st.recovery_start_time).total_seconds()
+        st.last_recovery_seconds = seconds
+        st.recovery_start_time = None
+        ctx.actions.append(RecordRecovery(result="Succeeded", seconds=seconds))
+        ctx.event("Normal", "RecoveryCompleted", f"every rank active again after {seconds:.2f}s")
+    if st.phase != Phase.FAILED:
+        st.phase = _phase(st)
+    _set_conditions(ctx)
+    if changed or ctx.bump_epoch:
+        ctx.event(
+            "Normal",
+            "MembershipChanged",
+            f"epoch {epoch}: {len(active)}/{st.world_size} ranks active, joining {joining or 'none'}",
+        )
+
+
+def _phase(st: ElasticEPClusterStatus) -> Phase:
+    states = {m.state for m in st.members}
+    if S.PENDING in states:
+        return Phase.RESTARTING if st.recovery_start_time is not None else Phase.PENDING
+    if S.FAILED in states:
+        return Phase.DEGRADED
+    if states & {S.RESTARTING, S.JOINING}:
+        return Phase.RECOVERING
+    return Phase.RUNNING
+
+
+def _set_conditions(ctx: _Ctx) -> None:
+    st, gen = ctx.status, ctx.observed.generation
+    healthy = sum(1 for m in st.members if m.state == S.HEALTHY)
+    summary = (
+        f"{healthy}/{len(st.members)} members healthy, {st.active_rank_count}/{st.world_size} ranks active"
+    )
+
+    def cond(ctype: ConditionType, true: bool, reason: str) -> None:
+        if ctype == ConditionType.READY and st.phase == Phase.FAILED:
+            return  # keeps the RestartBudgetExhausted reason and message
+        status = ConditionStatus.TRUE if true else ConditionStatus.FALSE
+        new = Condition(type=ctype, status=status, reason=reason, message=summary, observed_generation=gen)
+        st.conditions = set_condition(st.conditions, new, ctx.now)
+
+    phase = st.phase.value
+    cond(ConditionType.READY, st.phase == Phase.RUNNING, phase)
+    cond(ConditionType.DEGRADED, st.phase not in (Phase.PENDING, Phase.RUNNING), phase)
+    cond(ConditionType.RECOVERING, st.recovery_start_time is not None and st.phase != Phase.FAILED, phase)

@@ -1,0 +1,212 @@
+"""kopf wiring: every event becomes the same level-triggered `Reconciler.reconcile(namespace, name)`.
+
+- CR: `on.event` (covers create, update and resume: kopf lists every CR when it starts) and a `timer` every
+  `resync_seconds` (safety net). `on.event` rather than `on.create/update/resume` because those persist
+  handler progress in kopf annotations; ours lives in the status only.
+- Pods with our managed-by label: mapped back to their CR by the `elasticep.io/cluster` label.
+- Nodes: a node's readiness change or deletion reconciles every CR with a pod on that node (an index built
+  from pod events).
+- Leader election: a Lease (see `eep_operator.io.lease` for why not kopf peering); non-leaders watch but do
+  not act; a new leader reconciles every CR at once.
+
+`Runtime` serialises reconciles per CR (one at a time; events that arrive meanwhile collapse into one more
+run) and schedules the planner's `requeue_after`. Reconciles run in threads (the official client is sync).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import kopf
+
+from eep_operator.api.v1alpha1 import GROUP, MANAGED_BY_VALUE, PLURAL, VERSION, Labels
+from eep_operator.io.kube import KubeClient, KubeError
+from eep_operator.io.lease import LeaderElector
+from eep_operator.reconcile import Reconciler
+from eep_operator.settings import Settings
+
+log = logging.getLogger("eep_operator.handlers")
+Key = tuple[str, str]
+
+
+class Runtime:
+    """Per-CR serialisation, coalescing and delayed requeues on kopf's event loop."""
+
+    def __init__(
+        self, reconciler: Reconciler, kube: KubeClient, settings: Settings, elector: LeaderElector | None
+    ) -> None:
+        self.reconciler = reconciler
+        self.kube = kube
+        self.settings = settings
+        self.elector = elector
+        self._running: set[Key] = set()
+        self._dirty: set[Key] = set()
+        self._timers: dict[Key, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.pods_by_node: dict[str, set[Key]] = defaultdict(set)
+        # Reconciles are API-bound; their own pool keeps them from queueing behind kopf's sync work.
+        self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="reconcile")
+        self.reconciles = 0
+
+    def is_leader(self) -> bool:
+        return self.elector is None or self.elector.is_leader()
+
+    def kick(self, key: Key) -> None:
+        """Reconcile `key` soon (returns at once)."""
+        task = asyncio.get_running_loop().create_task(self.run(key))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def run(self, key: Key) -> None:
+        if key in self._running:
+            self._dirty.add(key)
+            return
+        self._running.add(key)
+        requeue: float | None = None
+        try:
+            while True:
+                self._dirty.discard(key)
+                if not self.is_leader():
+                    return
+                loop = asyncio.get_running_loop()
+                result = await loop.run_in_executor(self.pool, self.reconciler.reconcile, *key)
+                self.reconciles += 1
+                requeue = result.requeue_after
+                if key not in self._dirty:
+                    break
+        finally:
+            self._running.discard(key)
+        if requeue is not None:
+            self.schedule(key, requeue)
+
+    def schedule(self, key: Key, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        when = loop.time() + delay
+        old = self._timers.get(key)
+        if old is not None and not old.cancelled() and old.when() <= when:
+            return
+        if old is not None:
+            old.cancel()
+        self._timers[key] = loop.call_at(when, self._fire, key)
+
+    def _fire(self, key: Key) -> None:
+        self._timers.pop(key, None)
+        self.kick(key)
+
+    async def kick_all(self) -> None:
+        """Reconcile every CR we serve (a new leader, or startup)."""
+        namespaces: list[str | None] = list(self.settings.watch.namespaces) or [None]
+        for ns in namespaces:
+            try:
+                crs = await asyncio.to_thread(self.kube.list_clusters, ns)
+            except KubeError as e:
+                log.warning("could not list clusters: %s", e)
+                continue
+            for cr in crs:
+                self.kick((cr["metadata"]["namespace"], cr["metadata"]["name"]))
+
+    async def elect_forever(self, stopped: asyncio.Event) -> None:
+        """Run the Lease elector; on becoming leader, reconcile everything."""
+        assert self.elector is not None
+        was_leader = False
+        try:
+            while not stopped.is_set():
+                leader = await asyncio.to_thread(self.elector.step)
+                if leader and not was_leader:
+                    log.info("this operator is the leader now")
+                    await self.kick_all()
+                elif was_leader and not leader:
+                    log.warning("lost the lease: standing by")
+                was_leader = leader
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopped.wait(), self.settings.lease.renew_seconds)
+        finally:
+            await asyncio.to_thread(self.elector.release)
+
+
+def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
+    """Register every handler of the operator in `registry` (one registry per operator instance)."""
+    settings = runtime.settings
+    stopped = asyncio.Event()
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.peering.standalone = True  # leadership is the Lease's job
+        settings.posting.enabled = False  # our own Events carry searchable reasons
+        settings.watching.server_timeout = 60
+        settings.watching.client_timeout = 90
+        settings.watching.connect_timeout = 10
+        settings.networking.request_timeout = 30
+        if runtime.elector is not None:
+            task = asyncio.get_running_loop().create_task(runtime.elect_forever(stopped))
+            runtime._tasks.add(task)
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # A private registry has no default login handlers. kopf's own login_with_service_account assumes
+        # https://kubernetes.default.svc:443; the official client honours KUBERNETES_SERVICE_HOST/PORT
+        # (in-cluster) and falls back to $KUBECONFIG, which is what every other part of the project uses.
+        # With --kubeconfig, that file (`__main__` exports it as $KUBECONFIG; the official client read its
+        # default location at import time, so only kopf's own loader sees it).
+        if runtime.settings.kubeconfig:
+            return kopf.login_with_kubeconfig(**kwargs)
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        stopped.set()
+        for task in list(runtime._tasks):
+            try:
+                await asyncio.wait_for(asyncio.shield(task), 5)
+            except (TimeoutError, asyncio.CancelledError):
+                task.cancel()
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    async def cluster_event(
+        namespace: str | None, name: str, type: str, meta: kopf.Meta, status: kopf.Status, **_: Any
+    ) -> None:
+        if namespace is None:
+            return
+        if type == "DELETED":
+            runtime.reconciler.metrics.forget(namespace, name)
+            return
+        if type == "MODIFIED" and status.get("observedGeneration") == meta.get("generation"):
+            return  # our own status write (the spec did not change): nothing new to act on
+        runtime.kick((namespace, name))
+
+    @kopf.timer(GROUP, VERSION, PLURAL, interval=settings.watch.resync_seconds, registry=registry)
+    async def cluster_resync(namespace: str | None, name: str, **_: Any) -> None:
+        if namespace is None:
+            return
+        runtime.kick((namespace, name))
+
+    @kopf.on.event("", "v1", "pods", labels={Labels.MANAGED_BY: MANAGED_BY_VALUE}, registry=registry)
+    async def pod_event(body: kopf.Body, namespace: str | None, type: str, **_: Any) -> None:
+        cluster = (body.get("metadata", {}).get("labels") or {}).get(Labels.CLUSTER)
+        if not cluster or namespace is None:
+            return
+        key = (namespace, cluster)
+        node = (body.get("spec") or {}).get("nodeName")
+        if node:
+            if type == "DELETED":
+                runtime.pods_by_node[node].discard(key)
+            else:
+                runtime.pods_by_node[node].add(key)
+        runtime.kick(key)
+
+    node_ready: dict[str, bool] = {}
+
+    @kopf.on.event("", "v1", "nodes", registry=registry)
+    async def node_event(body: kopf.Body, name: str, type: str, **_: Any) -> None:
+        conds = {c.get("type"): c.get("status") for c in (body.get("status") or {}).get("conditions") or []}
+        ready = type != "DELETED" and conds.get("Ready") == "True"
+        if node_ready.get(name) == ready:
+            return  # a heartbeat, not a change
+        node_ready[name] = ready
+        for key in list(runtime.pods_by_node.get(name, ())):
+            runtime.kick(key)

@@ -1,0 +1,238 @@
+"""The Kubernetes API as the operator uses it: a small `KubeClient` Protocol and its implementation.
+
+Objects travel as plain JSON dicts with camelCase keys (what the API server sends), so the core's `observe`
+reads the same shape in production and in tests. Called by `eep_operator.reconcile`, the executor and the
+Lease elector. Every method raises only the error types below.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from eep_operator.api.v1alpha1 import GROUP, PLURAL, VERSION
+
+Obj = dict[str, Any]
+T = TypeVar("T")
+
+
+class KubeError(Exception):
+    """Base of the client's errors."""
+
+
+class NotFoundError(KubeError):
+    """404: the object does not exist (or the uid precondition points at an object that is gone)."""
+
+
+class AlreadyExistsError(KubeError):
+    """409 AlreadyExists on create."""
+
+
+class ConflictError(KubeError):
+    """409 Conflict: the resourceVersion (or uid) precondition failed; re-read and recompute."""
+
+
+class TransientError(KubeError):
+    """429, 5xx, timeouts and connection errors that outlived the client's retries."""
+
+
+class PermanentError(KubeError):
+    """Any other API error (400, 403, 422...): retrying the same request will not help."""
+
+
+class KubeClient(Protocol):
+    """What the operator needs from the API server."""
+
+    def get_cluster(self, namespace: str, name: str) -> Obj | None:
+        """The ElasticEPCluster, or None if it does not exist."""
+
+    def list_clusters(self, namespace: str | None) -> list[Obj]:
+        """Every ElasticEPCluster (in `namespace`, or all namespaces for None)."""
+
+    def list_pods(self, namespace: str, label_selector: str) -> list[Obj]:
+        """Pods of `namespace` matching the selector."""
+
+    def list_nodes(self) -> list[Obj]:
+        """All nodes."""
+
+    def service_exists(self, namespace: str, name: str) -> bool: ...
+
+    def create(self, manifest: Obj) -> Obj:
+        """Create a Pod or Service. Raises AlreadyExistsError."""
+
+    def delete_pod(self, namespace: str, name: str, uid: str, *, force: bool = False) -> None:
+        """Delete only if the pod still has `uid`; `force` sets grace period 0. Raises NotFoundError,
+        ConflictError (uid differs)."""
+
+    def replace_status(self, cr: Obj, status: Obj) -> Obj:
+        """Write the CR's status, compare-and-set on `cr`'s resourceVersion. Raises ConflictError."""
+
+    def create_event(self, event: Obj) -> None:
+        """Create a core/v1 Event in its namespace."""
+
+
+def classify(e: ApiException) -> KubeError:
+    """Map an ApiException to our error types."""
+    status = e.status or 0
+    reason = ""
+    with contextlib.suppress(ValueError, AttributeError):
+        reason = json.loads(e.body or "{}").get("reason", "")
+    if status == 404:
+        return NotFoundError(str(e.reason))
+    if status == 409:
+        return (
+            AlreadyExistsError(str(e.reason)) if reason == "AlreadyExists" else ConflictError(str(e.reason))
+        )
+    if status == 429 or status >= 500 or status == 0:
+        return TransientError(f"{status} {e.reason}")
+    return PermanentError(f"{status} {e.reason}: {e.body}")
+
+
+def with_retries(call: Callable[[], T], attempts: int = 4, base_delay: float = 0.1) -> T:
+    """Run `call`, retrying transient errors with exponential backoff; other errors are raised typed."""
+    for i in range(attempts):
+        try:
+            return call()
+        except ApiException as e:
+            err = classify(e)
+            if not isinstance(err, TransientError) or i == attempts - 1:
+                raise err from e
+        except (OSError, TimeoutError) as e:  # urllib3 connection errors derive from OSError
+            if i == attempts - 1:
+                raise TransientError(str(e)) from e
+        time.sleep(base_delay * 2**i)
+    raise AssertionError("unreachable")
+
+
+def _json(resp: Any) -> Any:
+    return json.loads(resp.data)
+
+
+class ApiKubeClient:
+    """`KubeClient` on the official `kubernetes` client (sync; called from worker threads)."""
+
+    def __init__(self, api_client: client.ApiClient, request_timeout: float = 10.0) -> None:
+        self.core = client.CoreV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+        self.timeout = request_timeout
+
+    def get_cluster(self, namespace: str, name: str) -> Obj | None:
+        try:
+            return with_retries(  # type: ignore[no-any-return]
+                lambda: _json(
+                    self.custom.get_namespaced_custom_object(
+                        GROUP, VERSION, namespace, PLURAL, name,
+                        _preload_content=False, _request_timeout=self.timeout,
+                    )
+                )
+            )  # fmt: skip
+        except NotFoundError:
+            return None
+
+    def list_clusters(self, namespace: str | None) -> list[Obj]:
+        def call() -> Any:
+            if namespace is None:
+                return self.custom.list_cluster_custom_object(
+                    GROUP, VERSION, PLURAL, _preload_content=False, _request_timeout=self.timeout
+                )
+            return self.custom.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, _preload_content=False, _request_timeout=self.timeout
+            )
+
+        return list(with_retries(lambda: _json(call()))["items"])
+
+    def list_pods(self, namespace: str, label_selector: str) -> list[Obj]:
+        return list(
+            with_retries(
+                lambda: _json(
+                    self.core.list_namespaced_pod(
+                        namespace, label_selector=label_selector,
+                        _preload_content=False, _request_timeout=self.timeout,
+                    )
+                )
+            )["items"]
+        )  # fmt: skip
+
+    def list_nodes(self) -> list[Obj]:
+        return list(
+            with_retries(
+                lambda: _json(self.core.list_node(_preload_content=False, _request_timeout=self.timeout))
+            )["items"]
+        )
+
+    def service_exists(self, namespace: str, name: str) -> bool:
+        try:
+            with_retries(
+                lambda: self.core.read_namespaced_service(
+                    name, namespace, _preload_content=False, _request_timeout=self.timeout
+                )
+            )
+        except NotFoundError:
+            return False
+        return True
+
+    def create(self, manifest: Obj) -> Obj:
+        ns = manifest["metadata"]["namespace"]
+        kind = manifest["kind"]
+        if kind == "Pod":
+            fn: Callable[..., Any] = self.core.create_namespaced_pod
+        elif kind == "Service":
+            fn = self.core.create_namespaced_service
+        else:
+            raise PermanentError(f"cannot create kind {kind}")
+        return dict(
+            with_retries(
+                lambda: _json(fn(ns, manifest, _preload_content=False, _request_timeout=self.timeout))
+            )
+        )
+
+    def delete_pod(self, namespace: str, name: str, uid: str, *, force: bool = False) -> None:
+        body: Any = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": uid}}
+        if force:
+            body["gracePeriodSeconds"] = 0
+        with_retries(
+            lambda: self.core.delete_namespaced_pod(
+                name, namespace, body=body, grace_period_seconds=0 if force else None,
+                _preload_content=False, _request_timeout=self.timeout,
+            )
+        )  # fmt: skip
+
+    def replace_status(self, cr: Obj, status: Obj) -> Obj:
+        meta = cr["metadata"]
+        body = {
+            "apiVersion": cr.get("apiVersion", f"{GROUP}/{VERSION}"),
+            "kind": cr.get("kind", "ElasticEPCluster"),
+            "metadata": {
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "resourceVersion": meta["resourceVersion"],
+            },
+            "spec": cr.get("spec", {}),
+            "status": status,
+        }
+        return dict(
+            with_retries(
+                lambda: _json(
+                    self.custom.replace_namespaced_custom_object_status(
+                        GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], body,
+                        _preload_content=False, _request_timeout=self.timeout,
+                    )
+                )
+            )
+        )  # fmt: skip
+
+    def create_event(self, event: Obj) -> None:
+        ns = event["metadata"]["namespace"]
+        raw: Any = event  # the client accepts plain dicts; its annotations say model objects
+        with_retries(
+            lambda: self.core.create_namespaced_event(
+                ns, raw, _preload_content=False, _request_timeout=self.timeout
+            ),
+            attempts=2,
+        )

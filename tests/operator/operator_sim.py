@@ -1,0 +1,278 @@
+"""An in-memory world for simulating the planner: pods, nodes and a clock, no API server.
+
+Used only by the planner's unit and property tests (the real API server is used by test_e2e_*). It models what
+matters to the planner: pod names are unique (AlreadyExists), graceful deletion finishes only on a Ready node,
+force deletion always does, a replacement becomes Ready only after the status admitted its ranks.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from eep_operator.api.v1alpha1 import ElasticEPClusterSpec, ElasticEPClusterStatus, MemberState, Phase
+from eep_operator.core import actions as A
+from eep_operator.core.observe import NodeObs, Observed, PodObs, Termination
+from eep_operator.core.planner import plan
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+NAME, NS, UID = "c", "ns", "cr-uid"
+
+
+@dataclass
+class SimPod:
+    name: str
+    uid: str
+    member: int
+    incarnation: int
+    join: bool
+    created: datetime
+    node: str | None = None
+    phase: str = "Pending"
+    running: bool = False
+    ready: bool = False
+    terminated: Termination | None = None
+    deleting: bool = False
+    deletion_started: datetime | None = None
+    evicted: bool = False
+    hang: bool = False
+
+    def obs(self) -> PodObs:
+        return PodObs(
+            name=self.name,
+            uid=self.uid,
+            member=self.member,
+            incarnation=self.incarnation,
+            join=self.join,
+            phase=self.phase,
+            ready=self.ready,
+            running=self.running,
+            terminated=self.terminated,
+            deleting=self.deleting,
+            deletion_started=self.deletion_started,
+            evicted=self.evicted,
+            reason="Evicted" if self.evicted else "",
+            node=self.node,
+            created=self.created,
+        )
+
+
+class InvariantError(AssertionError):
+    pass
+
+
+@dataclass
+class World:
+    spec: ElasticEPClusterSpec
+    node_names: list[str]
+    now: datetime = T0
+    pods: dict[str, SimPod] = field(default_factory=dict)
+    nodes: dict[str, bool] = field(default_factory=dict)
+    service: bool = False
+    status: ElasticEPClusterStatus = field(default_factory=ElasticEPClusterStatus)
+    generation: int = 1
+    created: list[A.CreatePod] = field(default_factory=list)
+    max_incarnation: dict[int, int] = field(default_factory=dict)
+    last_requeue: float | None = None
+    _uids: itertools.count[int] = field(default_factory=itertools.count)
+    _rr: itertools.count[int] = field(default_factory=itertools.count)
+
+    def __post_init__(self) -> None:
+        self.nodes = dict.fromkeys(self.node_names, True)
+
+    # ---------------------------------------------------------------- the operator's side
+    def observed(self) -> Observed:
+        return Observed(
+            name=NAME,
+            namespace=NS,
+            uid=UID,
+            generation=self.generation,
+            pods=tuple(
+                sorted((p.obs() for p in self.pods.values()), key=lambda p: (p.member, p.incarnation))
+            ),
+            nodes={n: NodeObs(n, r) for n, r in self.nodes.items()},
+            service_exists=self.service,
+        )
+
+    def reconcile(self) -> A.Plan:
+        """One plan + execute, checking the invariants of the transition."""
+        obs = self.observed()
+        before = self.status
+        p = plan(self.spec, before, obs, self.now)
+        check_step(before, p, obs)
+        for c in (a for a in p.actions if isinstance(a, A.CreatePod)):
+            # The same incarnation again is the retry of a write-ahead intent; an older one is a bug.
+            if c.incarnation < self.max_incarnation.get(c.member, 0):
+                raise InvariantError(f"member {c.member} recreated with an old incarnation {c.incarnation}")
+            self.max_incarnation[c.member] = max(self.max_incarnation.get(c.member, 0), c.incarnation)
+        self.status = p.status
+        self.last_requeue = p.requeue_after
+        self.execute(p.actions)
+        return p
+
+    def execute(self, actions: tuple[A.Action, ...]) -> None:
+        for a in actions:
+            if isinstance(a, A.EnsureService):
+                self.service = True
+            elif isinstance(a, A.CreatePod):
+                if a.name in self.pods:
+                    continue  # AlreadyExists
+                self.created.append(a)
+                self.pods[a.name] = SimPod(
+                    name=a.name,
+                    uid=f"uid-{next(self._uids)}",
+                    member=a.member,
+                    incarnation=a.incarnation,
+                    join=a.join,
+                    created=self.now,
+                    node=self._schedule(),
+                )
+            elif isinstance(a, A.DeletePod):
+                pod = self.pods.get(a.name)
+                if pod is not None and pod.uid == a.uid and not pod.deleting:
+                    pod.deleting, pod.deletion_started = True, self.now
+            elif isinstance(a, A.ForceDeletePod):
+                pod = self.pods.get(a.name)
+                if pod is not None and pod.uid == a.uid:
+                    del self.pods[a.name]
+
+    def _schedule(self) -> str | None:
+        ready = [n for n, ok in self.nodes.items() if ok]
+        return ready[next(self._rr) % len(ready)] if ready else None
+
+    # ---------------------------------------------------------------- the kubelet's side
+    def tick(self) -> None:
+        """Kubelets make progress: finish deletions, start containers, report readiness."""
+        admitted = set(self.status.membership.joining_ranks) | set(self.status.membership.active_ranks)
+        rpn = self.spec.ranks_per_node
+        for name, pod in list(self.pods.items()):
+            if pod.node is None:
+                if pod.deleting:
+                    del self.pods[name]
+                else:
+                    pod.node = self._schedule()
+                continue
+            if not self.nodes.get(pod.node, False):
+                continue  # kubelet gone: nothing moves
+            if pod.deleting:
+                del self.pods[name]
+                continue
+            if pod.terminated is not None or pod.phase in ("Failed", "Succeeded"):
+                continue
+            if pod.phase == "Pending":
+                pod.phase, pod.running = "Running", True
+            elif not pod.hang and (not pod.join or pod.member * rpn in admitted):
+                pod.ready = True
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+    # ---------------------------------------------------------------- faults
+    def _pod_of(self, member: int) -> SimPod | None:
+        return next((p for p in self.pods.values() if p.member == member and not p.deleting), None)
+
+    def kill(self, member: int, code: int = 137) -> None:
+        pod = self._pod_of(member)
+        if pod is not None and pod.node is not None and self.nodes.get(pod.node):
+            pod.phase, pod.running, pod.ready = "Failed", False, False
+            pod.terminated = Termination(exit_code=code, reason="Error", message="killed")
+
+    def user_delete(self, member: int) -> None:
+        pod = self._pod_of(member)
+        if pod is not None:
+            pod.deleting, pod.deletion_started = True, self.now
+
+    def evict(self, member: int) -> None:
+        pod = self._pod_of(member)
+        if pod is not None and pod.node is not None and self.nodes.get(pod.node):
+            pod.phase, pod.running, pod.ready, pod.evicted = "Failed", False, False, True
+
+    def hang(self, member: int) -> None:
+        pod = self._pod_of(member)
+        if pod is not None:
+            pod.hang, pod.ready = True, False
+
+    def node_down(self, node: str) -> None:
+        self.nodes[node] = False
+        for pod in self.pods.values():
+            if pod.node == node:
+                pod.ready = False  # the node lifecycle controller marks them not Ready
+
+    def node_up(self, node: str) -> None:
+        self.nodes[node] = True
+
+    # ---------------------------------------------------------------- driving
+    def settle(self, max_steps: int = 400) -> None:
+        """No more faults: reconcile, tick, let time pass until every member is Healthy or the CR Failed."""
+        for _ in range(max_steps):
+            self.reconcile()
+            if self.done():
+                return
+            self.tick()
+            self.advance(min(max(self.last_requeue or 0.5, 0.05), 30.0))
+        raise InvariantError(f"did not settle: {summary(self.status)}")
+
+    def done(self) -> bool:
+        st = self.status
+        if st.phase == Phase.FAILED:
+            return True
+        return (
+            st.phase == Phase.RUNNING
+            and bool(st.members)
+            and all(m.state == MemberState.HEALTHY for m in st.members)
+            and len(st.membership.active_ranks) == self.spec.world_size
+        )
+
+
+def summary(st: ElasticEPClusterStatus) -> str:
+    return f"{st.phase.value} epoch={st.membership.epoch} " + " ".join(
+        f"{m.index}:{m.state.value}/i{m.incarnation}" for m in st.members
+    )
+
+
+def check_step(before: ElasticEPClusterStatus, p: A.Plan, obs: Observed) -> None:
+    """Invariants of one plan() step (see the issue): checked at every step of every simulation."""
+    after = p.status
+    if after.membership.epoch < before.membership.epoch:
+        raise InvariantError("epoch decreased")
+    creates = [a for a in p.actions if isinstance(a, A.CreatePod)]
+    members = {m.index: m for m in after.members}
+    if len({c.member for c in creates}) != len(creates):
+        raise InvariantError("two pods created for one member in one step")
+    for c in creates:
+        # One recovery at a time per member: never a second pod while one of the member exists.
+        if obs.pods_of(c.member):
+            raise InvariantError(f"pod created for member {c.member} while one of its pods exists")
+        m = members[c.member]
+        if c.join and m.state != MemberState.RESTARTING:
+            raise InvariantError(f"join pod for member {c.member} in state {m.state}")
+        if not c.join:
+            # A fresh pod (no join flag) only while no other member serves and no old pod is left anywhere.
+            if any(x.state != MemberState.PENDING for x in after.members):
+                raise InvariantError(f"fresh pod for member {c.member} while others serve: {summary(after)}")
+            for pod in obs.pods:
+                if pod.incarnation != members[pod.member].incarnation or pod.join:
+                    raise InvariantError(f"fresh pod for member {c.member} while old pod {pod.name} lives")
+    # Survivors never leave activeRanks unless they fail (or the whole group restarts).
+    failed_members = {
+        a.member
+        for a in p.actions
+        if isinstance(a, A.EmitEvent) and a.type == "Warning" and a.member is not None
+    }
+    group = any(isinstance(a, A.RecordGroupRestart) for a in p.actions) or after.phase == Phase.FAILED
+    for old in before.members:
+        left = old.state == MemberState.HEALTHY and members[old.index].state != MemberState.HEALTHY
+        regrouped = group or after.group_restarts != before.group_restarts
+        if left and old.index not in failed_members and not regrouped:
+            raise InvariantError(f"healthy member {old.index} left without failing")
+    active = {
+        r
+        for m in after.members
+        if m.state == MemberState.HEALTHY
+        for r in range(m.first_rank, m.first_rank + m.rank_count)
+    }
+    if set(after.membership.active_ranks) != active:
+        raise InvariantError("activeRanks differ from the Healthy members")
+    if set(after.membership.joining_ranks) & set(after.membership.active_ranks):
+        raise InvariantError("a rank is both active and joining")

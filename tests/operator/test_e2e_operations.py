@@ -1,0 +1,152 @@
+"""End to end: the operator process itself (crash and resume, two replicas, spec validation, node loss)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+from conftest import Eep, Operators
+from test_e2e_recovery import container_cmd, wait_running
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
+
+
+@pytest.mark.parametrize("state", ["Failed", "Joining"])
+def test_operator_killed_mid_recovery_resumes(
+    state: str, eep: Eep, operators: Operators, make_cluster: Any, wait_for: Any
+) -> None:
+    op = operators.start()
+    # Long enough in each state to kill the operator there: backoff for Failed, a slow join for Joining.
+    backoff = 4.0 if state == "Failed" else 0.5
+    name = make_cluster(env={"STANDIN_JOIN_DELAY": "6"}, backoffInitialSeconds=backoff, backoffMaxSeconds=8)
+    wait_running(eep, wait_for, name, operators)
+    old = eep.exit_member(name, 2)
+    wait_for(
+        lambda: eep.member(name, 2).get("state") == state, 30, lambda: eep.describe(name) + operators.logs()
+    )
+    op.kill()
+    operators.start()
+    wait_for(
+        lambda: eep.running(name) and eep.member(name, 2).get("podUid") not in (None, old),
+        40,
+        lambda: eep.describe(name) + operators.logs(),
+    )
+    st = eep.status(name)
+    assert st["members"][2]["restarts"] == 1 and st["groupRestarts"] == 0
+    pod = eep.pod(name, 2)
+    assert pod is not None and "--rejoin" in container_cmd(pod)
+
+
+def _created_pods(log: str) -> int:
+    return log.count("created pod ")
+
+
+def test_two_operators_only_one_acts(
+    eep: Eep, operators: Operators, make_cluster: Any, wait_for: Any
+) -> None:
+    a, b = operators.start(), operators.start()
+    time.sleep(2)  # both running: one holds the Lease
+    name = make_cluster()
+    wait_running(eep, wait_for, name, operators)
+    created = [_created_pods(p.log.read_text()) for p in (a, b)]
+    assert sorted(created) == [0, 3], operators.logs()
+    leader, standby = (a, b) if created[0] else (b, a)
+    lease = eep.core.api_client.sanitize_for_serialization(
+        __import__("kubernetes")
+        .client.CoordinationV1Api(eep.core.api_client)
+        .read_namespaced_lease(f"eep-{eep.ns}", eep.ns)
+    )
+    assert lease["spec"]["holderIdentity"].endswith(f"-{leader.proc.pid}")
+    # The leader dies: the stand-by takes over within the lease duration and recovers a failure.
+    leader.kill()
+    old = eep.exit_member(name, 1)
+    wait_for(
+        lambda: eep.running(name) and eep.member(name, 1).get("podUid") not in (None, old),
+        40,
+        lambda: eep.describe(name) + operators.logs(),
+    )
+    assert _created_pods(standby.log.read_text()) == 1
+
+
+def test_invalid_spec_update_is_rejected(eep: Eep, make_cluster: Any, kubectl: Any) -> None:
+    name = make_cluster()
+    for patch, message in [
+        ('{"spec":{"nodes":5}}', "nodes is immutable"),
+        ('{"spec":{"ranksPerNode":4}}', "ranksPerNode is immutable"),
+        (
+            '{"spec":{"recovery":{"maxUnavailableMembers":3}}}',
+            "maxUnavailableMembers must be smaller than nodes",
+        ),
+        ('{"spec":{"recovery":{"mode":"Sometimes"}}}', "Unsupported value"),
+    ]:
+        with pytest.raises(AssertionError, match=message):
+            kubectl("-n", eep.ns, "patch", "eep", name, "--type=merge", "-p", patch)
+    spec = eep.cr(name)["spec"]
+    assert (spec["nodes"], spec["ranksPerNode"], spec["recovery"]["maxUnavailableMembers"]) == (3, 2, 1)
+    assert spec["recovery"].get("mode", "PerMember") == "PerMember"
+
+
+def test_deleting_the_cluster_removes_its_pods(
+    eep: Eep, operators: Operators, make_cluster: Any, wait_for: Any
+) -> None:
+    operators.start()
+    name = make_cluster(nodes=2)
+    wait_running(eep, wait_for, name, operators)
+    eep.custom.delete_namespaced_custom_object("elasticep.io", "v1alpha1", eep.ns, "elasticepclusters", name)
+    wait_for(lambda: not eep.pods(name), 60, lambda: eep.describe(name))
+    assert not eep.core.list_namespaced_service(eep.ns).items
+
+
+def test_node_lost_members_recovered_elsewhere(  # noqa: PLR0917
+    eep: Eep, operators: Operators, make_cluster: Any, wait_for: Any, local_cluster: Any, kubectl: Any
+) -> None:
+    extra = f"eep-node-x{eep.ns[-4:]}"
+    assert local_cluster.run("start-node", extra) == 0
+    try:
+        operators.start()
+
+        def pin(node: str | None) -> None:
+            value = "null" if node is None else json.dumps({"kubernetes.io/hostname": node})
+            kubectl(
+                "-n", eep.ns, "patch", "eep", name, "--type=merge",
+                "-p", f'{{"spec":{{"template":{{"nodeSelector":{value}}}}}}}',
+            )  # fmt: skip
+
+        name = make_cluster(
+            nodes=3,
+            maxUnavailableMembers=2,
+            template={"nodeSelector": {"kubernetes.io/hostname": "eep-node-0"}},
+        )
+        wait_running(eep, wait_for, name, operators)
+        # Move members 1 and 2 to the extra node (replacements are rendered from the current spec).
+        pin(extra)
+        for i in (1, 2):
+            old = eep.exit_member(name, i)
+            wait_for(
+                lambda i=i, old=old: (
+                    eep.running(name) and eep.member(name, i).get("podUid") not in (None, old)
+                ),
+                30,
+                lambda: eep.describe(name) + operators.logs(),
+            )
+        assert [eep.member(name, i)["node"] for i in (0, 1, 2)] == ["eep-node-0", extra, extra]
+        pin(None)
+        assert local_cluster.run("stop-node", extra) == 0
+        t0 = time.monotonic()
+        wait_for(
+            lambda: (
+                eep.running(name) and all(eep.member(name, i).get("node") == "eep-node-0" for i in (1, 2))
+            ),
+            90,
+            lambda: eep.describe(name) + operators.logs(),
+        )
+        st = eep.status(name)
+        assert [st["members"][i]["lastExit"]["reason"] for i in (1, 2)] == ["NodeLost", "NodeLost"]
+        assert st["members"][0]["restarts"] == 0 and st["groupRestarts"] == 0
+        assert "PodForceDeleted" in eep.reasons(name)
+        print(f"node lost -> recovered in {time.monotonic() - t0:.1f}s")
+    finally:
+        local_cluster.run("stop-node", extra)
+        kubectl("delete", "node", extra, "--ignore-not-found", check=False)

@@ -1,0 +1,477 @@
+"""Table-driven tests of `plan()`: failure signals, member state machine, backoff, budgets, group restarts."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+from operator_builders import exited, make_spec, observed, t
+from operator_sim import World
+
+from eep_operator.api.v1alpha1 import (
+    ConditionStatus,
+    ConditionType,
+    ElasticEPClusterSpec,
+    ElasticEPClusterStatus,
+    MemberState,
+    Phase,
+)
+from eep_operator.core import actions as A
+from eep_operator.core.conditions import get_condition
+from eep_operator.core.observe import Observed, PodObs
+from eep_operator.core.planner import backoff_seconds, plan
+
+S = MemberState
+
+
+def running(spec: ElasticEPClusterSpec) -> World:
+    """A world whose cluster reached Running (every member Healthy, incarnation 1)."""
+    w = World(spec, ["n0", "n1"])
+    w.settle()
+    assert w.status.phase == Phase.RUNNING
+    return w
+
+
+def with_pod(obs: Observed, member: int, new: PodObs | None) -> Observed:
+    pods = tuple(p for p in obs.pods if p.member != member) + ((new,) if new is not None else ())
+    return replace(obs, pods=pods)
+
+
+def member_pod(obs: Observed, member: int) -> PodObs:
+    return next(p for p in obs.pods if p.member == member)
+
+
+def kinds(p: A.Plan, kind: type) -> list:
+    return [a for a in p.actions if isinstance(a, kind)]
+
+
+# ------------------------------------------------------------------------------------------ failure signals
+
+SIGNALS = [
+    ("container exit 137", lambda p: exited(p, 137), "ContainerExit", 137, True),
+    (
+        "container exit 0",
+        lambda p: replace(exited(p, 0, "Completed"), phase="Succeeded"),
+        "ContainerExit",
+        0,
+        True,
+    ),
+    (
+        "phase Failed",
+        lambda p: replace(p, phase="Failed", running=False, ready=False),
+        "PodFailed",
+        None,
+        True,
+    ),
+    ("evicted", lambda p: replace(p, phase="Failed", evicted=True, reason="Evicted"), "Evicted", None, True),
+    (
+        "deleted by a user",
+        lambda p: replace(p, deleting=True, deletion_started=t(100)),
+        "PodDeleted",
+        None,
+        False,
+    ),
+    ("pod gone", lambda p: None, "PodDeleted", None, False),
+    (
+        "deleted, then SIGTERM",
+        lambda p: replace(exited(p, 143), deleting=True, deletion_started=t(100)),
+        "PodDeleted",
+        143,
+        False,
+    ),
+    ("node lost", lambda p: replace(p, node="n-down"), "NodeLost", None, True),
+    ("node deleted", lambda p: replace(p, node="n-gone"), "NodeLost", None, True),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "mutate", "reason", "code", "deletes"), SIGNALS, ids=[s[0] for s in SIGNALS]
+)
+def test_failure_signal_marks_member_failed(name, mutate, reason, code, deletes) -> None:
+    spec = make_spec()
+    w = running(spec)
+    before = w.status
+    obs = w.observed()
+    obs = replace(obs, nodes={**obs.nodes, "n-down": replace(obs.nodes["n0"], name="n-down", ready=False)})
+    victim = member_pod(obs, 2)
+    obs = with_pod(obs, 2, mutate(victim))
+    p = plan(spec, before, obs, w.now)
+    m = p.status.members[2]
+    assert m.state == S.FAILED
+    assert m.last_exit is not None and m.last_exit.exit_code == code and m.last_exit.pod_uid == victim.uid
+    assert m.failed_time == w.now and m.next_restart_time == w.now + timedelta(seconds=1)
+    assert A.RecordFailure(reason) in p.actions
+    assert any(
+        isinstance(a, A.EmitEvent) and a.reason == f"Member{reason}" and a.member == 2 for a in p.actions
+    )
+    assert [r for r in range(8) if r not in p.status.membership.active_ranks] == [4, 5]
+    assert p.status.membership.epoch == before.membership.epoch + 1
+    assert p.status.phase == Phase.DEGRADED
+    deletes_seen = [a.uid for a in p.actions if isinstance(a, A.DeletePod | A.ForceDeletePod)]
+    assert deletes_seen == ([victim.uid] if deletes else [])
+    assert not kinds(p, A.CreatePod)
+    # Other members are untouched: survivors never leave activeRanks unless they fail.
+    assert all(x.state == S.HEALTHY for x in p.status.members if x.index != 2)
+
+
+def test_not_ready_healthy_pod_is_not_a_failure() -> None:
+    spec = make_spec()
+    w = running(spec)
+    obs = w.observed()
+    obs = with_pod(obs, 1, replace(member_pod(obs, 1), ready=False))
+    p = plan(spec, w.status, obs, w.now)
+    assert p.status.members[1].state == S.HEALTHY
+    assert p.status.membership == w.status.membership
+
+
+# ------------------------------------------------------------------------------------------ member recovery
+
+
+def failed_world(spec: ElasticEPClusterSpec, member: int = 1) -> World:
+    w = running(spec)
+    w.kill(member)
+    w.reconcile()
+    assert w.status.members[member].state == S.FAILED
+    return w
+
+
+def test_backoff_then_replacement_with_join_flag() -> None:
+    spec = make_spec()
+    w = failed_world(spec)
+    w.tick()  # the kubelet removes the deleted pod
+    assert "c-1" not in w.pods
+    w.advance(0.5)
+    p = w.reconcile()
+    assert not kinds(p, A.CreatePod)
+    assert p.requeue_after == pytest.approx(0.5)
+    w.advance(0.5)
+    p = w.reconcile()
+    (create,) = kinds(p, A.CreatePod)
+    assert create.join and create.member == 1 and create.incarnation == 2
+    assert "--rejoin" in create.manifest["spec"]["containers"][0]["command"]
+    assert create.manifest["metadata"]["annotations"]["elasticep.io/join"] == "true"
+    m = p.status.members[1]
+    assert (m.state, m.restarts, m.incarnation, m.pod_uid) == (S.RESTARTING, 1, 2, None)
+    assert A.RecordMemberRestart(1) in p.actions
+    assert p.status.phase == Phase.RECOVERING
+
+
+def test_failed_member_waits_for_its_old_pod_to_go() -> None:
+    spec = make_spec(maxUnavailableMembers=2)
+    w = running(spec)
+    assert w.pods["c-1"].node == "n1"
+    w.node_down("n1")
+    p = w.reconcile()
+    assert [a.member for a in kinds(p, A.DeletePod)] == [1, 3]  # still running there: graceful
+    w.tick()
+    w.advance(5)  # backoff over, but the old pod is still Terminating on the lost node
+    p = w.reconcile()
+    assert not kinds(p, A.CreatePod)
+    assert not kinds(p, A.DeletePod)  # already deleting: nothing more to ask
+
+
+def test_restarting_to_joining_to_healthy() -> None:
+    spec = make_spec()
+    w = failed_world(spec)
+    w.tick()
+    w.advance(1)
+    w.reconcile()  # creates the replacement
+    epoch = w.status.membership.epoch
+    w.tick()  # replacement Running, not yet Ready (not admitted)
+    p = w.reconcile()
+    assert p.status.members[1].state == S.JOINING
+    assert p.status.membership.joining_ranks == [2, 3]
+    assert p.status.membership.epoch == epoch + 1
+    assert 2 not in p.status.membership.active_ranks
+    w.tick()  # admitted -> Ready
+    w.advance(2)
+    p = w.reconcile()
+    m = p.status.members[1]
+    assert m.state == S.HEALTHY and m.last_recovery_seconds == pytest.approx(3.0)
+    assert p.status.membership.joining_ranks == [] and p.status.membership.active_ranks == list(range(8))
+    assert p.status.membership.epoch == epoch + 2
+    assert p.status.phase == Phase.RUNNING and p.status.last_recovery_seconds == pytest.approx(3.0)
+    (rec,) = kinds(p, A.RecordRecovery)
+    assert rec.result == "Succeeded" and rec.seconds == pytest.approx(3.0)
+
+
+def test_joining_needs_a_published_joining_state_before_healthy() -> None:
+    """A replacement already Ready when first seen still goes through Joining (survivors must admit it)."""
+    spec = make_spec()
+    w = failed_world(spec)
+    w.tick()
+    w.advance(1)
+    w.reconcile()
+    pod_ = w.pods["c-1"]
+    pod_.phase, pod_.running, pod_.ready, pod_.node = "Running", True, True, "n0"
+    p = w.reconcile()
+    assert p.status.members[1].state == S.JOINING
+    p = w.reconcile()
+    assert p.status.members[1].state == S.HEALTHY
+
+
+@pytest.mark.parametrize(("n", "seconds"), [(0, 1.0), (1, 2.0), (2, 4.0), (3, 8.0), (4, 8.0), (500, 8.0)])
+def test_backoff_grows_and_is_capped(n: int, seconds: float) -> None:
+    assert backoff_seconds(make_spec(), n) == seconds
+
+
+def test_flapping_member_backoff_grows_then_budget_exhausted() -> None:
+    spec = make_spec(maxRestartsPerMember=2)
+    w = running(spec)
+    delays = []
+    for _ in range(2):
+        w.kill(1)
+        w.reconcile()
+        m = w.status.members[1]
+        assert m.next_restart_time is not None
+        delays.append((m.next_restart_time - w.now).total_seconds())
+        w.settle()
+    assert delays == [1.0, 2.0]
+    w.kill(1)
+    p = w.reconcile()
+    assert p.status.phase == Phase.FAILED
+    ready = get_condition(p.status.conditions, ConditionType.READY)
+    assert (
+        ready is not None
+        and ready.status == ConditionStatus.FALSE
+        and ready.reason == "RestartBudgetExhausted"
+    )
+    assert A.RecordRecovery(result="Failed") in p.actions
+    assert any(isinstance(a, A.EmitEvent) and a.reason == "RestartBudgetExhausted" for a in p.actions)
+    assert not kinds(p, A.CreatePod)
+    w.advance(100)
+    p = w.reconcile()
+    assert not [a for a in p.actions if isinstance(a, A.KUBE_ACTIONS)]
+
+
+def test_restarts_outside_the_window_do_not_count() -> None:
+    spec = make_spec(maxRestartsPerMember=1, restartWindowSeconds=10)
+    w = running(spec)
+    w.kill(1)
+    w.settle()
+    w.advance(11)
+    w.kill(1)
+    p = w.reconcile()
+    assert p.status.phase == Phase.DEGRADED
+
+
+def test_replacement_never_ready_times_out_and_is_retried() -> None:
+    spec = make_spec(rejoinTimeoutSeconds=5)
+    w = failed_world(spec)
+    w.tick()
+    w.advance(1)
+    w.reconcile()
+    w.tick()
+    w.hang(1)
+    w.reconcile()
+    assert w.status.members[1].state == S.JOINING
+    w.advance(4)
+    assert w.reconcile().status.members[1].state == S.JOINING
+    w.advance(2)
+    p = w.reconcile()
+    m = p.status.members[1]
+    assert m.state == S.FAILED and m.last_exit is not None and m.last_exit.reason == "JoinTimeout"
+    assert A.RecordFailure("JoinTimeout") in p.actions
+    assert kinds(p, A.DeletePod)
+    assert m.failed_time == failed_world_time(w)  # the recovery clock keeps running from the first failure
+    w.settle()
+    assert w.status.members[1].restarts == 2
+
+
+def failed_world_time(w: World):
+    return w.status.recovery_start_time
+
+
+# ------------------------------------------------------------------------------------------ group restarts
+
+
+def test_member_zero_failure_restarts_the_group() -> None:
+    spec = make_spec()
+    w = running(spec)
+    w.kill(0)
+    epoch = w.status.membership.epoch
+    p = w.reconcile()
+    assert A.RecordGroupRestart("MemberZeroLost") in p.actions
+    assert all(m.state == S.PENDING and m.incarnation == 2 for m in p.status.members)
+    assert p.status.phase == Phase.RESTARTING and p.status.group_restarts == 1
+    assert p.status.membership.active_ranks == [] and p.status.membership.epoch == epoch + 1
+    assert [a.member for a in kinds(p, A.ForceDeletePod)] == [0]  # its container ended: no grace needed
+    assert sorted(a.member for a in kinds(p, A.DeletePod)) == [1, 2, 3]
+    assert p.status.members[0].last_exit is not None and p.status.members[0].last_exit.exit_code == 137
+    assert not kinds(p, A.CreatePod)
+    w.tick()  # old pods go
+    w.advance(1)
+    p = w.reconcile()
+    creates = kinds(p, A.CreatePod)
+    assert sorted(c.member for c in creates) == [0, 1, 2, 3] and not any(c.join for c in creates)
+    assert all("--rejoin" not in c.manifest["spec"]["containers"][0]["command"] for c in creates)
+    w.settle()
+    assert w.status.phase == Phase.RUNNING and w.status.last_recovery_seconds is not None
+
+
+def test_fresh_pods_wait_for_every_old_pod() -> None:
+    spec = make_spec()
+    w = running(spec)
+    w.node_down("n1")  # members 1 and 3 are on n1
+    w.kill(0)
+    p = w.reconcile()
+    assert A.RecordGroupRestart("MemberZeroLost") in p.actions
+    w.tick()
+    w.advance(5)
+    p = w.reconcile()
+    assert not kinds(p, A.CreatePod)  # pods on the lost node are still Terminating
+    w.advance(10)
+    p = w.reconcile()
+    assert sorted(a.member for a in kinds(p, A.ForceDeletePod)) == [1, 3]
+    assert not kinds(p, A.CreatePod)
+    p = w.reconcile()
+    assert len(kinds(p, A.CreatePod)) == 4
+
+
+@pytest.mark.parametrize(("max_unavailable", "group"), [(1, True), (2, False)])
+def test_two_members_failing_at_once(max_unavailable: int, group: bool) -> None:
+    spec = make_spec(maxUnavailableMembers=max_unavailable)
+    w = running(spec)
+    w.kill(1)
+    w.kill(2)
+    p = w.reconcile()
+    assert (A.RecordGroupRestart("TooManyUnavailable") in p.actions) == group
+    if not group:
+        assert [m.state for m in p.status.members] == [S.HEALTHY, S.FAILED, S.FAILED, S.HEALTHY]
+        assert p.status.membership.active_ranks == [0, 1, 6, 7]
+    w.settle()
+    assert w.status.phase == Phase.RUNNING
+    assert [c.join for c in w.created[-2:]] == [not group, not group]
+
+
+def test_group_restart_mode_restarts_the_group_on_any_failure() -> None:
+    spec = make_spec(mode="GroupRestart")
+    w = running(spec)
+    w.kill(3)
+    p = w.reconcile()
+    assert A.RecordGroupRestart("GroupRestartMode") in p.actions
+    w.settle()
+    assert w.status.phase == Phase.RUNNING and not any(c.join for c in w.created)
+
+
+def test_group_restart_budget() -> None:
+    spec = make_spec(mode="GroupRestart", maxRestartsPerMember=2)
+    w = running(spec)
+    for _ in range(2):
+        w.kill(1)
+        w.settle()
+        assert w.status.phase == Phase.RUNNING
+    w.kill(1)
+    p = w.reconcile()
+    assert p.status.phase == Phase.FAILED
+    assert any(isinstance(a, A.EmitEvent) and a.reason == "RestartBudgetExhausted" for a in p.actions)
+
+
+def test_failure_during_group_start_restarts_the_group() -> None:
+    spec = make_spec()
+    w = World(spec, ["n0"])
+    w.reconcile()
+    w.tick()
+    w.hang(3)
+    w.tick()
+    w.reconcile()
+    assert [m.state for m in w.status.members] == [S.HEALTHY, S.HEALTHY, S.HEALTHY, S.PENDING]
+    w.kill(2)
+    p = w.reconcile()
+    assert A.RecordGroupRestart("TooManyUnavailable") in p.actions
+
+
+def test_failed_cluster_resumes_on_spec_change() -> None:
+    spec = make_spec(maxRestartsPerMember=0)
+    w = running(spec)
+    w.kill(1)
+    assert w.reconcile().status.phase == Phase.FAILED
+    w.generation += 1
+    p = w.reconcile()
+    assert p.status.phase == Phase.RESTARTING
+    w.settle()
+    assert w.status.phase == Phase.RUNNING
+
+
+# ------------------------------------------------------------------------------------------ start, resume
+
+
+def test_first_plan_creates_service_and_fresh_pods() -> None:
+    spec = make_spec(nodes=3)
+    p = plan(spec, ElasticEPClusterStatus(), observed(service=False), t(0))
+    assert isinstance(p.actions[0], A.EnsureService)
+    creates = kinds(p, A.CreatePod)
+    assert [c.member for c in creates] == [0, 1, 2] and not any(c.join for c in creates)
+    assert [m.first_rank for m in p.status.members] == [0, 2, 4]
+    assert p.status.phase == Phase.PENDING and p.status.world_size == 6 and p.status.membership.epoch == 0
+
+
+def test_resume_after_crash_between_status_write_and_pod_create() -> None:
+    """The status says Restarting (write-ahead) but the pod was never created: create it, same incarnation."""
+    spec = make_spec()
+    w = failed_world(spec)
+    w.tick()
+    w.advance(1)
+    obs = w.observed()
+    p = plan(spec, w.status, obs, w.now)  # "crash": the create is never executed
+    (first,) = kinds(p, A.CreatePod)
+    p2 = plan(spec, p.status, obs, w.now + timedelta(seconds=3))
+    (again,) = kinds(p2, A.CreatePod)
+    assert (again.incarnation, again.join) == (first.incarnation, True)
+    assert p2.status.members[1].restarts == 1
+
+
+@pytest.mark.parametrize("state", [S.RESTARTING, S.JOINING])
+def test_resume_in_each_recovery_state(state: MemberState) -> None:
+    """A new operator with only the status continues where the old one stood."""
+    spec = make_spec()
+    w = failed_world(spec)
+    w.tick()
+    w.advance(1)
+    w.reconcile()
+    if state == S.JOINING:
+        w.tick()
+        w.reconcile()
+    assert w.status.members[1].state == state
+    wire = w.status.to_wire()  # what the API server stored
+    w.status = ElasticEPClusterStatus.model_validate(wire)
+    w.settle()
+    assert w.status.phase == Phase.RUNNING and w.status.members[1].restarts == 1
+
+
+def test_stale_pod_of_old_incarnation_is_deleted() -> None:
+    spec = make_spec()
+    w = running(spec)
+    obs = w.observed()
+    stale = replace(member_pod(obs, 1), incarnation=0, uid="stale")
+    obs = with_pod(obs, 1, stale)
+    p = plan(spec, w.status, obs, w.now)
+    assert [a.uid for a in kinds(p, A.DeletePod)] == ["stale"]
+
+
+def test_condition_times_change_only_on_flip() -> None:
+    spec = make_spec()
+    w = running(spec)
+    ready = get_condition(w.status.conditions, ConditionType.READY)
+    w.advance(30)
+    w.reconcile()
+    again = get_condition(w.status.conditions, ConditionType.READY)
+    assert ready is not None and again is not None
+    assert again.last_transition_time == ready.last_transition_time
+    w.kill(2)
+    w.reconcile()
+    flipped = get_condition(w.status.conditions, ConditionType.READY)
+    assert (
+        flipped is not None
+        and flipped.status == ConditionStatus.FALSE
+        and flipped.last_transition_time == w.now
+    )
+
+
+def test_quiet_plan_is_a_fixed_point() -> None:
+    spec = make_spec()
+    w = running(spec)
+    p = plan(spec, w.status, w.observed(), w.now + timedelta(seconds=5))
+    assert p.status == w.status
+    assert not [a for a in p.actions if not isinstance(a, A.EmitEvent)] and not p.actions
