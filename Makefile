@@ -58,13 +58,13 @@ test-unit: $(VENV)/.base ## fast unit tests only
 	$(PY) -m pytest -m 'not cluster and not mooncake'
 
 demo: $(VENV)/.worker tools control-plane ## the whole loop on the local control plane: kill a member, watch it come back
-	$(PY) -m eep_demo
+	$(PY) -m eep_demo --state $(STATE)
 
 bench: $(VENV)/.worker tools control-plane ## benchmarks; results in bench/results/*.json
-	$(PY) bench/run_all.py
+	$(PY) bench/run_all.py --state $(STATE)
 
 soak: $(VENV)/.worker tools control-plane ## bounded chaos soak (minutes)
-	$(PY) bench/soak.py
+	$(PY) bench/soak.py --state $(STATE)
 
 clean: cluster-down ## remove the virtualenv and local state (caches under EEP_CACHE stay)
 	rm -rf $(VENV) .local

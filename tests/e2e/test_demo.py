@@ -1,0 +1,91 @@
+"""`make demo`'s scenario in `make test`: chart-installed operator, the CPU example with the real worker on
+mooncake-cpu, a client checking every answer, SIGKILL of a non-zero member, recovery to full capacity, and the
+rank-failure alert firing and resolving in a real Prometheus. Shorter timings than the demo.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from eep_demo import scenario
+from eep_demo.client import ClientSettings
+from eep_demo.cluster import Kube, Tools
+from eep_demo.live import LogView
+from eep_demo.scenario import DemoContext
+
+pytestmark = [pytest.mark.cluster, pytest.mark.mooncake, pytest.mark.timeout(900)]
+
+NAME = "demo"
+
+
+@pytest.fixture
+def ctx(local_cluster: Any, namespace: str) -> Iterator[DemoContext]:
+    kube = Kube(local_cluster.kubeconfig)
+    tools = Tools(local_cluster.kubectl_path.parent, local_cluster.kubeconfig)
+    context = DemoContext(kube, tools, namespace, LogView(print), local_cluster.state)
+    try:
+        yield context
+    finally:
+        with contextlib.suppress(Exception):
+            scenario.delete_cluster(context, NAME, timeout_s=60)
+        scenario.uninstall_operator(context, namespace)
+        kube.close()
+
+
+def test_member_killed_under_load_recovers_with_no_lost_or_wrong_answer(
+    ctx: DemoContext, tmp_path: Path
+) -> None:
+    if shutil.which("prometheus") is None:
+        pytest.skip("prometheus missing: run `make tools`")
+    release = ctx.namespace
+    scenario.install_operator(ctx, release)
+    prom = scenario.start_prometheus(ctx, release, tmp_path / "prometheus", "20s")
+    try:
+        scenario.apply_cluster(ctx, scenario.cluster_manifest(NAME))
+        scenario.wait_ready(ctx, NAME, 240)
+        watchers: list[scenario.AlertWatcher] = []
+
+        def watch_alert(kill_t: float) -> None:
+            watchers.append(scenario.AlertWatcher(prom, ctx.namespace, NAME, kill_t))
+            watchers[0].start()
+
+        result = scenario.run_failure(
+            ctx,
+            NAME,
+            member=2,
+            warmup_s=3,
+            recovery_timeout_s=180,
+            settle_s=2,
+            drain_s=30,
+            client_settings=ClientSettings(concurrency=2, pace_s=0.05),
+            on_kill=watch_alert,
+        )
+        m = result.metrics
+        print(m.as_dict())
+        assert result.killed_pids, "no process was killed"
+        assert m.requests.wrong == 0, result.wrong_details
+        assert m.requests.failed == 0
+        assert m.requests.ok > 0 and not result.epoch_regressions
+        assert m.detect_s is not None and m.full_s is not None and m.resume_s is not None
+        assert 0 < m.detect_s <= m.full_s
+        # Per-member recovery: the killed member's ranks are what is missing, never the whole world.
+        group_restart = any(s.phase == "Restarting" for s in result.samples)
+        assert not group_restart, "a whole-group restart happened: the per-member recovery did not complete"
+        assert m.capacity_lost_rank_s is not None and m.capacity_lost_rank_s <= m.full_s + 1
+        uids = {m2.pod_uid for s in result.samples if (m2 := s.member(2)) is not None}
+        assert len(uids) >= 2, "member 2 was not replaced"
+        for i in (0, 1, 3):
+            restarts = {mi.restarts for s in result.samples if (mi := s.member(i)) is not None}
+            assert restarts == {0}, f"member {i} restarted: {restarts}"
+
+        alert = scenario.alert_cycle(ctx, watchers[0], NAME, timeout_s=150)
+        assert alert.ok(), alert
+        assert alert.failures_counter >= 1
+    finally:
+        prom.stop()
