@@ -9,7 +9,7 @@ PIP := $(PY) -m pip
 STATE ?= .local/cluster
 PYDIRS := operator/eep_operator worker/eep_worker hack/eep_localcluster demo/eep_demo
 
-.PHONY: help venv venv-worker tools control-plane cluster-up cluster-down generate lint test test-unit demo bench soak clean
+.PHONY: help venv venv-worker tools control-plane cluster-up cluster-down generate lint test test-recovery test-unit demo bench soak clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -51,8 +51,11 @@ lint: $(VENV)/.base ## ruff, mypy --strict, import-linter
 	$(VENV)/bin/lint-imports
 	$(PY) -m eep_operator.api.crd --check
 
-test: lint $(VENV)/.worker tools control-plane ## the whole suite: lint, unit, worker (real mooncake-cpu), cluster e2e
-	$(PY) -m pytest
+test: lint $(VENV)/.worker tools control-plane ## the whole suite but the Mooncake fault tests (see test-recovery)
+	$(PY) -m pytest -m 'not mooncake_faults'
+
+test-recovery: $(VENV)/.worker tools control-plane ## rank kills mid-stream on real mooncake-cpu, incl. the demo scenario
+	$(PY) -m pytest -m mooncake_faults
 
 test-unit: $(VENV)/.base ## fast unit tests only
 	$(PY) -m pytest -m 'not cluster and not mooncake'
