@@ -44,14 +44,14 @@ cluster-up: $(VENV)/.worker tools control-plane ## start the local control plane
 cluster-down: ## stop everything cluster-up started
 	@if [ -x $(VENV)/bin/eep-localcluster ]; then $(VENV)/bin/eep-localcluster --state $(STATE) down; fi
 
-lint: $(VENV)/.base ## ruff, mypy --strict, import-linter
+lint: $(VENV)/.worker ## ruff, mypy --strict (needs torch's types), import-linter
 	$(VENV)/bin/ruff check $(PYDIRS) tests bench
 	$(VENV)/bin/ruff format --check $(PYDIRS) tests bench
 	$(VENV)/bin/mypy $(PYDIRS)
 	$(VENV)/bin/lint-imports
 	$(PY) -m eep_operator.api.crd --check
 
-test: lint $(VENV)/.worker tools control-plane ## the whole suite but the Mooncake fault tests (see test-recovery)
+test: $(VENV)/.worker lint tools control-plane ## the whole suite but the Mooncake fault tests (see test-recovery)
 	$(PY) -m pytest -m 'not mooncake_faults'
 
 test-recovery: $(VENV)/.worker tools control-plane ## rank kills mid-stream on real mooncake-cpu, incl. the demo scenario
