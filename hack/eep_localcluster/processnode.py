@@ -246,7 +246,15 @@ class Agent:
         target = spec.get("terminationMessagePath") or runner.DEFAULT_TERMINATION_PATH
         mounts.append(runner.Mount(term, target, is_dir=False))
         volumes = {v["name"]: v for v in run.pod["spec"].get("volumes") or []}
+        # Pods share the host's filesystem, so a volume mounted over a folder that holds the project's
+        # virtualenv or this pod's own files (an emptyDir at /tmp for a clone under /tmp, say) would hide the
+        # very programs the pod runs. Such a mount is left out, and the pod writes to the host folder instead.
+        needed = (self.s.venv_bin.resolve(), run.dir.resolve())
         for vm in spec.get("volumeMounts") or []:
+            if any(p.is_relative_to(Path(vm["mountPath"])) for p in needed):
+                where = f"{vm['name']} at {vm['mountPath']}"
+                self.log(f"pod {run.ns}/{run.name}: not mounting {where}: it would hide the pod's own files")
+                continue
             vol = volumes.get(vm["name"], {})
             if "emptyDir" in vol:
                 src = run.dir / "volumes" / vm["name"]
