@@ -38,8 +38,11 @@ generate: $(VENV)/.base ## regenerate the CRD (and the chart's copy), docs/refer
 	$(PY) -m eep_operator.api.crd
 	cp deploy/prometheus/elasticep-rules.yaml charts/elastic-ep-operator/files/elasticep-rules.yaml
 
-cluster-up: $(VENV)/.worker tools control-plane ## start the local control plane and a process node
+cluster-up: $(VENV)/.worker tools control-plane ## start the local control plane and a process node, install the CRD
 	$(VENV)/bin/eep-localcluster --state $(STATE) up
+	eval "$$($(VENV)/bin/eep-localcluster --state $(STATE) env)" && \
+	  kubectl apply --server-side --force-conflicts -f crds/ && \
+	  kubectl wait --for=condition=Established crd/elasticepclusters.elasticep.io --timeout=60s
 
 cluster-down: ## stop everything cluster-up started
 	@if [ -x $(VENV)/bin/eep-localcluster ]; then $(VENV)/bin/eep-localcluster --state $(STATE) down; fi
