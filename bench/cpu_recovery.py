@@ -116,8 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--members", type=int, default=3)
     p.add_argument("--ranks-per-member", type=int, default=1)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--collective-timeout-s", type=float, default=1.0)
-    p.add_argument("--reconcile-window-s", type=float, default=1.0)
+    p.add_argument("--collective-timeout-s", type=float, default=0.25)
+    p.add_argument(
+        "--reconcile-window-s", type=float, default=2.5, help="raised where the step fence needs more"
+    )
     p.add_argument("--join-timeout-s", type=float, default=60.0)
     p.add_argument("--warmup-delay-s", type=float, default=0.0)
     p.add_argument("--output", default=str(REPO / "bench" / "results" / "cpu_recovery.json"))

@@ -466,8 +466,10 @@ def main(argv: list[str] | None = None) -> int:
         "--dry-run", action="store_true", help="CPU mode: backend mooncake-cpu, short measurements"
     )
     p.add_argument("--subgroups", default="auto", choices=["auto", "column", "none"])
-    p.add_argument("--collective-timeout-s", type=float, default=1.0)
-    p.add_argument("--reconcile-window-s", type=float, default=2.0)
+    p.add_argument("--collective-timeout-s", type=float, default=0.25)
+    p.add_argument(
+        "--reconcile-window-s", type=float, default=2.5, help="raised where the step fence needs more"
+    )
     p.add_argument("--join-timeout-s", type=float, default=60.0)
     p.add_argument("--warmup-delay-s", type=float, default=0.0)
     p.add_argument("--start-timeout-s", type=float, default=180.0)

@@ -9,14 +9,16 @@ period). Called by `__main__.py` (`up`, `down`, `status`).
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import ssl
+import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from eep_localcluster import pki as pkimod
@@ -121,6 +123,46 @@ def _prepare_pki(layout: Layout, s: ControlPlaneSettings) -> None:
     pkimod.ensure_client_cert(p, "kube-scheduler", "system:kube-scheduler")
 
 
+ETCD_ATTEMPTS = 3
+
+
+def _start_etcd(layout: Layout, s: ControlPlaneSettings, info: ClusterInfo) -> ClusterInfo:
+    """Start etcd and wait until healthy. An etcd that exits at once is started again on fresh ports: free
+    ports come from a bind-to-0 probe, which another process can beat. Seen on this machine right after the
+    Mooncake fault tests (which open many ports): etcd gone within a second with an empty log, twice."""
+    for attempt in range(1, ETCD_ATTEMPTS + 1):
+        shutil.rmtree(layout.etcd_data, ignore_errors=True)
+        peer = procs.free_port()
+        etcd_url = f"http://127.0.0.1:{info.etcd_port}"
+        procs.spawn_detached(
+            [
+                str(s.bin_dir / "etcd"),
+                "--name=eep",
+                f"--data-dir={layout.etcd_data}",
+                f"--listen-client-urls={etcd_url}",
+                f"--advertise-client-urls={etcd_url}",
+                f"--listen-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-cluster=eep=http://127.0.0.1:{peer}",
+                # a throwaway test store: durability buys nothing and fsync is the slowest part on small disks
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ],
+            log=layout.log("etcd"),
+            pid_file=layout.pid("etcd"),
+            state=layout.root,
+        )
+        try:
+            _wait("etcd", functools.partial(_http_ok, f"{etcd_url}/health"), layout, s.start_timeout_s)
+            return info
+        except StartError as e:
+            if attempt == ETCD_ATTEMPTS or "exited" not in str(e):
+                raise
+            print(f"etcd exited at start (attempt {attempt}); retrying on fresh ports", file=sys.stderr)
+            info = replace(info, etcd_port=procs.free_port())
+    raise AssertionError("unreachable")
+
+
 def start(layout: Layout, s: ControlPlaneSettings) -> ClusterInfo:
     """Start a fresh control plane in `layout` (etcd data is wiped, key material reused); wait for it."""
     for d in ("logs", "run"):
@@ -139,33 +181,12 @@ def start(layout: Layout, s: ControlPlaneSettings) -> ClusterInfo:
             layout.component_kubeconfig(comp), info.server, p.ca.cert, p.client(comp), f"system:{comp}"
         )
 
-    shutil.rmtree(layout.etcd_data, ignore_errors=True)
-    peer = procs.free_port()
-    etcd_url = f"http://127.0.0.1:{info.etcd_port}"
-    procs.spawn_detached(
-        [
-            str(bins / "etcd"),
-            "--name=eep",
-            f"--data-dir={layout.etcd_data}",
-            f"--listen-client-urls={etcd_url}",
-            f"--advertise-client-urls={etcd_url}",
-            f"--listen-peer-urls=http://127.0.0.1:{peer}",
-            f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
-            f"--initial-cluster=eep=http://127.0.0.1:{peer}",
-            # a throwaway test store: durability buys nothing and fsync is the slowest part on small disks
-            "--unsafe-no-fsync",
-            "--log-level=warn",
-        ],
-        log=layout.log("etcd"),
-        pid_file=layout.pid("etcd"),
-        state=layout.root,
-    )
-    _wait("etcd", lambda: _http_ok(f"{etcd_url}/health"), layout, s.start_timeout_s)
+    info = _start_etcd(layout, s, info)
 
     procs.spawn_detached(
         [
             str(bins / "kube-apiserver"),
-            f"--etcd-servers={etcd_url}",
+            f"--etcd-servers=http://127.0.0.1:{info.etcd_port}",
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
             f"--secure-port={info.apiserver_port}",

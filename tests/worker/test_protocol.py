@@ -18,6 +18,7 @@ def test_encode_is_fixed_size_and_round_trips() -> None:
         BASE,
         dataclasses.replace(BASE, tokens=()),
         P.Plan(4, 11, P.Kind.RECOVER, (), frozenset({0, 1}), frozenset({2}), 1),
+        P.Plan(4, 12, P.Kind.FENCE, (), ALL, failed=frozenset({2, 3})),
     ):
         vec = P.encode(plan, max_tokens=8)
         assert len(vec) == P.HEADER + 8
@@ -64,6 +65,12 @@ def _patched(index: int, value: int) -> list[int]:
             0,
             "recover plan",
         ),
+        # FENCE names the failed ranks; no other kind does; rank 0 (the leader) is never fenced
+        (P.encode(dataclasses.replace(BASE, kind=P.Kind.FENCE), 8), 0, 0, "FENCE plan with failed"),
+        (P.encode(dataclasses.replace(BASE, failed=frozenset({2})), 8), 0, 0, "BATCH plan with failed"),
+        (P.encode(P.Plan(4, 11, P.Kind.FENCE, (), ALL, failed=frozenset({0, 2})), 8), 0, 0, "failed ranks"),
+        (_patched(8, 1 << W), 0, 0, "masks"),
+        (_patched(8, -1), 0, 0, "masks"),
     ],
 )
 def test_decode_rejects(vector: list[int], min_epoch: int, after_step: int, message: str) -> None:

@@ -82,8 +82,8 @@ def test_kill_and_rejoin_twice(tmp_path: Path) -> None:
         tmp_path,
         members=3,
         ranks_per_member=1,
-        collective_timeout_s=1.0,
-        reconcile_window_s=1.0,
+        collective_timeout_s=0.5,
+        reconcile_window_s=4.0,
         join_timeout_s=30.0,
     ) as cluster:
         cluster.start_all()
@@ -112,8 +112,8 @@ def test_member_with_two_ranks_rejoins(tmp_path: Path) -> None:
         tmp_path,
         members=2,
         ranks_per_member=2,
-        collective_timeout_s=1.0,
-        reconcile_window_s=1.0,
+        collective_timeout_s=0.5,
+        reconcile_window_s=4.0,
         join_timeout_s=30.0,
     ) as cluster:
         cluster.start_all()
@@ -142,8 +142,8 @@ def test_failures_around_a_join(tmp_path: Path) -> None:
         tmp_path,
         members=3,
         ranks_per_member=1,
-        collective_timeout_s=1.0,
-        reconcile_window_s=1.0,
+        collective_timeout_s=0.5,
+        reconcile_window_s=4.0,
         join_timeout_s=4.0,
     ) as cluster:
         cluster.start_all()

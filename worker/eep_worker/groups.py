@@ -76,8 +76,8 @@ def group_specs(world_size: int, ranks_per_member: int, *, subgroups: bool = Tru
 class Group:
     """One logical group on this rank. `device`/`cpu` are None where this rank is not a member.
 
-    The mirrors are the active-ranks tensors handed to Mooncake (group-local order, 1 = active); Mooncake
-    updates them in place when it deactivates or admits a rank. The CPU mirror is read on the host for free.
+    The mirrors are the groups' active-ranks tensors that Mooncake allocates (group-local order, 1 = active)
+    and updates in place when it deactivates or admits a rank. The CPU mirror is read on the host for free.
     """
 
     spec: GroupSpec
@@ -131,33 +131,36 @@ class GroupRegistry:
         groups: list[Group] = []
         for spec in specs:
             ext = is_extension(spec)
-            dev_mirror = torch.ones(len(spec.ranks), dtype=torch.int32, device=device)
-            cpu_mirror = torch.ones(len(spec.ranks), dtype=torch.int32)
+            options = mc.options(len(spec.ranks), ext)
             if spec is world:
                 dist.init_process_group(
-                    backend=backend,
-                    store=store,
-                    rank=rank,
-                    world_size=len(world.ranks),
-                    pg_options=mc.options(dev_mirror, ext),
+                    backend=backend, store=store, rank=rank, world_size=len(world.ranks), pg_options=options
                 )
                 dev_pg: dist.ProcessGroup | None = dist.group.WORLD
             else:
                 dev_pg = _member_or_none(
-                    dist.new_group(list(spec.ranks), backend=backend, pg_options=mc.options(dev_mirror, ext))
+                    dist.new_group(list(spec.ranks), backend=backend, pg_options=options)
                 )
             if backend == CPU_BACKEND:
                 # On mooncake-cpu one group serves both roles: two groups of the same ranks only double the
                 # recovery work, and a collective on one right after the other detected a failure hung
                 # intermittently in a probe (mooncake-transfer-engine 0.3.13).
-                cpu_pg, cpu_mirror = dev_pg, dev_mirror
+                cpu_pg = dev_pg
             else:
                 cpu_pg = _member_or_none(
                     dist.new_group(
-                        list(spec.ranks), backend=CPU_BACKEND, pg_options=mc.options(cpu_mirror, ext)
+                        list(spec.ranks), backend=CPU_BACKEND, pg_options=mc.options(len(spec.ranks), ext)
                     )
                 )
-            groups.append(Group(spec, dev_pg, cpu_pg, dev_mirror, cpu_mirror))
+            groups.append(
+                Group(
+                    spec,
+                    dev_pg,
+                    cpu_pg,
+                    _mirror(mc, dev_pg, len(spec.ranks), device),
+                    _mirror(mc, cpu_pg, len(spec.ranks), torch.device("cpu")),
+                )
+            )
         return cls(groups, rank)
 
     def ordered(self) -> Iterator[Group]:
@@ -170,6 +173,11 @@ class GroupRegistry:
     @property
     def world(self) -> Group:
         return self._groups[0]
+
+
+def _mirror(mc: Mooncake, pg: dist.ProcessGroup | None, size: int, device: torch.device) -> torch.Tensor:
+    # Where this rank is not a member there is no mirror to read; all-active keeps `live_ranks` meaningful.
+    return mc.active_ranks(pg) if pg is not None else torch.ones(size, dtype=torch.int32, device=device)
 
 
 def _member_or_none(pg: object) -> dist.ProcessGroup | None:

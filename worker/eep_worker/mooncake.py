@@ -38,10 +38,30 @@ class Mooncake:
         _pg.set_collective_timeout_us(round(collective_timeout_s * 1e6))
         _pg.set_fault_reconciliation_window_us(round(reconcile_window_s * 1e6))
 
-    def options(self, active_ranks: torch.Tensor, is_extension: bool) -> Any:
-        """`MooncakeBackendOptions` for a group. Mooncake keeps `active_ranks` up to date in place: it is the
-        group's active-ranks mirror (1 = active), readable without a collective."""
-        return _pg.MooncakeBackendOptions(active_ranks, is_extension)
+    def options(self, group_size: int, is_extension: bool) -> Any:
+        """`MooncakeBackendOptions` for a group of `group_size` ranks.
+
+        Failed ranks are still deactivated by Mooncake's coordinator (``auto_deactivate_on_failure``), but a
+        collective that saw a failure returns at once instead of blocking in ``sync_after_failure`` until the
+        reconciliation window closes (``auto_sync_on_failure=False``). With the sync inside the failing
+        collective, survivors that noticed the death in different collectives applied the new view at
+        different points of their collective streams and hung (see `rank.RankRuntime._fence`). Mooncake then
+        allocates the group's active-ranks mirror itself: read it with `active_ranks`."""
+        return _pg.MooncakeBackendOptions(group_size, is_extension, True, False)
+
+    def active_ranks(self, group: dist.ProcessGroup) -> torch.Tensor:
+        """The group's active-ranks mirror (group-local order, 1 = active). Mooncake updates it in place when
+        the view changes; a CPU group's mirror is readable without a collective or a device sync."""
+        mirror: torch.Tensor = _pg.get_active_ranks(group)
+        return mirror
+
+    def failed_ranks(self, work: dist.Work) -> list[int]:
+        """Group-local ranks this rank saw fail during the collective (empty when it succeeded). On GPU this
+        reads device memory: call it only for a step already known to have failed."""
+        hint = _pg.get_failed_ranks_hint(work)
+        if hint is None or not hint.numel():
+            return []
+        return [i for i, flag in enumerate(hint.cpu().tolist()) if flag]
 
     def local_success(self, work: dist.Work) -> bool:
         """False when this rank saw a peer fail during the collective (its result is then partial)."""

@@ -8,10 +8,13 @@ fails in it), so only the leader's view counts, and it reaches every rank inside
 
 Fixed sequence per step, on every rank whatever it saw: one plan broadcast, then, for a `BATCH` plan, one
 combine all-reduce per model layer over ``max_batch`` padded token rows; for a `RECOVER` plan, the recovery
-sequence (`recovery.recover_survivor`). Shapes never depend on data, so a rank that received a bad plan still
-issues the same collectives as the others (it contributes zeros) and the group never goes out of step.
+sequence (`recovery.recover_survivor`); for a `FENCE` plan, no collective at all until Mooncake's new view
+(without the `failed` ranks) has arrived on this rank. Shapes never depend on data, so a rank that received a
+bad plan still issues the same collectives as the others (it contributes zeros) and the group never goes out
+of step.
 
-Plan vector (int64): ``[MAGIC, epoch, step, kind, n_tokens, live_mask, joining_mask, source, tokens...]``.
+Plan vector (int64):
+``[MAGIC, epoch, step, kind, n_tokens, live_mask, joining_mask, source, failed_mask, tokens...]``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from collections.abc import Sequence
 from enum import IntEnum
 
 __all__ = [
+    "EXIT_FENCED",
     "EXIT_JOIN_FAILED",
     "EXIT_LEADER_LOST",
     "EXIT_STALLED",
@@ -52,9 +56,12 @@ EXIT_UNCOVERED = 5
 
 EXIT_STALLED = 6
 """Exit code of a rank whose step hung in a collective (see `rank.RankRuntime._watch_steps`)."""
+EXIT_FENCED = 7
+"""Exit code of a rank that Mooncake deactivated while it lived (seen at a fence): it is out of the group; the
+operator restarts it with the join flag."""
 
 MAGIC = 0x45455050  # "EEPP": rejects a buffer that is not a plan
-HEADER = 8
+HEADER = 9
 MAX_RANKS = 62
 """Ranks are carried as bits of one int64."""
 
@@ -64,6 +71,8 @@ class Kind(IntEnum):
     """Run the forward over the plan's tokens (possibly none: an idle step still runs its collectives)."""
     RECOVER = 2
     """Admit `joining` on every group in registry order, then broadcast the metadata from `source`."""
+    FENCE = 3
+    """Issue no collective until this rank's groups show the `failed` ranks inactive (Mooncake's new view)."""
 
 
 class PlanError(ValueError):
@@ -81,6 +90,8 @@ class Plan:
     joining: frozenset[int] = frozenset()
     source: int = -1
     """RECOVER: the healthy, non-joining rank that broadcasts the expert-location metadata."""
+    failed: frozenset[int] = frozenset()
+    """FENCE: the ranks the leader saw fail, which Mooncake's coordinator is about to deactivate."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +134,7 @@ def encode(plan: Plan, max_tokens: int) -> list[int]:
         mask(plan.live),
         mask(plan.joining),
         plan.source,
+        mask(plan.failed),
     ]
     return [*header, *plan.tokens, *([0] * (max_tokens - len(plan.tokens)))]
 
@@ -132,22 +144,30 @@ def decode(values: Sequence[int], *, world_size: int, min_epoch: int, after_step
     (epoch below ``min_epoch``, step not after ``after_step``), or names ranks outside the world."""
     if len(values) < HEADER or values[0] != MAGIC:
         raise PlanError("bad magic")
-    magic, epoch, step, kind, n, live_bits, joining_bits, source = (int(v) for v in values[:HEADER])
+    magic, epoch, step, kind, n, live_bits, joining_bits, source, failed_bits = (
+        int(v) for v in values[:HEADER]
+    )
     del magic
     if epoch < min_epoch:
         raise PlanError(f"stale epoch {epoch} < {min_epoch}")
     if step <= after_step:
         raise PlanError(f"stale step {step} <= {after_step}")
-    if kind not in (Kind.BATCH, Kind.RECOVER):
+    if kind not in (Kind.BATCH, Kind.RECOVER, Kind.FENCE):
         raise PlanError(f"unknown kind {kind}")
     if not 0 <= n <= len(values) - HEADER:
         raise PlanError(f"token count {n} outside [0, {len(values) - HEADER}]")
     full = (1 << world_size) - 1
-    if live_bits <= 0 or live_bits & ~full or joining_bits < 0 or joining_bits & ~full:
+    if (
+        any(bits < 0 or bits & ~full for bits in (joining_bits, failed_bits))
+        or live_bits <= 0
+        or live_bits & ~full
+    ):
         raise PlanError("rank masks outside the world")
-    live, joining = unmask(live_bits), unmask(joining_bits)
+    live, joining, failed = unmask(live_bits), unmask(joining_bits), unmask(failed_bits)
     if kind == Kind.RECOVER and (not joining or source not in live - joining):
         raise PlanError(f"recover plan with joining {sorted(joining)} and source {source}")
+    if (kind == Kind.FENCE) != bool(failed) or 0 in failed:
+        raise PlanError(f"{Kind(kind).name} plan with failed ranks {sorted(failed)}")
     return Plan(
         epoch=epoch,
         step=step,
@@ -156,6 +176,7 @@ def decode(values: Sequence[int], *, world_size: int, min_epoch: int, after_step
         live=live,
         joining=joining,
         source=source,
+        failed=failed,
     )
 
 

@@ -14,6 +14,14 @@ Trust. The leader answers a batch only from a step in which every one of ITS col
 did not change. Otherwise it re-plans the same batch with the live set it now sees; the plan carries that
 live set, so every rank rebuilds the same dispatch map at the same step. A follower whose own collectives
 failed does nothing special: its result is never used.
+
+Fence. When the leader saw ranks fail, its next plan is a FENCE naming them: every rank stops issuing
+collectives until Mooncake's coordinator has pushed the view without them (`_fence`). Mooncake restarts its
+per-collective buffer-slot counter when a group's active set changes; a survivor that applied the new view
+between two collectives and another that applied it inside one then wait on different slots forever
+(mooncake-transfer-engine 0.3.13: about half of the mid-stream kills hung the survivors). Parked at the
+fence, every survivor applies the view between the same two collectives. This needs the leader to reach the
+fence before the coordinator's reconciliation window closes; `Settings.fence_window_s` sizes the window.
 """
 
 from __future__ import annotations
@@ -131,10 +139,20 @@ class RankRuntime:
             if info.get("world_size") != self.world_size:
                 raise RuntimeError(f"leader runs a world of {info.get('world_size')}, not {self.world_size}")
             log.info("rank %d: rejoining (leader at epoch %s)", self.rank, info.get("epoch"))
+        window = s.fence_window_s
+        if window > s.timeouts.reconcile_window_s:
+            log.warning(
+                "rank %d: reconciliation window raised from %.2fs to %.2fs: survivors must reach the step "
+                "fence ((layers + 2) x collective timeout + 1 s) before Mooncake applies a new view",
+                self.rank,
+                s.timeouts.reconcile_window_s,
+                window,
+            )
+        self.fence_settle_s = window + 2 * s.timeouts.collective_timeout_s + 2.0
         self.mc.configure(
             host_ip=s.pod_ip,
             collective_timeout_s=s.timeouts.collective_timeout_s,
-            reconcile_window_s=s.timeouts.reconcile_window_s,
+            reconcile_window_s=window,
         )
         self.store = store = dist.TCPStore(  # type: ignore[attr-defined]
             c.coordinator_host,
@@ -279,6 +297,62 @@ class RankRuntime:
         was read back (the works are complete then; asking earlier could wait on the device)."""
         return all(self.mc.local_success(w) for w in self._works)
 
+    def _failed_ranks(self) -> frozenset[int]:
+        """Global ranks this rank saw fail in this step's collectives (all on the world group, whose local
+        ranks are the global ones). Only for a step already known to have failed."""
+        return frozenset(
+            r for w in self._works if not self.mc.local_success(w) for r in self.mc.failed_ranks(w)
+        )
+
+    def _fence(self, plan: P.Plan) -> None:
+        """Issue nothing until Mooncake's new view has reached every group of this rank (module doc).
+
+        The coordinator applies one decision when its reconciliation window closes: the world group's CPU
+        mirror shows which of the suspected ranks (`plan.failed`) it deactivated, and the fence then waits
+        until every group shows those inactive. The window closes at most one window after the first failure
+        report, which came before the leader's fence; so after `fence_settle_s` with no suspected rank
+        deactivated, no view is coming: the suspects were slow, not dead (Mooncake's failure hints also name
+        live ranks at times), and serving goes on with them. A rank that Mooncake deactivated itself leaves
+        (`EXIT_FENCED`: the operator restarts it with the join flag)."""
+        t0 = time.monotonic()
+        world = self.registry.world
+        gone: list[int] = []
+        pending: list[str] = []
+        while True:
+            waited = time.monotonic() - t0
+            flags = world.cpu_mirror.tolist()
+            if not flags[self.rank]:
+                self._exit(P.EXIT_FENCED, "Mooncake deactivated this rank")
+            if not flags[0]:
+                self._exit(P.EXIT_LEADER_LOST, "member 0 (rank 0) is gone: not recoverable in place")
+            gone = [r for r in sorted(plan.failed) if not flags[r]]
+            if gone:
+                pending = [
+                    group.name
+                    for group in self.registry.member_groups()
+                    for mirror in (group.device_mirror, group.cpu_mirror)
+                    # a device read on GPU: fine here, nothing is in flight
+                    if any(mirror.tolist()[i] for i in group.spec.locals_of(gone))
+                ]
+                if not pending:
+                    break
+            if waited > self.fence_settle_s:
+                break
+            time.sleep(0.002)
+        self.sink.phase("fence", waited)
+        kept = sorted(plan.failed - set(gone))
+        log.log(
+            logging.WARNING if kept or pending else logging.INFO,
+            "rank %d epoch %d step %d: fence passed after %.3fs: ranks %s inactive%s%s",
+            self.rank,
+            plan.epoch,
+            plan.step,
+            waited,
+            gone,
+            f"; suspected ranks {kept} kept active by Mooncake, serving on with them" if kept else "",
+            f"; groups {sorted(set(pending))} still without the new view" if pending else "",
+        )
+
     def run_plan(self, plan_vector: list[int] | None) -> tuple[P.Plan | None, torch.Tensor | None]:
         """One step on this rank: the plan broadcast (rank 0 passes the encoded plan), then what it says.
         Returns (plan or None when the received one was bad, output rows ``[max_batch, hidden]`` or None).
@@ -295,6 +369,9 @@ class RankRuntime:
         assert work is not None
         work.wait()
         self._works.append(work)
+        if not self.is_leader and not self.mc.local_success(work) and 0 in self.mc.failed_ranks(work):
+            # Rank 0 hosts Mooncake's coordinator as well as the leader: no view change will ever come.
+            self._exit(P.EXIT_LEADER_LOST, "member 0 (rank 0) is gone: not recoverable in place")
         try:
             plan = P.decode(
                 buf.tolist(), world_size=self.world_size, min_epoch=self.epoch, after_step=self.step_no
@@ -316,6 +393,10 @@ class RankRuntime:
         if plan.kind == P.Kind.RECOVER:
             self._step_started = None  # bounded by its own timeouts (join timeout, Mooncake's admission)
             self._recover(plan)
+            return plan, None
+        if plan.kind == P.Kind.FENCE:
+            self._step_started = None  # bounded by fence_settle_s
+            self._fence(plan)
             return plan, None
         self._set_live(plan.live)
         if copied is not None:
@@ -470,18 +551,24 @@ class RankRuntime:
             rows = out[: len(plan.tokens)].to("cpu", torch.float64) if batch else None
             trusted = self._all_succeeded() and torch.equal(self.world.cpu_mirror, mirror)
             if not trusted:
-                # A rank failed during this step: the output may be partial. Re-plan the same batch; the next
-                # plan carries the live set the leader sees now, so every rank rebalances at the same step.
+                # A rank failed during this step: the output may be partial. Fence, then re-plan the same
+                # batch; the next plan carries the live set the leader sees then, so every rank rebalances at
+                # the same step.
+                failed = self._failed_ranks()
                 log.warning(
-                    "rank 0 epoch %d step %d: not trusted (live now %s); re-running %d requests",
+                    "rank 0 epoch %d step %d: not trusted (failed %s, live now %s); re-running %d requests",
                     plan.epoch,
                     plan.step,
+                    sorted(failed),
                     sorted(live_ranks(self.world)),
                     len(batch),
                 )
                 self.sink.steps(0, rerun=1)
                 self.events.put(("untrusted", plan.step, time.time()))
                 self.pending[:0] = batch
+                if failed:
+                    fence = P.Plan(plan.epoch, self.step_no + 1, P.Kind.FENCE, (), plan.live, failed=failed)
+                    self.run_plan(P.encode(fence, max_tokens))
                 continue
             if rows is None:
                 continue

@@ -77,6 +77,15 @@ class Settings:
     """Simulated weight-load time before a rank joins or reports Ready (benchmarks of time to capacity)."""
 
     @property
+    def fence_window_s(self) -> float:
+        """The reconciliation window Mooncake's coordinator gets: the configured one, raised where needed so
+        that the leader reaches its step fence before the window closes. After a death each collective that
+        still includes the dead rank can take a collective timeout, and the leader sees the failure at the
+        end of a step (1 plan broadcast + one combine per layer), then broadcasts the FENCE plan."""
+        t = self.timeouts
+        return max(t.reconcile_window_s, (self.model.num_layers + 2) * t.collective_timeout_s + 1.0)
+
+    @property
     def ranks(self) -> range:
         return range(self.cluster.first_rank, self.cluster.first_rank + self.cluster.rank_count)
 
