@@ -54,10 +54,10 @@ lint: $(VENV)/.worker ## ruff, mypy --strict (needs torch's types), import-linte
 	$(VENV)/bin/lint-imports
 	$(PY) -m eep_operator.api.crd --check
 
-test: $(VENV)/.worker lint tools control-plane ## the whole suite but the Mooncake fault tests (see test-recovery)
-	$(PY) -m pytest -m 'not mooncake_faults'
+test: $(VENV)/.worker lint tools control-plane ## the whole suite, the Mooncake fault tests included
+	$(PY) -m pytest
 
-test-recovery: $(VENV)/.worker tools control-plane ## rank kills mid-stream on real mooncake-cpu, incl. the demo scenario
+test-recovery: $(VENV)/.worker tools control-plane ## only the rank-kill tests on real mooncake-cpu (part of make test)
 	$(PY) -m pytest -m mooncake_faults
 
 test-unit: $(VENV)/.base ## fast unit tests only

@@ -64,7 +64,7 @@ def test_chart_operator_brings_real_workers_to_serving(ctx: DemoContext) -> None
     assert counts["wrong"] == 0, client.last_error()
 
 
-# In `make test-recovery`, not `make test`: see docs/known-issues.md.
+# Also in `make test-recovery` (the rank-kill tests alone).
 @pytest.mark.mooncake_faults
 def test_member_killed_under_load_recovers_with_no_lost_or_wrong_answer(
     ctx: DemoContext, tmp_path: Path

@@ -3,11 +3,10 @@
 Collective timeout and reconciliation window are ~1 s. A background client keeps sending requests and checks
 every answer against the float64 reference; no request may fail or be answered wrongly.
 
-The kill/rejoin tests carry the marker `mooncake_faults` and run in `make test-recovery`, not in `make test`:
-with mooncake-transfer-engine 0.3.13.post1 a rank killed in the middle of a collective stream leaves the
-survivors hung in about half the runs (Mooncake resets its per-op buffer-slot counter when the view changes,
-on each rank at a different op: docs/known-issues.md), so they cannot gate CI. They still fail when that
-happens; they are not skipped or excused.
+The kill/rejoin tests carry the marker `mooncake_faults` (`make test-recovery` runs only them; `make test`
+runs them too). They are what the step fence (`rank.RankRuntime._fence`) was built against: without it,
+mooncake-transfer-engine 0.3.13.post1 left the survivors of a mid-stream kill hung in about half the runs
+(docs/known-issues.md).
 """
 
 from __future__ import annotations
