@@ -215,10 +215,10 @@ class RankRuntime:
         threading.Thread(target=self._watch_steps, name="step-watchdog", daemon=True).start()
 
     def _watch_steps(self) -> None:
-        """Turn a hung step into a clear exit. With mooncake-transfer-engine 0.3.13 (CPU), after a SIGKILL
-        that survivors noticed in different collectives, their next collectives sometimes never returned
-        (intermittent; tests/worker/test_recovery_mooncake.py). Nothing in-process can unblock them, so the
-        rank exits with EXIT_STALLED and the pod ends: the operator's group restart handles it."""
+        """Turn a hung step into a clear exit. Before the fence (`_fence`), mooncake-transfer-engine 0.3.13
+        left survivors that noticed a death in different collectives blocked for good; a view that still lands
+        before the fence could do the same. Nothing in-process can unblock a collective, so the rank exits
+        with EXIT_STALLED and the pod ends: the operator's group restart handles it."""
         limit = self.stall_limit_s
         while True:
             time.sleep(1.0)
