@@ -100,9 +100,18 @@ def _steady_state(rt: Any, steps: int, rounds: int) -> dict[str, Any]:
         dist.all_reduce(t, group=world.device)
         return t
 
+    control = torch.zeros(n, dtype=torch.int64, pin_memory=on_gpu)
+    host_tokens = torch.tensor(tokens, dtype=torch.int64)
+
     def plain_step() -> None:
-        # The same model step without the elastic runtime: tokens already on the device, one plain all-reduce
-        # per layer, no plan, no success checks.
+        # The same model step without the elastic runtime, as a non-elastic server runs it: the leader
+        # broadcasts the step's batch (the control message every server sends each step; SGLang's scheduler
+        # does it on a CPU group), every rank copies it to the device and runs the forward with one plain
+        # all-reduce per layer. No epoch, no membership, no success checks.
+        if rt.is_leader:
+            control.copy_(host_tokens)
+        dist.broadcast(control, src=0, group=world.cpu)
+        dev_tokens.copy_(control, non_blocking=True)
         out = rt.model.forward(dev_tokens, rt.metadata.logical_to_rank_dispatch_physical_map, combine)
         if rt.is_leader:
             out[:n].to("cpu")
@@ -390,6 +399,8 @@ class Run:
             out["host_syncs_per_step"] = lead.get("host_syncs_per_step_max_over_ranks")
         threading.Thread(target=self.client, daemon=True).start()
         self.wait(lambda: len(self.answers) >= 20, 60, "20 answers from the full world")
+        if a.steady_only:
+            return
         t_kill = time.time()
         self.kill_member(victim)
         self.write_membership(survivors, [])
@@ -480,6 +491,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=200, help="steady-state steps per round (0: skip)")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument(
+        "--steady-only", action="store_true", help="measure the steady state and 20 answers; no kill"
+    )
     p.add_argument("--request-interval-s", type=float, default=0.01)
     p.add_argument("--deadline-s", type=float, default=330.0)
     p.add_argument("--workdir", default="/tmp/eep-gpu-recovery")

@@ -120,6 +120,7 @@ class RankRuntime:
         self._works: list[dist.Work] = []
         self._slot = 0
         self._step_started: float | None = None
+        self._step_limit_s = 0.0
         t = settings.timeouts
         self.stall_limit_s = max(30.0, 10 * (t.collective_timeout_s + t.reconcile_window_s))
         """A step (never a recovery) that takes longer than this has hung."""
@@ -219,10 +220,9 @@ class RankRuntime:
         left survivors that noticed a death in different collectives blocked for good; a view that still lands
         before the fence could do the same. Nothing in-process can unblock a collective, so the rank exits
         with EXIT_STALLED and the pod ends: the operator's group restart handles it."""
-        limit = self.stall_limit_s
         while True:
             time.sleep(1.0)
-            started = self._step_started
+            started, limit = self._step_started, self._step_limit_s
             if started is not None and time.monotonic() - started > limit:
                 self._exit(P.EXIT_STALLED, f"a step did not finish within {limit:.0f}s (collective hung)")
 
@@ -241,6 +241,8 @@ class RankRuntime:
             sink=self.sink,
             on_timeout=lambda: self._exit(P.EXIT_JOIN_FAILED, "join did not complete in time"),
         )
+        epoch, _, everyone = bytes(self.store.get(f"eep/admit/{self.rank}")).decode().partition(":")
+        self._admitted_barrier(int(epoch), int(everyone), P.EXIT_JOIN_FAILED)
         received, control = exchange_metadata(self.registry, None, None, sink=self.sink)
         if not torch.equal(received.physical_to_logical_map.cpu(), self.metadata_cpu.physical_to_logical_map):
             self._exit(P.EXIT_JOIN_FAILED, "received expert placement differs from this rank's shard")
@@ -255,6 +257,21 @@ class RankRuntime:
             control.source,
         )
         self.events.put(("ready", self.rank))
+
+    def _admitted_barrier(self, epoch: int, everyone: int, code: int) -> None:
+        """Survivors and joiners, out of band (the TCPStore): nobody issues a collective on the new view until
+        every rank has returned from all its `recover_ranks` / `join_group` calls. A joiner sees itself
+        active before every survivor's proposal has returned. Without this barrier the first collective after
+        a join stalled in one bench round of about 25 joins seen on mooncake-cpu that day; in that round the
+        ranks entered it up to 0.15 s apart, one survivor still inside `recover_ranks`."""
+        key = f"eep/admitted/{epoch}"
+        deadline = time.monotonic() + self.s.timeouts.join_timeout_s
+        n = self.store.add(key, 1)
+        while n < everyone:
+            if time.monotonic() > deadline:
+                self._exit(code, f"{n} of {everyone} ranks admitted at epoch {epoch} within the join timeout")
+            time.sleep(0.002)
+            n = self.store.add(key, 0)
 
     def _exit(self, code: int, reason: str) -> None:
         log.error("rank %d: exiting with code %d: %s", self.rank, code, reason)
@@ -357,7 +374,7 @@ class RankRuntime:
         """One step on this rank: the plan broadcast (rank 0 passes the encoded plan), then what it says.
         Returns (plan or None when the received one was bad, output rows ``[max_batch, hidden]`` or None).
         Adds no host-device sync on GPU."""
-        self._step_started = time.monotonic()
+        self._step_started, self._step_limit_s = time.monotonic(), self.stall_limit_s
         self._slot = (self._slot + 1) % _RING
         buf, copied = self.plans[self._slot], self.copied[self._slot]
         if copied is not None and not copied.query():
@@ -391,7 +408,8 @@ class RankRuntime:
             if self.is_leader:
                 self.events.put(("state", plan.epoch, sorted(plan.live)))
         if plan.kind == P.Kind.RECOVER:
-            self._step_started = None  # bounded by its own timeouts (join timeout, Mooncake's admission)
+            # Waits for joiners up to the join timeout, then Mooncake's admission and the metadata broadcast.
+            self._step_limit_s = self.stall_limit_s + 2 * self.s.timeouts.join_timeout_s
             self._recover(plan)
             return plan, None
         if plan.kind == P.Kind.FENCE:
@@ -413,6 +431,10 @@ class RankRuntime:
         """Survivors, at the RECOVER plan's step: admit the joiners on every group, then the metadata."""
         t0 = time.monotonic()
         log.info("rank %d epoch %d: recovering ranks %s", self.rank, plan.epoch, sorted(plan.joining))
+        everyone = len(plan.live | plan.joining)
+        for j in sorted(plan.joining):
+            # Read by joiner j once it is admitted, which cannot happen before this rank's recover_ranks.
+            self.store.set(f"eep/admit/{j}", f"{plan.epoch}:{everyone}")
         outcome = recover_survivor(
             self.mc,
             self.registry,
@@ -423,6 +445,7 @@ class RankRuntime:
         )
         ok = outcome.ok
         if ok:
+            self._admitted_barrier(plan.epoch, everyone, P.EXIT_STALLED)
             try:
                 control = Control(plan.epoch, plan.step, plan.source) if self.is_leader else None
                 received, _ = exchange_metadata(
