@@ -273,6 +273,9 @@ class RankRuntime:
             time.sleep(0.002)
             n = self.store.add(key, 0)
 
+    def _leader_lost(self) -> None:
+        self._exit(P.EXIT_LEADER_LOST, "member 0 (rank 0) is gone: not recoverable in place")
+
     def _exit(self, code: int, reason: str) -> None:
         log.error("rank %d: exiting with code %d: %s", self.rank, code, reason)
         self.sink.flush()
@@ -341,7 +344,7 @@ class RankRuntime:
             if not flags[self.rank]:
                 self._exit(P.EXIT_FENCED, "Mooncake deactivated this rank")
             if not flags[0]:
-                self._exit(P.EXIT_LEADER_LOST, "member 0 (rank 0) is gone: not recoverable in place")
+                self._leader_lost()
             gone = [r for r in sorted(plan.failed) if not flags[r]]
             if gone:
                 pending = [
@@ -388,14 +391,14 @@ class RankRuntime:
         self._works.append(work)
         if not self.is_leader and not self.mc.local_success(work) and 0 in self.mc.failed_ranks(work):
             # Rank 0 hosts Mooncake's coordinator as well as the leader: no view change will ever come.
-            self._exit(P.EXIT_LEADER_LOST, "member 0 (rank 0) is gone: not recoverable in place")
+            self._leader_lost()
         try:
             plan = P.decode(
                 buf.tolist(), world_size=self.world_size, min_epoch=self.epoch, after_step=self.step_no
             )
         except P.PlanError as e:
             if not bool(self.world.cpu_mirror[0]):
-                self._exit(P.EXIT_LEADER_LOST, "member 0 (rank 0) is gone: not recoverable in place")
+                self._leader_lost()
             # Keep the group in step: the same combines as a BATCH plan, contributing nothing.
             log.warning("rank %d: ignoring a bad plan after step %d: %s", self.rank, self.step_no, e)
             for _ in range(self.config.num_layers):
@@ -577,7 +580,7 @@ class RankRuntime:
                 # A rank failed during this step: the output may be partial. Fence, then re-plan the same
                 # batch; the next plan carries the live set the leader sees then, so every rank rebalances at
                 # the same step.
-                failed = self._failed_ranks()
+                failed = self._failed_ranks() - {self.rank}  # a FENCE never names the leader
                 log.warning(
                     "rank 0 epoch %d step %d: not trusted (failed %s, live now %s); re-running %d requests",
                     plan.epoch,
