@@ -273,6 +273,19 @@ class RankRuntime:
             time.sleep(0.002)
             n = self.store.add(key, 0)
 
+    def _agree(self, name: str, voters: list[int], vote: bool) -> bool:
+        """An all-or-nothing vote through the TCPStore: every voter reads every vote, so all decide the same.
+        A voter that has not voted within the join timeout counts as a no (the others then give up too; the
+        silent one is stuck or dead, and the step watchdog or the operator handles it)."""
+        key = f"eep/vote/{name}"
+        self.store.set(f"{key}/{self.rank}", "1" if vote else "0")
+        keys = [f"{key}/{r}" for r in voters]
+        try:
+            self.store.wait(keys, timedelta(seconds=self.s.timeouts.join_timeout_s))
+        except RuntimeError:  # torch's DistStoreError (a RuntimeError): some voter never voted
+            return False
+        return all(bytes(self.store.get(k)) == b"1" for k in keys)
+
     def _leader_lost(self) -> None:
         self._exit(P.EXIT_LEADER_LOST, "member 0 (rank 0) is gone: not recoverable in place")
 
@@ -442,6 +455,8 @@ class RankRuntime:
             self.mc,
             self.registry,
             plan.joining,
+            survivors=plan.live - plan.joining,
+            agree=lambda name, voters, vote: self._agree(f"{plan.epoch}/{name}", voters, vote),
             epoch=plan.epoch,
             timeout_s=self.s.timeouts.join_timeout_s,
             sink=self.sink,

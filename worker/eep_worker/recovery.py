@@ -9,8 +9,10 @@ Order (the same on every rank): the registry's `ordered()` groups (world first, 
 device group before the CPU group. A joiner shows as ready in `get_peer_state` on a group only once it waits
 in that group's `join_group` (mooncake-transfer-engine 0.3.13), so survivors wait (bounded) before each
 group's `recover_ranks` in turn, and agree on it first: a survivor that called `recover_ranks` alone would
-block, so each group's members all-reduce their "ready" flag (MIN) on the group's CPU group, where the
-joiner is not admitted yet, and all recover or all give up.
+block, so the group's survivors vote "ready" through `agree` (out of band, the TCPStore) and all recover or
+all give up. The vote used to be a MIN all-reduce on the group; a collective can fail on one rank alone while
+a joiner registers (Mooncake then reports a live peer as failed), and that rank read a partial result, gave
+up alone, and the group went out of step.
 """
 
 from __future__ import annotations
@@ -69,11 +71,18 @@ def live_ranks(world: Group) -> frozenset[int]:
     return frozenset(r for r, flag in zip(world.spec.ranks, world.cpu_mirror.tolist(), strict=True) if flag)
 
 
+Agree = Callable[[str, list[int], bool], bool]
+"""(vote name, the voters' global ranks, this rank's vote) -> True when every voter voted True. Every voter
+gets the same answer."""
+
+
 def recover_survivor(
     mc: Mooncake,
     registry: GroupRegistry,
     joining: frozenset[int],
     *,
+    survivors: frozenset[int],
+    agree: Agree,
     epoch: int,
     timeout_s: float,
     sink: MetricsSink,
@@ -88,14 +97,14 @@ def recover_survivor(
         if not local:
             continue
         assert group.cpu is not None
-        for pg in group.pgs():
+        voters = sorted(r for r in group.spec.ranks if r in survivors)
+        for i, pg in enumerate(group.pgs()):
             with ph.phase("wait_peer"):
                 deadline = clock() + timeout_s
                 while not (ready := mc.peer_ready(pg, local)) and clock() < deadline:
                     time.sleep(poll_s)
-                flag = torch.tensor([int(ready)], dtype=torch.int32)
-                dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=group.cpu)
-            if not int(flag.item()):
+                all_ready = agree(f"{group.name}/{i}", voters, ready)
+            if not all_ready:
                 reason = f"joining ranks {sorted(joining)} not ready on {group.name} within {timeout_s:.1f}s"
                 log.error("rank %d epoch %d: %s; serving on without them", registry.rank, epoch, reason)
                 return RecoveryOutcome(False, reason, ph.seconds)
