@@ -149,7 +149,6 @@ class RankRuntime:
                 s.timeouts.reconcile_window_s,
                 window,
             )
-        self.fence_settle_s = window + 2 * s.timeouts.collective_timeout_s + 2.0
         self.mc.configure(
             host_ip=s.pod_ip,
             collective_timeout_s=s.timeouts.collective_timeout_s,
@@ -343,10 +342,10 @@ class RankRuntime:
         The coordinator applies one decision when its reconciliation window closes: the world group's CPU
         mirror shows which of the suspected ranks (`plan.failed`) it deactivated, and the fence then waits
         until every group shows those inactive. The window closes at most one window after the first failure
-        report, which came before the leader's fence; so after `fence_settle_s` with no suspected rank
-        deactivated, no view is coming: the suspects were slow, not dead (Mooncake's failure hints also name
-        live ranks at times), and serving goes on with them. A rank that Mooncake deactivated itself leaves
-        (`EXIT_FENCED`: the operator restarts it with the join flag)."""
+        report, which came before the leader's fence; so after `Settings.fence_settle_s` with no suspected
+        rank deactivated, no view is coming: the suspects were slow, not dead (Mooncake's failure hints also
+        name live ranks at times), and serving goes on with them. A rank that Mooncake deactivated itself
+        leaves (`EXIT_FENCED`: the operator restarts it with the join flag)."""
         t0 = time.monotonic()
         world = self.registry.world
         gone: list[int] = []
@@ -369,7 +368,7 @@ class RankRuntime:
                 ]
                 if not pending:
                     break
-            if waited > self.fence_settle_s:
+            if waited > self.s.fence_settle_s:
                 break
             time.sleep(0.002)
         self.sink.phase("fence", waited)
@@ -429,7 +428,7 @@ class RankRuntime:
             self._recover(plan)
             return plan, None
         if plan.kind == P.Kind.FENCE:
-            self._step_started = None  # bounded by fence_settle_s
+            self._step_started = None  # bounded by Settings.fence_settle_s
             self._fence(plan)
             return plan, None
         self._set_live(plan.live)

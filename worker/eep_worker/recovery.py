@@ -96,7 +96,6 @@ def recover_survivor(
         local = group.spec.locals_of(sorted(joining))
         if not local:
             continue
-        assert group.cpu is not None
         voters = sorted(r for r in group.spec.ranks if r in survivors)
         for i, pg in enumerate(group.pgs()):
             with ph.phase("wait_peer"):

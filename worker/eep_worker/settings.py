@@ -86,6 +86,12 @@ class Settings:
         return max(t.reconcile_window_s, (self.model.num_layers + 2) * t.collective_timeout_s + 1.0)
 
     @property
+    def fence_settle_s(self) -> float:
+        """How long a fence waits for Mooncake's new view before it serves on with the suspects: the window
+        plus two collective timeouts (the failure report that opened it) and a margin."""
+        return self.fence_window_s + 2 * self.timeouts.collective_timeout_s + 2.0
+
+    @property
     def ranks(self) -> range:
         return range(self.cluster.first_rank, self.cluster.first_rank + self.cluster.rank_count)
 
