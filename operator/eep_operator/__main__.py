@@ -72,16 +72,25 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     )
 
 
-def run_operator(settings: Settings, stop_flag: object = None, ready_flag: object = None) -> None:
-    """Build everything and run kopf until stopped. Also used in-process by tests (with flags)."""
+def make_api_client(settings: Settings) -> client.ApiClient:
+    """The official client for the reconciles, the executor and the Lease."""
+    cfg = client.Configuration()
     if settings.kubeconfig:
-        api_client = config.new_client_from_config(config_file=settings.kubeconfig)  # type: ignore[no-untyped-call]
+        config.load_kube_config(config_file=settings.kubeconfig, client_configuration=cfg)  # type: ignore[no-untyped-call]
     else:
         try:
-            config.load_incluster_config()  # type: ignore[no-untyped-call]
+            config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
         except config.ConfigException:
-            config.load_kube_config()  # type: ignore[no-untyped-call]
-        api_client = client.ApiClient()
+            config.load_kube_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+    # The default pool (5 x CPUs) is smaller than the reconcile threads on a small node: a thread that
+    # finds it full opens a fresh TLS connection and throws it away afterwards.
+    cfg.connection_pool_maxsize = settings.reconcile_threads + 4  # + the Lease and kopf's startup calls
+    return client.ApiClient(cfg)
+
+
+def run_operator(settings: Settings, stop_flag: object = None, ready_flag: object = None) -> None:
+    """Build everything and run kopf until stopped. Also used in-process by tests (with flags)."""
+    api_client = make_api_client(settings)
     # kopf has its own client; give it the same credentials (its login handler reads $KUBECONFIG).
     if settings.kubeconfig:
         os.environ["KUBECONFIG"] = settings.kubeconfig

@@ -50,7 +50,7 @@ class Runtime:
         self._tasks: set[asyncio.Task[None]] = set()
         self.pods_by_node: dict[str, set[Key]] = defaultdict(set)
         # Reconciles are API-bound; their own pool keeps them from queueing behind kopf's sync work.
-        self.pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="reconcile")
+        self.pool = ThreadPoolExecutor(max_workers=settings.reconcile_threads, thread_name_prefix="reconcile")
         self.reconciles = 0
 
     def is_leader(self) -> bool:

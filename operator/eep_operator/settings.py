@@ -49,3 +49,6 @@ class Settings:
     """Path of a kubeconfig; None: in-cluster config, else the default kubeconfig."""
     request_timeout_seconds: float = 10.0
     """Timeout of one API request of the operator's own client."""
+    reconcile_threads: int = 16
+    """Reconciles run at once (different CRs; one CR is never reconciled twice at a time). The client's
+    connection pool is sized from it, so no thread waits for, or throws away, a TLS connection."""
