@@ -10,7 +10,8 @@
   not act; a new leader reconciles every CR at once.
 
 `Runtime` serialises reconciles per CR (one at a time; events that arrive meanwhile collapse into one more
-run) and schedules the planner's `requeue_after`. Reconciles run in threads (the official client is sync).
+run) and schedules the planner's requeue at the absolute time it asked for. Reconciles run in threads (the
+official client is sync).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -76,13 +78,13 @@ class Runtime:
                 loop = asyncio.get_running_loop()
                 result = await loop.run_in_executor(self.pool, self.reconciler.reconcile, *key)
                 self.reconciles += 1
-                requeue = result.requeue_after
+                requeue = result.requeue_at
                 if key not in self._dirty:
                     break
         finally:
             self._running.discard(key)
         if requeue is not None:
-            self.schedule(key, requeue)
+            self.schedule(key, max(0.0, requeue - time.monotonic()))
 
     def schedule(self, key: Key, delay: float) -> None:
         loop = asyncio.get_running_loop()

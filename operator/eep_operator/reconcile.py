@@ -36,8 +36,10 @@ def utc_now() -> datetime:
 
 @dataclass(frozen=True)
 class Result:
-    requeue_after: float | None
-    """Seconds until the planner wants to look again (a backoff or a timeout ends), if any."""
+    requeue_at: float | None
+    """`time.monotonic()` at which the planner wants to look again (a backoff or a timeout ends), if any.
+    Absolute: the planner's delay counts from its own clock reading, so the API calls that follow the plan
+    (status write, pod deletes, Events: up to a second under load) must not push a backoff's end further."""
     error: str | None = None
 
 
@@ -92,7 +94,7 @@ class Reconciler:
         except KubeError as e:
             log.warning("reconcile failed: %s", e, extra={"cluster": f"{namespace}/{name}"})
             self.metrics.reconciled(namespace, name, time.monotonic() - started, time.time(), error=True)
-            return Result(requeue_after=self.error_requeue, error=str(e))
+            return Result(requeue_at=time.monotonic() + self.error_requeue, error=str(e))
         self.metrics.reconciled(namespace, name, time.monotonic() - started, time.time(), error=False)
         return result
 
@@ -102,7 +104,7 @@ class Reconciler:
             if cr is None or cr["metadata"].get("deletionTimestamp"):
                 # Pods and the Service carry ownerReferences: the garbage collector removes them.
                 self.metrics.forget(namespace, name)
-                return Result(requeue_after=None)
+                return Result(requeue_at=None)
             ref = ClusterRef(namespace, name, cr["metadata"].get("uid", ""))
             try:
                 spec = ElasticEPClusterSpec.model_validate(cr.get("spec") or {})
@@ -111,11 +113,11 @@ class Reconciler:
                 # The CRD schema should have rejected it; say so where a person looks, and do nothing.
                 msg = f"spec/status does not match the contract: {e.errors()[:3]}"
                 self.events.emit(ref, EmitEvent("Warning", "InvalidSpec", msg), self.clock())
-                return Result(requeue_after=None, error=msg)
+                return Result(requeue_at=None, error=msg)
             pods = self.kube.list_pods(namespace, f"{Labels.CLUSTER}={name}")
             nodes = self._list_nodes()
             observed = observe(cr, pods, nodes, service_exists=self._service_exists(namespace, name))
-            now = self.clock()
+            now, planned_at = self.clock(), time.monotonic()
             p = plan(spec, status, observed, now)
             if p.status != status:
                 try:
@@ -124,5 +126,5 @@ class Reconciler:
                     continue  # someone wrote first (another operator, the user): recompute from fresh state
             self.executor.apply(ref, p.actions, now)
             self.metrics.update_from_status(namespace, name, spec, p.status, now)
-            return Result(requeue_after=p.requeue_after)
-        return Result(requeue_after=self.error_requeue, error="too many conflicts")
+            return Result(requeue_at=None if p.requeue_after is None else planned_at + p.requeue_after)
+        return Result(requeue_at=time.monotonic() + self.error_requeue, error="too many conflicts")
