@@ -118,7 +118,12 @@ def mask(ranks: frozenset[int]) -> int:
 
 
 def unmask(bits: int) -> frozenset[int]:
-    return frozenset(r for r in range(MAX_RANKS) if bits >> r & 1)
+    ranks = []
+    while bits > 0:  # one turn per set bit: this runs three times per step on every rank
+        low = bits & -bits
+        ranks.append(low.bit_length() - 1)
+        bits ^= low
+    return frozenset(ranks)
 
 
 def encode(plan: Plan, max_tokens: int) -> list[int]:

@@ -192,7 +192,11 @@ class RankRuntime:
         width = P.HEADER + m.max_batch_tokens
         self.plans = [torch.zeros(width, dtype=torch.int64, pin_memory=self.on_gpu) for _ in range(_RING)]
         self.copied: list[Any] = [torch.cuda.Event() if self.on_gpu else None for _ in range(_RING)]  # type: ignore[no-untyped-call]
-        self.tokens = torch.zeros(m.max_batch_tokens, dtype=torch.int64, device=self.device)
+        # The whole received plan goes to the device in one copy from the start of its pinned buffer, and
+        # the model reads the tokens through a view made once: a copy from a slice of a pinned buffer cost
+        # twice the whole-buffer copy per step on an H200 host (its pinned-memory lookup, a new view).
+        self.dev_plan = torch.zeros(width, dtype=torch.int64, device=self.device)
+        self.tokens = self.dev_plan[P.HEADER :]
         self.zeros = torch.zeros(
             m.max_batch_tokens, m.hidden_size, dtype=self.config.dtype, device=self.device
         )
@@ -385,17 +389,17 @@ class RankRuntime:
             f"; groups {sorted(set(pending))} still without the new view" if pending else "",
         )
 
-    def run_plan(self, plan_vector: list[int] | None) -> tuple[P.Plan | None, torch.Tensor | None]:
-        """One step on this rank: the plan broadcast (rank 0 passes the encoded plan), then what it says.
-        Returns (plan or None when the received one was bad, output rows ``[max_batch, hidden]`` or None).
-        Adds no host-device sync on GPU."""
+    def run_plan(self, sent: P.Plan | None) -> tuple[P.Plan | None, torch.Tensor | None]:
+        """One step on this rank: the plan broadcast (rank 0 passes the plan it sends; the others None),
+        then what it says. Returns (plan or None when the received one was bad, output rows
+        ``[max_batch, hidden]`` or None). Adds no host-device sync on GPU."""
         self._step_started, self._step_limit_s = time.monotonic(), self.stall_limit_s
         self._slot = (self._slot + 1) % _RING
         buf, copied = self.plans[self._slot], self.copied[self._slot]
         if copied is not None and not copied.query():
             copied.synchronize()  # only when the device lags _RING steps behind the host
-        if plan_vector is not None:
-            buf.copy_(torch.tensor(plan_vector, dtype=torch.int64))
+        if sent is not None:
+            buf.numpy()[:] = P.encode(sent, self.s.model.max_batch_tokens)
         self._works = []
         work = dist.broadcast(buf, src=0, group=self.world.cpu, async_op=True)
         assert work is not None
@@ -405,8 +409,12 @@ class RankRuntime:
             # Rank 0 hosts Mooncake's coordinator as well as the leader: no view change will ever come.
             self._leader_lost()
         try:
-            plan = P.decode(
-                buf.tolist(), world_size=self.world_size, min_epoch=self.epoch, after_step=self.step_no
+            plan = (
+                sent
+                if sent is not None
+                else P.decode(
+                    buf.tolist(), world_size=self.world_size, min_epoch=self.epoch, after_step=self.step_no
+                )
             )
         except P.PlanError as e:
             if not bool(self.world.cpu_mirror[0]):
@@ -433,10 +441,10 @@ class RankRuntime:
             return plan, None
         self._set_live(plan.live)
         if copied is not None:
-            self.tokens.copy_(buf[P.HEADER :], non_blocking=True)
+            self.dev_plan.copy_(buf, non_blocking=True)
             copied.record()
         else:
-            self.tokens.copy_(buf[P.HEADER :])
+            self.dev_plan.copy_(buf)
         out = self.model.forward(
             self.tokens, self.metadata.logical_to_rank_dispatch_physical_map, self._combine
         )
@@ -576,7 +584,6 @@ class RankRuntime:
 
     def lead(self) -> None:
         view = P.LeaderView(self.epoch, self.dispatch_live)
-        max_tokens = self.s.model.max_batch_tokens
         while True:
             batch = self._collect()
             plan, view = self.next_plan(batch, view)
@@ -584,7 +591,7 @@ class RankRuntime:
                 self.pending[:0] = batch  # served right after the recovery step
                 batch = []
             mirror = self.world.cpu_mirror.clone()
-            _, out = self.run_plan(P.encode(plan, max_tokens))
+            _, out = self.run_plan(plan)
             self.sink.steps(1, degraded=int(len(plan.live) < self.world_size))
             if out is None:
                 continue
@@ -608,7 +615,7 @@ class RankRuntime:
                 self.pending[:0] = batch
                 if failed:
                     fence = P.Plan(plan.epoch, self.step_no + 1, P.Kind.FENCE, (), plan.live, failed=failed)
-                    self.run_plan(P.encode(fence, max_tokens))
+                    self.run_plan(fence)
                 continue
             if rows is None:
                 continue

@@ -170,10 +170,17 @@ def exchange_metadata(
     sink: MetricsSink,
     clock: Clock = time.monotonic,
 ) -> tuple[el.ExpertLocationMetadata, Control]:
-    """Every rank, survivors and joiners: rank 0 broadcasts the `Control` (epoch, step, source) on the CPU
-    world group, then the source broadcasts the packed metadata (header, then body) on the device world
-    group. Rank 0 passes `control`; the source passes its `metadata`; joiners pass None for both. Returns
-    (metadata on this rank's device, control). Raises ValueError on a malformed control or header."""
+    """Every rank, survivors and joiners: rank 0 broadcasts the `Control` (epoch, step, source), then the
+    source broadcasts the packed metadata (header, then body), all on the CPU world group; every rank then
+    copies the metadata to its device. Rank 0 passes `control`; the source passes its `metadata`; joiners
+    pass None for both. Returns (metadata on this rank's device, control). Raises ValueError on a malformed
+    control or header.
+
+    Why the CPU group, not the device group: on GPUs (mooncake-transfer-engine-cuda13 0.3.14 over TCP) a
+    broadcast on the device group to a rank that has just joined never completed: the transfer engine's TCP
+    session made no progress for 30 s, and the joiner was deactivated again (every GPU run that reached a
+    rejoin, on 2 and 4 GPUs). The same broadcast on the CPU group took 0.02 s (docs/known-issues.md). The
+    metadata is a few KB, copied to the device once per recovery; the hot path keeps the device group."""
     world = registry.world
     assert world.cpu is not None and world.device is not None
     ph = _Phases(registry.rank, sink, clock, control.epoch if control else -1)
@@ -187,19 +194,16 @@ def exchange_metadata(
         if magic != CONTROL_MAGIC or source not in world.spec.ranks:
             raise ValueError(f"malformed recovery control message {buf.tolist()}")
         got = Control(epoch, step, source)
-        device = world.device_mirror.device
         if registry.rank == source:
             assert metadata is not None
             packed = el.pack(metadata)
-            header, body = packed.header, packed.body
+            header, body = packed.header.cpu(), packed.body.cpu()
         else:
-            header = torch.zeros(el.HEADER_NUMEL, dtype=torch.int64, device=device)
-        dist.broadcast(header, src=source, group=world.device)
+            header = torch.zeros(el.HEADER_NUMEL, dtype=torch.int64)
+        dist.broadcast(header, src=source, group=world.cpu)
         if registry.rank != source:
-            body = torch.zeros(
-                el.MetadataLayout.from_header(header).body_numel, dtype=torch.int64, device=device
-            )
-        dist.broadcast(body, src=source, group=world.device)
-        received = el.unpack(header, body, device)
+            body = torch.zeros(el.MetadataLayout.from_header(header).body_numel, dtype=torch.int64)
+        dist.broadcast(body, src=source, group=world.cpu)
+        received = el.unpack(header, body, world.device_mirror.device)
     log.info("rank %d epoch %d: expert-location metadata from rank %d", registry.rank, epoch, source)
     return received, got
