@@ -123,13 +123,18 @@ def _prepare_pki(layout: Layout, s: ControlPlaneSettings) -> None:
     pkimod.ensure_client_cert(p, "kube-scheduler", "system:kube-scheduler")
 
 
-ETCD_ATTEMPTS = 3
+ETCD_ATTEMPTS = 5
+ETCD_ATTEMPT_TIMEOUT_S = 20.0
+"""A healthy etcd answers /health within a second here; one that has not after this is started again."""
 
 
 def _start_etcd(layout: Layout, s: ControlPlaneSettings, info: ClusterInfo) -> ClusterInfo:
-    """Start etcd and wait until healthy. An etcd that exits at once is started again on fresh ports: free
-    ports come from a bind-to-0 probe, which another process can beat. Seen on this machine right after the
-    Mooncake fault tests (which open many ports): etcd gone within a second with an empty log, twice."""
+    """Start etcd and wait until healthy. An etcd that exits at once, or is not healthy within
+    `ETCD_ATTEMPT_TIMEOUT_S`, is stopped and started again on fresh ports after a pause: free ports come from
+    a bind-to-0 probe, which another process can beat. Seen on this machine for tens of seconds at a time
+    (right after the Mooncake fault tests, and twice while the device tools were called): etcd gone within a
+    second with an empty log, or alive and never healthy; a clean-clone `make test` lost every cluster test
+    to it."""
     for attempt in range(1, ETCD_ATTEMPTS + 1):
         shutil.rmtree(layout.etcd_data, ignore_errors=True)
         peer = procs.free_port()
@@ -152,13 +157,17 @@ def _start_etcd(layout: Layout, s: ControlPlaneSettings, info: ClusterInfo) -> C
             pid_file=layout.pid("etcd"),
             state=layout.root,
         )
+        timeout = min(s.start_timeout_s, ETCD_ATTEMPT_TIMEOUT_S)
         try:
-            _wait("etcd", functools.partial(_http_ok, f"{etcd_url}/health"), layout, s.start_timeout_s)
+            _wait("etcd", functools.partial(_http_ok, f"{etcd_url}/health"), layout, timeout)
             return info
         except StartError as e:
-            if attempt == ETCD_ATTEMPTS or "exited" not in str(e):
+            if attempt == ETCD_ATTEMPTS:
                 raise
-            print(f"etcd exited at start (attempt {attempt}); retrying on fresh ports", file=sys.stderr)
+            reason = str(e).split(":", 1)[0]
+            print(f"{reason} (attempt {attempt}); retrying on fresh ports", file=sys.stderr)
+            procs.stop(layout.pid("etcd"), layout.root, grace_s=2.0)
+            time.sleep(float(attempt))
             info = replace(info, etcd_port=procs.free_port())
     raise AssertionError("unreachable")
 

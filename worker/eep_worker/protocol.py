@@ -177,7 +177,7 @@ def decode(values: Sequence[int], *, world_size: int, min_epoch: int, after_step
         epoch=epoch,
         step=step,
         kind=Kind(kind),
-        tokens=tuple(int(v) for v in values[HEADER : HEADER + n]),
+        tokens=tuple(map(int, values[HEADER : HEADER + n])),
         live=live,
         joining=joining,
         source=source,
