@@ -6,10 +6,11 @@
     .venv/bin/python bench/gpu_recovery.py --dry-run      # the same scenario on CPU (mooncake-cpu)
 
 Scenario: every rank starts; the ranks measure the steady-state step (the elastic runtime's step against a
-plain forward with one all-reduce per layer, interleaved, same processes; host syncs per step counted under
-`torch.cuda.set_sync_debug_mode`); a client streams requests to the leader and checks every answer against
-the float64 reference; all ranks of the last member are SIGKILLed mid-stream; survivors keep answering; the
-replacements start with rejoin and join; answers come from the whole world again.
+plain forward with one all-reduce per layer, in rounds that alternate the order, same processes; the ratio is
+the median of the per-round ratios; host syncs per step counted under `torch.cuda.set_sync_debug_mode`); a
+client streams requests to the leader and checks every answer against the float64 reference; all ranks of the
+last member are SIGKILLed mid-stream; survivors keep answering; the replacements start with rejoin and join;
+answers come from the whole world again.
 
 Imports only torch, mooncake (in the rank processes) and eep_worker modules that need neither pydantic, pyzmq
 nor kubernetes. Bounded (`--deadline-s`, default 330 s); the JSON is written whatever happens, with `ok` and
