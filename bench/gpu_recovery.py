@@ -230,6 +230,12 @@ def rank_process(  # noqa: PLR0917 - a multiprocessing target takes positional a
         stream=sys.stderr,
         format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s",
     )
+    if measure.get("pin_cpus"):
+        # Each rank (and every thread it starts: Mooncake's workers, the transfer engine) on its own share
+        # of the host's cores, so the step-time rounds do not also measure where the scheduler put them.
+        cpus = sorted(os.sched_getaffinity(0))
+        share = max(1, len(cpus) // measure["world"])
+        os.sched_setaffinity(0, cpus[rank * share : (rank + 1) * share] or cpus)
     rt = RankRuntime(
         settings, rank, events, requests, source_factory=lambda s: JsonFileSource(path), rendezvous=None
     )
@@ -311,7 +317,16 @@ class Run:
         rpm = self.a.ranks_per_member
         for rank in range(member * rpm, (member + 1) * rpm):
             self.ready.discard(rank)
-            m = {"steps": self.a.steps, "rounds": self.a.rounds} if measure else {}
+            m = (
+                {
+                    "steps": self.a.steps,
+                    "rounds": self.a.rounds,
+                    "pin_cpus": int(self.a.pin_cpus),
+                    "world": self.world,
+                }
+                if measure
+                else {}
+            )
             p = self.ctx.Process(
                 target=rank_process,
                 args=(
@@ -572,6 +587,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--request-interval-s", type=float, default=0.01)
     p.add_argument("--deadline-s", type=float, default=330.0)
+    p.add_argument(
+        "--pin-cpus", action="store_true", help="give each original rank its own share of the host's cores"
+    )
     p.add_argument(
         "--stall-dump-s",
         type=float,
