@@ -125,28 +125,20 @@ def _steady_state(rt: Any, steps: int, rounds: int) -> dict[str, Any]:
             out[:n].to("cpu")
             rt._all_succeeded()
 
-    works: list[Any] = []
-
-    def checked_combine(t: torch.Tensor) -> torch.Tensor:
-        work = dist.all_reduce(t, group=world.device, async_op=True)
-        work.wait()
-        works.append(work)
-        return t
-
     def plain_checked_step() -> None:
-        # An attribution variant, not a baseline: the plain step plus only the runtime's per-collective
-        # success tracking (async work handles kept, Mooncake's local_success read after the read-back).
-        # elastic - plain_checked is then what the plan protocol itself costs (encode, decode, ring).
-        works.clear()
+        # An attribution variant, not a baseline: the plain step plus only the runtime's own per-collective
+        # success tracking (its `_combine`, which keeps the work handles, and `_all_succeeded` after the
+        # read-back). elastic - plain_checked is then what the plan protocol itself costs.
         if rt.is_leader:
             control.copy_(host_tokens)
-        works.append(dist.broadcast(control, src=0, group=world.cpu, async_op=True))
-        works[-1].wait()
+        work = dist.broadcast(control, src=0, group=world.cpu, async_op=True)
+        work.wait()
+        rt._works = [work]
         dev_tokens.copy_(control, non_blocking=True)
-        out = rt.model.forward(dev_tokens, rt.metadata.logical_to_rank_dispatch_physical_map, checked_combine)
+        out = rt.model.forward(dev_tokens, rt.metadata.logical_to_rank_dispatch_physical_map, rt._combine)
         if rt.is_leader:
             out[:n].to("cpu")
-            all(rt.mc.local_success(w) for w in works)
+            rt._all_succeeded()
 
     steps_by_name = {"plain": plain_step, "plain_checked": plain_checked_step, "elastic": elastic_step}
     times: dict[str, list[float]] = {name: [] for name in steps_by_name}
