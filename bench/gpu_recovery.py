@@ -6,11 +6,11 @@
     .venv/bin/python bench/gpu_recovery.py --dry-run      # the same scenario on CPU (mooncake-cpu)
 
 Scenario: every rank starts; the ranks measure the steady-state step (the elastic runtime's step against a
-plain forward with one all-reduce per layer, in rounds that alternate the order, same processes; the ratio is
-the median of the per-round ratios; host syncs per step counted under `torch.cuda.set_sync_debug_mode`); a
-client streams requests to the leader and checks every answer against the float64 reference; all ranks of the
-last member are SIGKILLed mid-stream; survivors keep answering; the replacements start with rejoin and join;
-answers come from the whole world again.
+plain forward with one all-reduce per layer, in short rounds that alternate the order, same processes; the
+ratio is the median of the per-round ratios, with a bootstrap 95 % interval; host syncs per step counted
+under `torch.cuda.set_sync_debug_mode`); a client streams requests to the leader and checks every answer
+against the float64 reference; all ranks of the last member are SIGKILLed mid-stream; survivors keep
+answering; the replacements start with rejoin and join; answers come from the whole world again.
 
 Imports only torch, mooncake (in the rank processes) and eep_worker modules that need neither pydantic, pyzmq
 nor kubernetes. Bounded (`--deadline-s`, default 330 s); the JSON is written whatever happens, with `ok` and
@@ -81,7 +81,66 @@ class JsonFileSource:
         self._stop.set()
 
 
-def _steady_state(rt: Any, steps: int, rounds: int) -> dict[str, Any]:
+def _bootstrap_median_ci(values: list[float], resamples: int = 2000) -> list[float]:
+    """95 % interval of the median of ``values`` (percentile bootstrap, fixed seed: reproducible)."""
+    import random  # noqa: PLC0415
+
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    return [medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]]
+
+
+SYNC_CHECK_STEPS = 100
+"""Steady-state steps run under `torch.cuda.set_sync_debug_mode` (each mode)."""
+
+
+def _attribution_steps(rt: Any, tokens: tuple[int, ...], elastic_step: Any) -> dict[str, Any]:
+    """Diagnosis (`--attribute`): variants that each change one thing between plain_checked and elastic."""
+    import torch  # noqa: PLC0415
+    import torch.distributed as dist  # noqa: PLC0415
+
+    from eep_worker.plan_ring import PlanRing  # noqa: PLC0415
+
+    width = P.HEADER + len(tokens)
+    wide = torch.zeros(width, dtype=torch.int64, pin_memory=rt.on_gpu)
+    host_wide = torch.tensor((0,) * P.HEADER + tokens, dtype=torch.int64)
+    wide_dev = torch.zeros(width, dtype=torch.int64, device=rt.device)
+    wide_tokens = wide_dev[P.HEADER :]
+
+    def plain_wide_step() -> None:
+        # plain_checked with the plan's buffer: HEADER + n ints broadcast, tokens read at an offset.
+        if rt.is_leader:
+            wide.copy_(host_wide)
+        work = dist.broadcast(wide, src=0, group=rt.world.cpu, async_op=True)
+        work.wait()
+        rt._works = [work]
+        wide_dev.copy_(wide, non_blocking=True)
+        out = rt.model.forward(wide_tokens, rt.metadata.logical_to_rank_dispatch_physical_map, rt._combine)
+        if rt.is_leader:
+            out[: len(tokens)].to("cpu")
+            rt._all_succeeded()
+
+    def swapped(**attrs: Any) -> Any:
+        def step() -> None:
+            saved = {k: getattr(rt, k) for k in attrs}
+            for k, v in attrs.items():
+                setattr(rt, k, v)
+            try:
+                elastic_step()
+            finally:
+                for k, v in saved.items():
+                    setattr(rt, k, v)
+
+        return step
+
+    return {
+        "plain_wide": plain_wide_step,
+        # No copy events at all: what the runtime's guard on reusing a pinned plan buffer costs.
+        "elastic_no_events": swapped(ring=PlanRing(width, pin=rt.on_gpu, event=None)),
+    }
+
+
+def _steady_state(rt: Any, steps: int, rounds: int, attribute: bool = False) -> dict[str, Any]:
     """Every original rank, collectively, before serving: plain vs elastic step time, and host syncs."""
     import torch  # noqa: PLC0415
     import torch.distributed as dist  # noqa: PLC0415
@@ -141,6 +200,8 @@ def _steady_state(rt: Any, steps: int, rounds: int) -> dict[str, Any]:
             rt._all_succeeded()
 
     steps_by_name = {"plain": plain_step, "plain_checked": plain_checked_step, "elastic": elastic_step}
+    if attribute:
+        steps_by_name.update(_attribution_steps(rt, tokens, elastic_step))
     times: dict[str, list[float]] = {name: [] for name in steps_by_name}
     for step in steps_by_name.values():
         for _ in range(10):
@@ -157,27 +218,34 @@ def _steady_state(rt: Any, steps: int, rounds: int) -> dict[str, Any]:
                 step()
             sync()
             times[name].append((time.perf_counter() - t0) / steps)
+        if rt.is_leader and (i + 1) % 50 == 0:  # progress: a run that overstays its deadline shows where
+            print(f"steady state: {i + 1} of {rounds} rounds", file=sys.stderr, flush=True)
     result: dict[str, Any] = {
         "plain_step_s": statistics.median(times["plain"]),
         "plain_checked_step_s": statistics.median(times["plain_checked"]),
         "elastic_step_s": statistics.median(times["elastic"]),
         "step_times_s": {name: [round(t, 7) for t in ts] for name, ts in times.items()},
     }
+    for name in steps_by_name:
+        if name not in ("plain", "elastic"):
+            result[f"{name}_ratio"] = statistics.median(
+                v / p for v, p in zip(times[name], times["plain"], strict=True)
+            )
     # Paired per round (the variants of one round run back to back): the round-to-round spread of a step
     # (about +-15 % on H200s over Mooncake's TCP/P2P collectives) is larger than the difference measured.
-    result["step_time_ratio"] = statistics.median(
-        e / p for e, p in zip(times["elastic"], times["plain"], strict=True)
-    )
+    # Short rounds pair better: the collectives' latency drifts within a second.
+    paired = [e / p for e, p in zip(times["elastic"], times["plain"], strict=True)]
+    result["step_time_ratio"] = statistics.median(paired)
+    result["step_time_ratio_ci95"] = _bootstrap_median_ci(paired)
+    result["step_time_ratio_of_means"] = sum(times["elastic"]) / sum(times["plain"])
     result["step_time_ratio_of_medians"] = result["elastic_step_s"] / result["plain_step_s"]
-    result["plain_checked_ratio"] = statistics.median(
-        c / p for c, p in zip(times["plain_checked"], times["plain"], strict=True)
-    )
+    result["steps_per_round"], result["rounds"] = steps, rounds
     if on_gpu:
         # Count syncs in the elastic step (the leader's answer read-back excluded: it is the answer itself).
         counts = []
         torch.cuda.set_sync_debug_mode("warn")
         try:
-            for _ in range(steps):
+            for _ in range(SYNC_CHECK_STEPS):
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
                     rt.run_plan(
@@ -195,7 +263,7 @@ def _steady_state(rt: Any, steps: int, rounds: int) -> dict[str, Any]:
             error_ok = True
             torch.cuda.set_sync_debug_mode("error")
             try:
-                for _ in range(steps):
+                for _ in range(SYNC_CHECK_STEPS):
                     rt.run_plan(
                         P.Plan(rt.epoch, rt.step_no + 1, P.Kind.BATCH, tokens, live) if rt.is_leader else None
                     )
@@ -203,7 +271,7 @@ def _steady_state(rt: Any, steps: int, rounds: int) -> dict[str, Any]:
                 error_ok = False
             finally:
                 torch.cuda.set_sync_debug_mode("default")
-            result["error_mode_steps_without_sync"] = steps if error_ok else 0
+            result["error_mode_steps_without_sync"] = SYNC_CHECK_STEPS if error_ok else 0
     else:
         result["host_syncs_per_step_max_over_ranks"] = None  # no CUDA: nothing to count
     torch.cuda.synchronize() if on_gpu else None
@@ -234,7 +302,8 @@ def rank_process(  # noqa: PLR0917 - a multiprocessing target takes positional a
     try:
         rt.start()
         if measure and not settings.rejoin:
-            events.put(("bench", rank, _steady_state(rt, measure["steps"], measure["rounds"])))
+            result = _steady_state(rt, measure["steps"], measure["rounds"], measure["attribute"])
+            events.put(("bench", rank, result))
         rt.lead() if rt.is_leader else rt.follow()
     except BaseException as e:
         events.put(("bench_error", rank, f"{type(e).__name__}: {e}", traceback.format_exc()[-3000:]))
@@ -314,6 +383,7 @@ class Run:
                     "steps": self.a.steps,
                     "rounds": self.a.rounds,
                     "pin_cpus": int(self.a.pin_cpus),
+                    "attribute": self.a.attribute,
                     "world": self.world,
                 }
                 if measure
@@ -472,10 +542,12 @@ class Run:
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )  # fmt: skip
         if a.steps > 0:
-            self.wait(lambda: len(self.bench) == self.world, 120, "steady-state measurements")
+            # Bounded by --deadline-s: the measurement's length depends on --steps, --rounds and the model.
+            self.wait(lambda: len(self.bench) == self.world, a.deadline_s, "steady-state measurements")
             out["steady_state"] = {f"rank{r}": v for r, v in sorted(self.bench.items())}
             lead = self.bench[0]
             out["step_time_ratio"] = lead["step_time_ratio"]
+            out["step_time_ratio_ci95"] = lead["step_time_ratio_ci95"]
             out["plain_checked_ratio"] = lead["plain_checked_ratio"]
             out["host_syncs_per_step"] = lead.get("host_syncs_per_step_max_over_ranks")
         threading.Thread(target=self.client, daemon=True).start()
@@ -572,13 +644,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top-k", type=int, default=2)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--max-batch", type=int, default=64)
-    p.add_argument("--steps", type=int, default=200, help="steady-state steps per round (0: skip)")
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps", type=int, default=10, help="steady-state steps per round (0: skip)")
+    p.add_argument("--rounds", type=int, default=300, help="steady-state rounds (each runs every variant)")
     p.add_argument(
         "--steady-only", action="store_true", help="measure the steady state and 20 answers; no kill"
     )
     p.add_argument("--request-interval-s", type=float, default=0.01)
     p.add_argument("--deadline-s", type=float, default=330.0)
+    p.add_argument(
+        "--attribute",
+        action="store_true",
+        help="diagnosis: also time variants that each change one thing between plain_checked and elastic",
+    )
     p.add_argument(
         "--pin-cpus", action="store_true", help="give each original rank its own share of the host's cores"
     )
@@ -687,6 +764,7 @@ def main(argv: list[str] | None = None) -> int:
                         "replacement_start_to_full_capacity_s",
                         "host_syncs_per_step",
                         "step_time_ratio",
+                        "step_time_ratio_ci95",
                         "plain_checked_ratio",
                         "wall_s",
                     )

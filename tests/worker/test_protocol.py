@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-
+import numpy as np
 import pytest
 
 from eep_worker import protocol as P
@@ -16,7 +15,7 @@ BASE = P.Plan(epoch=3, step=10, kind=P.Kind.BATCH, tokens=(5, 6, 7), live=ALL)
 def test_encode_is_fixed_size_and_round_trips() -> None:
     for plan in (
         BASE,
-        dataclasses.replace(BASE, tokens=()),
+        BASE._replace(tokens=()),
         P.Plan(4, 11, P.Kind.RECOVER, (), frozenset({0, 1}), frozenset({2}), 1),
         P.Plan(4, 12, P.Kind.FENCE, (), ALL, failed=frozenset({2, 3})),
     ):
@@ -27,7 +26,30 @@ def test_encode_is_fixed_size_and_round_trips() -> None:
 
 def test_encode_rejects_too_many_tokens() -> None:
     with pytest.raises(ValueError, match="exceed"):
-        P.encode(dataclasses.replace(BASE, tokens=tuple(range(9))), max_tokens=8)
+        P.encode(BASE._replace(tokens=tuple(range(9))), max_tokens=8)
+
+
+def test_encode_into_writes_what_encode_returns_over_a_used_buffer() -> None:
+    buf = np.full(P.HEADER + 8, 77, dtype=np.int64)  # what an earlier, longer plan left behind
+    for plan in (
+        BASE._replace(tokens=tuple(range(8))),
+        BASE,
+        BASE._replace(tokens=()),
+    ):
+        P.encode_into(plan, buf)
+        assert buf.tolist() == P.encode(plan, max_tokens=8)
+    with pytest.raises(ValueError, match="exceed"):
+        P.encode_into(BASE._replace(tokens=tuple(range(9))), buf)
+
+
+def test_decode_header_checks_the_same_and_leaves_the_tokens_out() -> None:
+    vec = P.encode(BASE, 8)
+    plan = P.decode_header(vec[: P.HEADER], capacity=8, world_size=W, min_epoch=3, after_step=9)
+    assert plan == BASE._replace(tokens=())
+    with pytest.raises(P.PlanError, match="token count"):
+        P.decode_header(vec[: P.HEADER], capacity=2, world_size=W, min_epoch=0, after_step=0)
+    with pytest.raises(P.PlanError, match="stale step"):
+        P.decode_header(vec[: P.HEADER], capacity=8, world_size=W, min_epoch=0, after_step=10)
 
 
 def _patched(index: int, value: int) -> list[int]:
@@ -52,7 +74,7 @@ def _patched(index: int, value: int) -> list[int]:
         (_patched(6, -1), 0, 0, "masks"),
         (_patched(6, 1 << (W + 1)), 0, 0, "masks"),
         # RECOVER without joining ranks, or with a source that is joining or not live
-        (P.encode(dataclasses.replace(BASE, kind=P.Kind.RECOVER), 8), 0, 0, "recover plan"),
+        (P.encode(BASE._replace(kind=P.Kind.RECOVER), 8), 0, 0, "recover plan"),
         (
             P.encode(P.Plan(4, 11, P.Kind.RECOVER, (), frozenset({0, 1}), frozenset({1}), 1), 8),
             0,
@@ -66,8 +88,8 @@ def _patched(index: int, value: int) -> list[int]:
             "recover plan",
         ),
         # FENCE names the failed ranks; no other kind does; rank 0 (the leader) is never fenced
-        (P.encode(dataclasses.replace(BASE, kind=P.Kind.FENCE), 8), 0, 0, "FENCE plan with failed"),
-        (P.encode(dataclasses.replace(BASE, failed=frozenset({2})), 8), 0, 0, "BATCH plan with failed"),
+        (P.encode(BASE._replace(kind=P.Kind.FENCE), 8), 0, 0, "FENCE plan with failed"),
+        (P.encode(BASE._replace(failed=frozenset({2})), 8), 0, 0, "BATCH plan with failed"),
         (P.encode(P.Plan(4, 11, P.Kind.FENCE, (), ALL, failed=frozenset({0, 2})), 8), 0, 0, "failed ranks"),
         (_patched(8, 1 << W), 0, 0, "masks"),
         (_patched(8, -1), 0, 0, "masks"),

@@ -49,6 +49,7 @@ from eep_worker.groups import GroupRegistry, group_specs
 from eep_worker.metrics import QueueSink
 from eep_worker.moe import ModelConfig, ShardedMoEModel
 from eep_worker.mooncake import Mooncake
+from eep_worker.plan_ring import PlanRing
 from eep_worker.recovery import Control, exchange_metadata, join, live_ranks, recover_survivor
 from eep_worker.settings import Settings
 
@@ -61,8 +62,6 @@ Rendezvous = Callable[[Settings, int], dict[str, Any]]
 """A joiner's hello to the leader's rendezvous service: (settings, rank) -> info."""
 LIVENESS_TIMEOUT_S = 0.2
 """How long the leader waits for a joiner's pod to accept a connection before it sends a RECOVER plan."""
-_RING = 4
-"""Pinned plan buffers on GPU: a buffer is reused only after its host-to-device copy is done."""
 
 
 def _die_with_parent() -> None:
@@ -118,7 +117,6 @@ class RankRuntime:
         self.step_no = 0
         self.dispatch_live: frozenset[int] = frozenset(range(self.world_size))
         self._works: list[dist.Work] = []
-        self._slot = 0
         self._step_started: float | None = None
         self._step_limit_s = 0.0
         t = settings.timeouts
@@ -190,8 +188,13 @@ class RankRuntime:
         self.metadata_cpu = self.metadata.to_cpu()
         self.model = ShardedMoEModel.build(self.config, self.metadata, self.rank, self.device)
         width = P.HEADER + m.max_batch_tokens
-        self.plans = [torch.zeros(width, dtype=torch.int64, pin_memory=self.on_gpu) for _ in range(_RING)]
-        self.copied: list[Any] = [torch.cuda.Event() if self.on_gpu else None for _ in range(_RING)]  # type: ignore[no-untyped-call]
+        self.ring = PlanRing(
+            width,
+            pin=self.on_gpu,
+            event=torch.cuda.Event if self.on_gpu else None,
+            # Passed to `Event.record` explicitly: without it, every record looks the stream up in Python.
+            stream=torch.cuda.current_stream() if self.on_gpu else None,
+        )
         # The whole received plan goes to the device in one copy from the start of its pinned buffer, and
         # the model reads the tokens through a view made once: copying from a fresh slice of the pinned
         # buffer each step took twice the host time of the plain step's whole-buffer copy (py-spy, H200 host).
@@ -394,30 +397,32 @@ class RankRuntime:
         then what it says. Returns (plan or None when the received one was bad, output rows
         ``[max_batch, hidden]`` or None). Adds no host-device sync on GPU."""
         self._step_started, self._step_limit_s = time.monotonic(), self.stall_limit_s
-        self._slot = (self._slot + 1) % _RING
-        buf, copied = self.plans[self._slot], self.copied[self._slot]
-        if copied is not None and not copied.query():
-            copied.synchronize()  # only when the device lags _RING steps behind the host
+        buf, array = self.ring.next()
         if sent is not None:
-            buf.numpy()[:] = P.encode(sent, self.s.model.max_batch_tokens)
+            P.encode_into(sent, array)
         self._works = []
         work = dist.broadcast(buf, src=0, group=self.world.cpu, async_op=True)
         assert work is not None
         work.wait()
         self._works.append(work)
-        if not self.is_leader and not self.mc.local_success(work) and 0 in self.mc.failed_ranks(work):
-            # Rank 0 hosts Mooncake's coordinator as well as the leader: no view change will ever come.
-            self._leader_lost()
         try:
             plan = (
                 sent
                 if sent is not None
-                else P.decode(
-                    buf.tolist(), world_size=self.world_size, min_epoch=self.epoch, after_step=self.step_no
+                else P.decode_header(
+                    array[: P.HEADER].tolist(),
+                    capacity=len(array) - P.HEADER,
+                    world_size=self.world_size,
+                    min_epoch=self.epoch,
+                    after_step=self.step_no,
                 )
             )
         except P.PlanError as e:
-            if not bool(self.world.cpu_mirror[0]):
+            # A plan broadcast that failed leaves the buffer's old plan (a stale step) or a torn one. Asked
+            # here, not every step: the check is a call into Mooncake on every follower's critical path.
+            lost = not self.mc.local_success(work) and 0 in self.mc.failed_ranks(work)
+            if lost or not bool(self.world.cpu_mirror[0]):
+                # Rank 0 hosts Mooncake's coordinator as well as the leader: no view change will ever come.
                 self._leader_lost()
             # Keep the group in step: the same combines as a BATCH plan, contributing nothing.
             log.warning("rank %d: ignoring a bad plan after step %d: %s", self.rank, self.step_no, e)
@@ -430,21 +435,17 @@ class RankRuntime:
             self.sink.membership(len(plan.live), plan.epoch)
             if self.is_leader:
                 self.events.put(("state", plan.epoch, sorted(plan.live)))
-        if plan.kind == P.Kind.RECOVER:
+        if plan.kind is P.Kind.RECOVER:
             # Waits for joiners up to the join timeout, then Mooncake's admission and the metadata broadcast.
             self._step_limit_s = self.stall_limit_s + 2 * self.s.timeouts.join_timeout_s
             self._recover(plan)
             return plan, None
-        if plan.kind == P.Kind.FENCE:
+        if plan.kind is P.Kind.FENCE:
             self._step_started = None  # bounded by Settings.fence_settle_s
             self._fence(plan)
             return plan, None
         self._set_live(plan.live)
-        if copied is not None:
-            self.dev_plan.copy_(buf, non_blocking=True)
-            copied.record()
-        else:
-            self.dev_plan.copy_(buf)
+        self.dev_plan.copy_(buf, non_blocking=self.on_gpu)
         out = self.model.forward(
             self.tokens, self.metadata.logical_to_rank_dispatch_physical_map, self._combine
         )
@@ -587,7 +588,7 @@ class RankRuntime:
         while True:
             batch = self._collect()
             plan, view = self.next_plan(batch, view)
-            if plan.kind == P.Kind.RECOVER:
+            if plan.kind is P.Kind.RECOVER:
                 self.pending[:0] = batch  # served right after the recovery step
                 batch = []
             mirror = self.world.cpu_mirror.clone()
