@@ -33,7 +33,7 @@ class FakeEvent:
 
 
 @pytest.mark.parametrize(
-    ("size", "group", "steps"), [(8, 4, 3), (8, 4, 9), (8, 4, 41), (4, 1, 17), (6, 3, 20)]
+    ("size", "group", "steps"), [(8, 4, 3), (8, 4, 9), (8, 4, 41), (4, 1, 17), (6, 3, 20), (32, 16, 100)]
 )
 def test_a_buffer_comes_back_only_after_its_copy_was_waited_for(size: int, group: int, steps: int) -> None:
     log: list[tuple[str, FakeEvent]] = []
@@ -59,7 +59,7 @@ def test_a_buffer_comes_back_only_after_its_copy_was_waited_for(size: int, group
 
 
 def test_without_events_the_ring_only_rotates() -> None:
-    ring = PlanRing(3, pin=False, event=None)
+    ring = PlanRing(3, pin=False, event=None, size=8, group=4)
     seen = [ring.next()[0].data_ptr() for _ in range(16)]
     assert len(set(seen)) == 8 and seen[:8] == seen[8:]
 

@@ -67,6 +67,10 @@ class Mooncake:
         """False when this rank saw a peer fail during the collective (its result is then partial)."""
         return bool(_pg.get_local_success(work))
 
+    def all_succeeded(self, works: list[dist.Work]) -> bool:
+        """`local_success` of every work, in one pass (the leader asks this every step)."""
+        return all(map(_pg.get_local_success, works))
+
     def peer_ready(self, group: dist.ProcessGroup, local_ranks: list[int]) -> bool:
         """True when every listed group-local rank has started in extension mode and can be recovered."""
         return all(bool(s) for s in _pg.get_peer_state(group, local_ranks))

@@ -9,8 +9,8 @@ an event per step. With `size` buffers and one CUDA event per `group` consecutiv
 records the previous group's event (every copy of that group was issued before it; the stream runs them in
 order) and checks this group's, recorded one lap ago after this group's copies were issued. The host waits
 only when the device lags a whole group of steps behind. On the H200 host, with Mooncake's threads busy in
-the CUDA driver, an event record and query on every step cost about 2 % of the toy model's step
-(`bench/gpu_recovery.py --attribute`); this costs a quarter of that.
+the CUDA driver, an event record and query on every step cost about 2 % of the toy model's step, and one
+per four steps still 0.7 % (`bench/gpu_recovery.py --attribute`); the default is one per 16 steps.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ class PlanRing:
         pin: bool,
         event: Callable[[], CopyEvent] | None,
         stream: Any = None,
-        size: int = 8,
-        group: int = 4,
+        size: int = 32,
+        group: int = 16,
     ) -> None:
         """``width`` int64 slots per buffer; ``pin``: page-locked (GPU); ``event``: makes a copy event (None
         on CPU, where the copy is done when `copy_` returns); ``stream``: where the copies are issued."""

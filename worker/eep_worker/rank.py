@@ -334,7 +334,7 @@ class RankRuntime:
     def _all_succeeded(self) -> bool:
         """Whether every collective of this step succeeded here. On GPU call it only after the step's output
         was read back (the works are complete then; asking earlier could wait on the device)."""
-        return all(self.mc.local_success(w) for w in self._works)
+        return self.mc.all_succeeded(self._works)
 
     def _failed_ranks(self) -> frozenset[int]:
         """Global ranks this rank saw fail in this step's collectives (all on the world group, whose local
