@@ -3,9 +3,9 @@
 Who calls it: the rank loop (`rank.py`). Every step, global rank 0 (the leader) builds a `Plan`, encodes it
 into a fixed-size int64 vector (`encode_into`) and broadcasts it on the world group; every other rank decodes
 and checks its header (`decode_header`; the tokens go to the device as they arrived) and executes exactly
-what it says. Followers never decide anything on their own: survivors can
-disagree about whether a step succeeded (one may finish a collective with a dead rank's data while another
-fails in it), so only the leader's view counts, and it reaches every rank inside the plan.
+what it says. Followers never decide anything on their own: survivors can disagree about whether a step
+succeeded (one may finish a collective with a dead rank's data while another fails in it), so only the
+leader's view counts, and it reaches every rank inside the plan.
 
 Fixed sequence per step, on every rank whatever it saw: one plan broadcast, then, for a `BATCH` plan, one
 combine all-reduce per model layer over ``max_batch`` padded token rows; for a `RECOVER` plan, the recovery
