@@ -94,31 +94,37 @@ SYNC_CHECK_STEPS = 100
 """Steady-state steps run under `torch.cuda.set_sync_debug_mode` (each mode)."""
 
 
-def _attribution_steps(rt: Any, tokens: tuple[int, ...], elastic_step: Any) -> dict[str, Any]:
-    """Diagnosis (`--attribute`): variants that each change one thing between plain_checked and elastic."""
+def _checked_step(rt: Any, tokens: tuple[int, ...], offset: int) -> Any:
+    """The plain step plus only the runtime's own per-collective success tracking (its `_combine`, which keeps
+    the work handles, and `_all_succeeded` after the read-back). The batch travels in ``offset + n`` ints
+    (``offset`` zeros first) and the model reads it at ``offset``. An attribution variant, not a baseline."""
     import torch  # noqa: PLC0415
     import torch.distributed as dist  # noqa: PLC0415
 
-    from eep_worker.plan_ring import PlanRing  # noqa: PLC0415
+    n = len(tokens)
+    control = torch.zeros(offset + n, dtype=torch.int64, pin_memory=rt.on_gpu)
+    host = torch.tensor((0,) * offset + tokens, dtype=torch.int64)
+    dev = torch.zeros(offset + n, dtype=torch.int64, device=rt.device)
+    dev_tokens = dev[offset:]
 
-    width = P.HEADER + len(tokens)
-    wide = torch.zeros(width, dtype=torch.int64, pin_memory=rt.on_gpu)
-    host_wide = torch.tensor((0,) * P.HEADER + tokens, dtype=torch.int64)
-    wide_dev = torch.zeros(width, dtype=torch.int64, device=rt.device)
-    wide_tokens = wide_dev[P.HEADER :]
-
-    def plain_wide_step() -> None:
-        # plain_checked with the plan's buffer: HEADER + n ints broadcast, tokens read at an offset.
+    def step() -> None:
         if rt.is_leader:
-            wide.copy_(host_wide)
-        work = dist.broadcast(wide, src=0, group=rt.world.cpu, async_op=True)
+            control.copy_(host)
+        work = dist.broadcast(control, src=0, group=rt.world.cpu, async_op=True)
         work.wait()
         rt._works = [work]
-        wide_dev.copy_(wide, non_blocking=True)
-        out = rt.model.forward(wide_tokens, rt.metadata.logical_to_rank_dispatch_physical_map, rt._combine)
+        dev.copy_(control, non_blocking=True)
+        out = rt.model.forward(dev_tokens, rt.metadata.logical_to_rank_dispatch_physical_map, rt._combine)
         if rt.is_leader:
-            out[: len(tokens)].to("cpu")
+            out[:n].to("cpu")
             rt._all_succeeded()
+
+    return step
+
+
+def _attribution_steps(rt: Any, tokens: tuple[int, ...], elastic_step: Any) -> dict[str, Any]:
+    """Diagnosis (`--attribute`): variants that each change one thing between plain_checked and elastic."""
+    from eep_worker.plan_ring import PlanRing  # noqa: PLC0415
 
     def swapped(**attrs: Any) -> Any:
         def step() -> None:
@@ -134,9 +140,10 @@ def _attribution_steps(rt: Any, tokens: tuple[int, ...], elastic_step: Any) -> d
         return step
 
     return {
-        "plain_wide": plain_wide_step,
+        # plain_checked in the plan's buffer shape: the header's ints broadcast too, tokens read after them.
+        "plain_wide": _checked_step(rt, tokens, P.HEADER),
         # No copy events at all: what the runtime's guard on reusing a pinned plan buffer costs.
-        "elastic_no_events": swapped(ring=PlanRing(width, pin=rt.on_gpu, event=None)),
+        "elastic_no_events": swapped(ring=PlanRing(P.HEADER + len(tokens), pin=rt.on_gpu, event=None)),
     }
 
 
@@ -184,22 +191,12 @@ def _steady_state(rt: Any, steps: int, rounds: int, attribute: bool = False) -> 
             out[:n].to("cpu")
             rt._all_succeeded()
 
-    def plain_checked_step() -> None:
-        # An attribution variant, not a baseline: the plain step plus only the runtime's own per-collective
-        # success tracking (its `_combine`, which keeps the work handles, and `_all_succeeded` after the
-        # read-back). elastic - plain_checked is then what the plan protocol itself costs.
-        if rt.is_leader:
-            control.copy_(host_tokens)
-        work = dist.broadcast(control, src=0, group=world.cpu, async_op=True)
-        work.wait()
-        rt._works = [work]
-        dev_tokens.copy_(control, non_blocking=True)
-        out = rt.model.forward(dev_tokens, rt.metadata.logical_to_rank_dispatch_physical_map, rt._combine)
-        if rt.is_leader:
-            out[:n].to("cpu")
-            rt._all_succeeded()
-
-    steps_by_name = {"plain": plain_step, "plain_checked": plain_checked_step, "elastic": elastic_step}
+    steps_by_name = {
+        "plain": plain_step,
+        # elastic - plain_checked is what the plan protocol itself costs.
+        "plain_checked": _checked_step(rt, tokens, 0),
+        "elastic": elastic_step,
+    }
     if attribute:
         steps_by_name.update(_attribution_steps(rt, tokens, elastic_step))
     times: dict[str, list[float]] = {name: [] for name in steps_by_name}
