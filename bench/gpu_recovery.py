@@ -184,9 +184,12 @@ def _steady_state(rt: Any, steps: int, rounds: int, attribute: bool = False) -> 
         if rt.is_leader:
             out[:n].to("cpu")
 
+    def batch_plan() -> P.Plan | None:
+        # What the leader passes to `run_plan` for the next steady-state step (the others pass None).
+        return P.Plan(rt.epoch, rt.step_no + 1, P.Kind.BATCH, tokens, live) if rt.is_leader else None
+
     def elastic_step() -> None:
-        plan = P.Plan(rt.epoch, rt.step_no + 1, P.Kind.BATCH, tokens, live) if rt.is_leader else None
-        _, out = rt.run_plan(plan)
+        _, out = rt.run_plan(batch_plan())
         if rt.is_leader and out is not None:
             out[:n].to("cpu")
             rt._all_succeeded()
@@ -245,9 +248,7 @@ def _steady_state(rt: Any, steps: int, rounds: int, attribute: bool = False) -> 
             for _ in range(SYNC_CHECK_STEPS):
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
-                    rt.run_plan(
-                        P.Plan(rt.epoch, rt.step_no + 1, P.Kind.BATCH, tokens, live) if rt.is_leader else None
-                    )
+                    rt.run_plan(batch_plan())
                 counts.append(sum("synchroniz" in str(w.message) for w in caught))
         finally:
             torch.cuda.set_sync_debug_mode("default")
@@ -261,9 +262,7 @@ def _steady_state(rt: Any, steps: int, rounds: int, attribute: bool = False) -> 
             torch.cuda.set_sync_debug_mode("error")
             try:
                 for _ in range(SYNC_CHECK_STEPS):
-                    rt.run_plan(
-                        P.Plan(rt.epoch, rt.step_no + 1, P.Kind.BATCH, tokens, live) if rt.is_leader else None
-                    )
+                    rt.run_plan(batch_plan())
             except RuntimeError:
                 error_ok = False
             finally:

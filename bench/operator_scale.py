@@ -280,10 +280,10 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             if uid in watcher.failed:
                 detection.append(watcher.failed[uid] - term)
-            after = [t for t, _ in watcher.created.get((c, m), []) if t > term]
+            after = [(t, u) for t, u in watcher.created.get((c, m), []) if t > term]
             if after:
-                reaction.append(min(after) - term)
-                first = min((t, u) for t, u in watcher.created[(c, m)] if t > term)[1]
+                seen, first = min(after)
+                reaction.append(seen - term)
                 if uid in watcher.restart_due and first in watcher.created_wall:
                     after_backoff.append(watcher.created_wall[first] - watcher.restart_due[uid])
         watcher.stop.set()
