@@ -139,11 +139,46 @@ def _attribution_steps(rt: Any, tokens: tuple[int, ...], elastic_step: Any) -> d
 
         return step
 
+    # The protocol's Python taken out: the leader copies a plan encoded once, followers take a plan decoded
+    # once (its step -1 passes every later real decode's staleness check). What is left of elastic -
+    # plain_wide is not the protocol's encode and decode.
+    import numpy as np  # noqa: PLC0415
+
+    everyone = frozenset(range(rt.world_size))
+    encoded = P.encode(P.Plan(rt.epoch, -1, P.Kind.BATCH, tokens, everyone), len(tokens))
+    encoded_array = np.asarray(encoded, dtype=np.int64)
+    decoded = P.decode(encoded, world_size=rt.world_size, min_epoch=rt.epoch, after_step=-2)
+
+    def copy_encoded(plan: P.Plan, out: Any) -> None:
+        out[:] = encoded_array
+
+    def decoded_once(header: Any, **_: Any) -> P.Plan:
+        return decoded
+
+    def bare_protocol() -> None:
+        saved = P.encode_into, P.decode_header
+        P.encode_into, P.decode_header = copy_encoded, decoded_once
+        try:
+            elastic_step()
+        finally:
+            P.encode_into, P.decode_header = saved
+
+    plain = _checked_step(rt, tokens, 0)
+
+    def plain_spin() -> None:
+        # Calibration: 20 us of host work on every rank before the step, as a protocol cost would sit.
+        end = time.perf_counter() + 20e-6
+        while time.perf_counter() < end:
+            pass
+        plain()
+
     return {
         # plain_checked in the plan's buffer shape: the header's ints broadcast too, tokens read after them.
         "plain_wide": _checked_step(rt, tokens, P.HEADER),
         # No copy events at all: what the runtime's guard on reusing a pinned plan buffer costs.
         "elastic_no_events": swapped(ring=PlanRing(P.HEADER + len(tokens), pin=rt.on_gpu, event=None)),
+        "elastic_bare_protocol": bare_protocol,
+        "plain_checked_spin20us": plain_spin,
     }
 
 

@@ -211,3 +211,17 @@ def test_decide_membership(  # noqa: PLR0917 - one parameter per table column
     expected: P.JoinDecision,
 ) -> None:
     assert P.decide_membership(view, snapshot, ready=ready, now=now, join_timeout_s=10.0) == expected, name
+
+
+def test_decode_header_checks_membership_fields_every_time_though_it_caches_them() -> None:
+    # The kind and rank fields are checked once per distinct value (cached); a cache that kept an answer
+    # across worlds, or kept nothing for a bad header, would let a plan through or reject it only once.
+    vec = P.encode(BASE, 8)
+    assert P.decode_header(vec[: P.HEADER], capacity=8, world_size=W, min_epoch=0, after_step=0).live == ALL
+    for _ in range(2):
+        with pytest.raises(P.PlanError, match="masks"):
+            P.decode_header(vec[: P.HEADER], capacity=8, world_size=W - 1, min_epoch=0, after_step=0)
+    bad = P.encode(P.Plan(4, 11, P.Kind.RECOVER, (), frozenset({0, 1}), frozenset({1}), 1), 8)
+    for _ in range(2):
+        with pytest.raises(P.PlanError, match="recover plan"):
+            P.decode_header(bad[: P.HEADER], capacity=8, world_size=W, min_epoch=0, after_step=0)

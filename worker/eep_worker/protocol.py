@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import struct
 from collections.abc import Sequence
 from enum import IntEnum
 from typing import NamedTuple, Protocol
@@ -142,10 +143,19 @@ def unmask(bits: int) -> frozenset[int]:
 
 
 class IntBuffer(Protocol):
-    """A writable int64 vector (the numpy view of the rank's pinned plan buffer)."""
+    """A writable, C-contiguous int64 vector that exposes its memory (the numpy view of the rank's pinned plan
+    buffer): `encode_into` packs into it with `struct`."""
 
     def __len__(self) -> int: ...
     def __setitem__(self, index: slice, value: Sequence[int] | int, /) -> None: ...
+    def __buffer__(self, flags: int, /) -> memoryview: ...
+
+
+@functools.cache  # n_tokens <= the plan's capacity: a handful of entries
+def _layout(n_tokens: int) -> struct.Struct:
+    # One C call writes the header and the tokens, in less than half the time of numpy's slice assignments
+    # from Python ints (bench/README.md): the leader does it on every step's critical path.
+    return struct.Struct(f"={HEADER + n_tokens}q")
 
 
 def _header(plan: Plan) -> tuple[int, ...]:
@@ -172,12 +182,12 @@ def encode(plan: Plan, max_tokens: int) -> list[int]:
 def encode_into(plan: Plan, out: IntBuffer) -> None:
     """Write what `encode` returns into ``out`` (``HEADER + max_tokens`` long) without building a list: the
     leader does this every step, on the path every rank waits for. Raises ValueError."""
-    n = len(plan.tokens)
-    if n > len(out) - HEADER:
-        raise ValueError(f"{n} tokens exceed the plan's {len(out) - HEADER} slots")
-    out[:HEADER] = _header(plan)
-    out[HEADER : HEADER + n] = plan.tokens
-    out[HEADER + n :] = 0
+    n, capacity = len(plan.tokens), len(out) - HEADER
+    if n > capacity:
+        raise ValueError(f"{n} tokens exceed the plan's {capacity} slots")
+    _layout(n).pack_into(out, 0, *_header(plan), *plan.tokens)
+    if n < capacity:
+        out[HEADER + n :] = 0
 
 
 def decode(values: Sequence[int], *, world_size: int, min_epoch: int, after_step: int) -> Plan:
@@ -194,26 +204,12 @@ def decode(values: Sequence[int], *, world_size: int, min_epoch: int, after_step
     return plan._replace(tokens=tuple(map(int, values[HEADER : HEADER + n])))
 
 
-def decode_header(
-    header: Sequence[int], *, capacity: int, world_size: int, min_epoch: int, after_step: int
-) -> Plan:
-    """`decode` of the first `HEADER` ints alone, for a vector with ``capacity`` token slots: the same checks,
-    and a Plan without its tokens (``tokens=()``). Followers use it: they read the tokens on the device, from
-    the buffer the plan arrived in, so converting them to Python ints would only delay the step."""
-    # Written for speed (every follower runs it on the step's critical path): one dict lookup for the kind,
-    # no generators, cached masks.
-    if len(header) < HEADER or header[0] != MAGIC:
-        raise PlanError("bad magic")
-    _, epoch, step, kind_value, n, live_bits, joining_bits, source, failed_bits = map(int, header[:HEADER])
-    kind = _KINDS.get(kind_value)
-    if kind is None:
-        raise PlanError(f"unknown kind {kind_value}")
-    if epoch < min_epoch:
-        raise PlanError(f"stale epoch {epoch} < {min_epoch}")
-    if step <= after_step:
-        raise PlanError(f"stale step {step} <= {after_step}")
-    if not 0 <= n <= capacity:
-        raise PlanError(f"token count {n} outside [0, {capacity}]")
+@functools.lru_cache(maxsize=256)
+def _membership_fields(  # noqa: PLR0917 - positional: the cheapest cache key
+    kind_value: int, live_bits: int, joining_bits: int, source: int, failed_bits: int, world_size: int
+) -> tuple[Kind, frozenset[int], frozenset[int], frozenset[int]]:
+    """The checks of a header's kind and rank fields. Raises PlanError (which the cache does not keep)."""
+    kind = _KINDS[kind_value]
     outside = ~((1 << world_size) - 1)
     if (
         live_bits <= 0
@@ -227,6 +223,31 @@ def decode_header(
         raise PlanError(f"recover plan with joining {sorted(joining)} and source {source}")
     if (kind is Kind.FENCE) != bool(failed) or 0 in failed:
         raise PlanError(f"{kind.name} plan with failed ranks {sorted(failed)}")
+    return kind, live, joining, failed
+
+
+def decode_header(
+    header: Sequence[int], *, capacity: int, world_size: int, min_epoch: int, after_step: int
+) -> Plan:
+    """`decode` of the first `HEADER` ints alone, for a vector with ``capacity`` token slots: the same checks,
+    and a Plan without its tokens (``tokens=()``). Followers use it: they read the tokens on the device, from
+    the buffer the plan arrived in, so converting them to Python ints would only delay the step."""
+    # Written for speed (every follower runs it on the step's critical path): the fields that change with the
+    # step are checked here, those that change only with the membership once per distinct value (cached).
+    if len(header) < HEADER or header[0] != MAGIC:
+        raise PlanError("bad magic")
+    _, epoch, step, kind_value, n, live_bits, joining_bits, source, failed_bits = map(int, header[:HEADER])
+    if kind_value not in _KINDS:
+        raise PlanError(f"unknown kind {kind_value}")
+    if epoch < min_epoch:
+        raise PlanError(f"stale epoch {epoch} < {min_epoch}")
+    if step <= after_step:
+        raise PlanError(f"stale step {step} <= {after_step}")
+    if not 0 <= n <= capacity:
+        raise PlanError(f"token count {n} outside [0, {capacity}]")
+    kind, live, joining, failed = _membership_fields(
+        kind_value, live_bits, joining_bits, source, failed_bits, world_size
+    )
     return Plan(epoch, step, kind, (), live, joining, source, failed)
 
 
