@@ -30,8 +30,19 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
 fi
 
 test -x "$PY" || python3 -m venv "$VENV"
+# PyPI's torch brings its CUDA libraries: about 3.5 GB of wheels, 5.5 GB once installed. Say so up front when the
+# disk looks too small, so that a failure further down reads as what it is. No pip cache: it would keep a second
+# copy of every wheel.
+need_gb=9
+for dir in "$VENV" "${TMPDIR:-/tmp}"; do
+  free_gb=$(df -Pk "$dir" | awk 'NR==2 {print int($4 / 1048576)}')
+  if [ "$free_gb" -lt "$need_gb" ]; then
+    echo ">> warning: $free_gb GB free under $dir; installing torch $TORCH_SPEC with its CUDA libraries" \
+         "needs about $need_gb GB there (pip stops with 'No space left on device' otherwise)" >&2
+  fi
+done
 echo ">> pip: .[worker] ($TORCH_SPEC) + $CUDART_SPEC" >&2
-"$PY" -m pip install -q "$TORCH_SPEC" -e "$here[worker]" "$CUDART_SPEC"
+"$PY" -m pip install -q --no-cache-dir "$TORCH_SPEC" -e "$here[worker]" "$CUDART_SPEC"
 
 SP=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 MC="$SP/mooncake"
