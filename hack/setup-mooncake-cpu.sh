@@ -30,7 +30,7 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
 fi
 
 test -x "$PY" || python3 -m venv "$VENV"
-# PyPI's torch brings its CUDA libraries: about 3.5 GB of wheels, 5.5 GB once installed. Say so up front when the
+# PyPI's torch brings its CUDA libraries: about 2.8 GB of wheels, 5.5 GB once installed. Say so up front when the
 # disk looks too small, so that a failure further down reads as what it is. No pip cache: it would keep a second
 # copy of every wheel.
 need_gb=9
