@@ -153,8 +153,8 @@ class IntBuffer(Protocol):
 
 @functools.cache  # n_tokens <= the plan's capacity: a handful of entries
 def _layout(n_tokens: int) -> struct.Struct:
-    # One C call writes the header and the tokens, in less than half the time of numpy's slice assignments
-    # from Python ints (bench/README.md): the leader does it on every step's critical path.
+    # One C call writes the header and the tokens, in about half the time of numpy's slice assignments from
+    # Python ints (bench/plan_protocol.py): the leader does it on every step's critical path.
     return struct.Struct(f"={HEADER + n_tokens}q")
 
 
