@@ -2,8 +2,10 @@
 # Two images from one file:
 #   docker build --target operator -t ghcr.io/elastic-ep-operator/operator:0.1.0 .
 #   docker build --target worker   -t ghcr.io/elastic-ep-operator/worker:0.1.0 .
-# Bases are pinned by tag and multi-platform index digest. The install steps are the Makefile's (`pip install`
-# of this project with an extra from pyproject.toml); tests/chart/test_dockerfile.py keeps them in step.
+# Bases are pinned by tag and multi-platform index digest. Each image installs only the distributions that run in
+# it (docs/architecture.md, "Packages"): the operator image contract + operator, the worker image contract +
+# worker[gpu]; neither carries the local-cluster tooling, the test kit or the demo.
+# tests/chart/test_dockerfile.py keeps this in step with the folders' pyproject files.
 
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm@sha256:86adf8dbadc3d6e82ee5dd2c74bec2e1c2467cdad47886280501df722372d2e1
 ARG CUDA_IMAGE=nvidia/cuda:13.0.1-runtime-ubuntu24.04@sha256:c3fde347d52d578c84fd644bc177bc7ec333feaf11550d990da4084d7612e4c7
@@ -15,11 +17,9 @@ FROM ${PYTHON_IMAGE} AS operator-build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/eep
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY contract ./contract
 COPY operator ./operator
-COPY worker ./worker
-COPY hack/eep_localcluster ./hack/eep_localcluster
-RUN /opt/eep/bin/pip install '.[operator]'
+RUN /opt/eep/bin/pip install ./contract ./operator
 
 FROM ${PYTHON_IMAGE} AS operator
 ARG VERSION=0.1.0
@@ -47,11 +47,9 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/eep
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY operator ./operator
+COPY contract ./contract
 COPY worker ./worker
-COPY hack/eep_localcluster ./hack/eep_localcluster
-RUN /opt/eep/bin/pip install '.[worker-gpu]'
+RUN /opt/eep/bin/pip install ./contract './worker[gpu]'
 
 FROM ${CUDA_IMAGE} AS worker
 ARG VERSION=0.1.0

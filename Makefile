@@ -7,17 +7,19 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STATE ?= .local/cluster
-PYDIRS := operator/eep_operator worker/eep_worker hack/eep_localcluster demo/eep_demo
+# One distribution per folder (docs/architecture.md, "Packages"); all installed editable into one virtualenv.
+DISTS := contract operator worker hack testkit demo
+PYDIRS := contract/eep_contract operator/eep_operator worker/eep_worker hack/eep_localcluster testkit/eep_testkit demo/eep_demo
 
 .PHONY: help venv venv-worker tools control-plane cluster-up cluster-down generate lint test test-recovery test-unit demo bench soak clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
-$(VENV)/.base: pyproject.toml
+$(VENV)/.base: pyproject.toml $(foreach d,$(DISTS),$(d)/pyproject.toml)
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[operator,dev]'
+	$(PIP) install -q $(foreach d,$(DISTS),-e ./$(d)) --group dev
 	touch $@
 
 $(VENV)/.worker: $(VENV)/.base hack/setup-mooncake-cpu.sh
@@ -35,7 +37,8 @@ control-plane: ## build kube-apiserver, controller-manager, scheduler, etcd from
 	bash hack/build-control-plane.sh
 
 generate: $(VENV)/.base ## regenerate the CRD (and the chart's copy), docs/reference.md, the chart's rules copy
-	$(PY) -m eep_operator.api.crd
+	$(PY) -m eep_contract.crd
+	$(PY) deploy/grafana/dashboard.py
 	cp deploy/prometheus/elasticep-rules.yaml charts/elastic-ep-operator/files/elasticep-rules.yaml
 
 cluster-up: $(VENV)/.worker tools control-plane ## start the local control plane and a process node, install the CRD
@@ -48,11 +51,12 @@ cluster-down: ## stop everything cluster-up started
 	@if [ -x $(VENV)/bin/eep-localcluster ]; then $(VENV)/bin/eep-localcluster --state $(STATE) down; fi
 
 lint: $(VENV)/.worker ## ruff, mypy --strict (needs torch's types), import-linter
-	$(VENV)/bin/ruff check $(PYDIRS) tests bench
-	$(VENV)/bin/ruff format --check $(PYDIRS) tests bench
-	$(VENV)/bin/mypy $(PYDIRS)
+	$(VENV)/bin/ruff check $(PYDIRS) tests bench deploy
+	$(VENV)/bin/ruff format --check $(PYDIRS) tests bench deploy
+	$(VENV)/bin/mypy $(PYDIRS) bench deploy/grafana
 	$(VENV)/bin/lint-imports
-	$(PY) -m eep_operator.api.crd --check
+	$(PY) -m eep_contract.crd --check
+	$(PY) deploy/grafana/dashboard.py --check
 
 test: $(VENV)/.worker lint tools control-plane ## the whole suite, the Mooncake fault tests included
 	$(PY) -m pytest

@@ -4,9 +4,10 @@ bench/results/cpu_recovery.json.
 
     .venv/bin/python bench/cpu_recovery.py [--members 3] [--warmup-delay-s 0] [--rounds 1]
 
-Scenario (tests/worker/harness.py plays the operator): every pod starts; a client streams requests to member
-0 and checks every answer against the float64 reference; the last member is SIGKILLed mid-stream; the
-membership is updated; a replacement pod starts with --rejoin and the membership names it joining.
+Scenario (the test kit's operator stand-in writes the membership file, `eep_testkit.pods` runs the pods):
+every pod starts; a client streams requests to member 0 and checks every answer against the float64
+reference; the last member is SIGKILLed mid-stream; the membership is updated; a replacement pod starts with
+--rejoin and the membership names it joining.
 
 Measured per round: detection (kill -> the leader's first untrusted step), resume (kill -> first correct
 answer from the survivors), wait_peer / recover_ranks / broadcast (leader's recovery phases), join (the
@@ -23,18 +24,18 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from eep_contract.env import TuningEnv
+from eep_testkit.client import CheckingClient
+from eep_testkit.pods import LocalPods
+from eep_testkit.stream import Stream
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
-
-from worker.harness import Client, LocalCluster  # type: ignore[import-not-found]  # noqa: E402
-
 _TS = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (\S+) \w+ [\w.]+: (.*)$")
 
 
@@ -54,50 +55,23 @@ def phase(text: str, name: str, epoch: int | None = None) -> float | None:
     return sum(values) if values else None
 
 
-class Stream(threading.Thread):
-    def __init__(self, client: Client) -> None:
-        super().__init__(daemon=True)
-        self.client, self.errors, self.stop = client, list[str](), threading.Event()
-        self.times: list[tuple[float, list[int]]] = []
-
-    def run(self) -> None:
-        i = 0
-        while not self.stop.is_set():
-            i += 1
-            try:
-                reply = self.client.infer([(i * 37 + j * 11) % 1024 for j in range(1 + i % 5)], timeout=120)
-                self.times.append((time.time(), reply["active_ranks"]))
-            except Exception as e:
-                self.errors.append(f"{type(e).__name__}: {e}"[:500])
-            time.sleep(0.01)
-
-    def first_after(self, t: float, active: list[int], timeout_s: float) -> float:
-        deadline = time.time() + timeout_s
-        while time.time() < deadline:
-            for at, act in list(self.times):
-                if at >= t and act == active:
-                    return at
-            time.sleep(0.02)
-        raise TimeoutError(f"no answer from {active} within {timeout_s}s")
-
-
-def one_round(cluster: LocalCluster, stream: Stream, victim: int) -> dict[str, Any]:
-    survivors = [r for r in range(cluster.world) if r // cluster.rpm != victim]
-    everyone = list(range(cluster.world))
-    leader_log_before = len(cluster.pods[0].logs())
+def one_round(pods: LocalPods, stream: Stream, victim: int) -> dict[str, Any]:
+    victims = pods.ranks_of(victim)
+    everyone = list(range(pods.world))
+    survivors = [r for r in everyone if r not in victims]
+    leader_log_before = len(pods.pods[0].logs())
     t_kill = time.time()
-    cluster.pods[victim].kill()
-    cluster.write_membership(survivors, [])
+    pods.kill(victim)
+    pods.standin.publish(survivors)
     t_resume = stream.first_after(t_kill, survivors, 60)
     t_start = time.time()
-    pod = cluster.start(victim, rejoin=True)
-    cluster.write_membership(survivors, [r for r in everyone if r not in survivors])
-    epoch = cluster.epoch
-    cluster.wait_ready([victim], 120)
+    pod = pods.start(victim, rejoin=True)
+    epoch = pods.standin.publish(survivors, victims).epoch
+    pods.wait_ready([victim], 120)
     t_ready = time.time()
     t_full = stream.first_after(t_start, everyone, 60)
-    cluster.write_membership(everyone, [])
-    leader = cluster.pods[0].logs()[leader_log_before:]
+    pods.standin.publish(everyone)
+    leader = pods.pods[0].logs()[leader_log_before:]
     untrusted = [t for t, msg in log_lines(leader) if "not trusted" in msg and t >= t_kill - 0.01]
     return {
         "detection_s": (untrusted[0] - t_kill) if untrusted else None,
@@ -134,30 +108,30 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     tmp = tempfile.mkdtemp(prefix="eep-cpu-recovery-")
     out["logs"] = tmp  # the pods' logs; removed after a successful run
-    cluster = LocalCluster(
+    pods = LocalPods(
         Path(tmp),
         a.members,
         a.ranks_per_member,
         collective_timeout_s=a.collective_timeout_s,
         reconcile_window_s=a.reconcile_window_s,
         join_timeout_s=a.join_timeout_s,
-        extra_args=["--warmup-delay-s", str(a.warmup_delay_s)],
+        tuning=TuningEnv(warmup_delay_s=a.warmup_delay_s),
     )
     stream: Stream | None = None
     try:
         t = time.time()
-        cluster.start_all()
+        pods.start_all()
         out["start_s"] = time.time() - t
-        stream = Stream(Client(cluster.pods[0]))
+        stream = Stream(CheckingClient(pods.pods[0]))
         stream.start()
-        stream.first_after(0, list(range(cluster.world)), 30)
-        rounds = [one_round(cluster, stream, a.members - 1) for _ in range(a.rounds)]
+        stream.first_after(0, list(range(pods.world)), 30)
+        rounds = [one_round(pods, stream, a.members - 1) for _ in range(a.rounds)]
         out["rounds"] = rounds
         for key in rounds[0]:
             values = [r[key] for r in rounds if r[key] is not None]
             out[key] = statistics.median(values) if values else None
         time.sleep(1.0)
-        out["answers"] = len(stream.client.answers)
+        out["answers"] = len(stream.answered)
         out["errors"] = stream.errors[:5]
         out["ok"] = not stream.errors
         if stream.errors:
@@ -167,9 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         out["traceback"] = traceback.format_exc()[-3000:]
     finally:
         if stream is not None:
-            stream.stop.set()
-            stream.join(30)
-        cluster.stop()
+            stream.stop(30)
+        pods.stop()
     if out["ok"]:
         shutil.rmtree(tmp, ignore_errors=True)
         del out["logs"]

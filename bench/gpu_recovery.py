@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Rank failure and rejoin on GPUs (backend `mooncake`, one process per GPU); writes one JSON result.
 
-    PYTHONPATH=worker:operator python bench/gpu_recovery.py --members 2 --ranks-per-member 1   # 2 GPUs
-    PYTHONPATH=worker:operator python bench/gpu_recovery.py --members 2 --ranks-per-member 2   # 4 GPUs
+    .venv/bin/python bench/gpu_recovery.py --members 2 --ranks-per-member 1   # 2 GPUs
+    .venv/bin/python bench/gpu_recovery.py --members 2 --ranks-per-member 2   # 4 GPUs
     .venv/bin/python bench/gpu_recovery.py --dry-run      # the same scenario on CPU (mooncake-cpu)
+    .venv/bin/python bench/gpu_recovery.py --no-p2p --data-path staged   # off the peer-to-peer route
+    .venv/bin/python bench/gpu_recovery.py --layers 4,30,61 --hidden 1024   # one scenario (row) per depth
 
 Scenario: every rank starts; the ranks measure the steady-state step (the elastic runtime's step against a
 plain forward with one all-reduce per layer, in short rounds that alternate the order, same processes; the
@@ -12,20 +14,42 @@ under `torch.cuda.set_sync_debug_mode`); a client streams requests to the leader
 against the float64 reference; all ranks of the last member are SIGKILLed mid-stream; survivors keep
 answering; the replacements start with rejoin and join; answers come from the whole world again.
 
-Imports only torch, mooncake (in the rank processes) and eep_worker modules that need neither pydantic, pyzmq
-nor kubernetes. Bounded (`--deadline-s`, default 330 s); the JSON is written whatever happens, with `ok` and
-`error`. Environment for GPUs is set here: LD_PRELOAD (system libstdc++),
-MOONCAKE_PG_PREFERRED_GPU_COLLECTIVE_BACKEND=new, MC_FORCE_TCP=true.
+The ranks are the worker's own `RankRuntime`, driven through its public step API for the measurement
+(`RankRuntime.step` / `step_succeeded`; the step executor's `begin`, `combine` and `variant` for the
+attribution variants), then serving as in a pod; the leader reads the membership with the worker's own
+`FileSource`. The supervisor side is the test kit's (`eep_testkit`): the operator stand-in writes the
+membership file, `QueuePump` dispatches the ranks' typed events, `ReferenceChecker` checks every answer.
+Imports only torch, mooncake (in the rank processes), pydantic and this repository's source folders
+(contract, worker, hack, testkit: what a GPU machine carries), none of them needing pyzmq, kubernetes,
+prometheus_client, PyYAML or rich at import time; torch is imported once the environment is set.
+Bounded (`--deadline-s`, default 330 s); the JSON is written whatever happens, with `ok` and `error`.
+Environment for GPUs is set here: LD_PRELOAD (system libstdc++),
+MOONCAKE_PG_PREFERRED_GPU_COLLECTIVE_BACKEND=new, MC_FORCE_TCP=true; `--no-p2p` adds
+MOONCAKE_PG_DISABLE_P2P_ROUTE=1 (the route members on different hosts take without RDMA: host-proxy); on CPU,
+what `hack/setup-mooncake-cpu.sh` wrote into the venv's mooncake-cpu.env.
+
+Data path (`--data-path`, the worker's `EEP_DATA_PATH`; docs/known-issues.md, "Members on different hosts"):
+`auto` probes the device route at start-up and falls back to `staged`; the JSON's `data_path` is what every
+rank chose, with each rank's probe results. In the steady-state measurement the plain baseline's combines go
+the same way as the runtime's (device group, or staged through host memory), so the ratio compares like with
+like; `host_syncs_per_step` counts the staged path's one sync per combine (`torch.cuda.set_sync_debug_mode`),
+and `path_host_syncs_per_step` is the path's own count of them, as a cross-check.
+
+Recovery pause (issue #14): each depth's row has `detection_s` (kill -> the leader's first untrusted step),
+`resume_s` (kill -> the first answer from the survivors), `longest_wait_s` (the longest any request answered
+after the kill waited), `window_s` (the reconciliation window the worker set) and `implied_pause` (the bounds
+the settings imply, `eep_contract.pause`). With several depths (`--layers 4,30,61`) the JSON's `rows` holds
+one row per depth; with one, its keys are also at the top level, as before.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import multiprocessing as mp
 import os
-import queue
 import shutil
 import signal
 import statistics
@@ -35,72 +59,96 @@ import threading
 import time
 import traceback
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from eep_contract.env import DataPath
+from eep_contract.pause import DEFAULT_TAIL_TIMEOUT_S
+from eep_testkit.envfile import mooncake_cpu_env
+from eep_testkit.ports import free_port
+from eep_testkit.pump import Pump, QueuePump
+from eep_testkit.standin import MembershipFile, OperatorStandIn
+from eep_testkit.stats import bootstrap_median_ci
+from eep_testkit.stream import tokens_for
+from eep_testkit.wait import wait_until
+from eep_worker import events as E
+from eep_worker import protocol as P
+from eep_worker.membership import FileSource
+from eep_worker.protocol import Request, StepPlan
+from eep_worker.settings import ClusterSettings, ModelSettings, Settings, TimeoutSettings
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    from eep_worker.rank import RankRuntime
 
 REPO = Path(__file__).resolve().parent.parent
-for _p in (REPO / "operator", REPO / "worker"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
-
-from eep_worker import protocol as P  # noqa: E402
-from eep_worker.settings import ClusterSettings, ModelSettings, Settings, TimeoutSettings  # noqa: E402
-
 LIBSTDCXX = "/usr/lib/x86_64-linux-gnu/libstdc++.so.6"
+Step = Callable[[], None]
 
 
 # ---------------------------------------------------------------------------------------------- rank side
 
 
-class JsonFileSource:
-    """The leader's membership source for the bench: a JSON file {epoch, activeRanks, joiningRanks}."""
+@dataclasses.dataclass(frozen=True)
+class Measure:
+    """What an original rank measures before it serves (`_steady_state`)."""
 
-    def __init__(self, path: str) -> None:
-        self.path, self._stop = path, threading.Event()
-        self._latest: P.Snapshot | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                m = json.loads(Path(self.path).read_text())
-                snap = P.Snapshot(int(m["epoch"]), frozenset(m["activeRanks"]), frozenset(m["joiningRanks"]))
-                if self._latest is None or snap.epoch > self._latest.epoch:
-                    self._latest = snap
-            except (OSError, ValueError, KeyError, TypeError):
-                pass
-            self._stop.wait(0.02)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def latest(self) -> P.Snapshot | None:
-        return self._latest
-
-    def stop(self) -> None:
-        self._stop.set()
+    steps: int
+    """Steady-state steps per round."""
+    rounds: int
+    """Rounds; each runs every variant once."""
+    attribute: bool
+    """Also the attribution variants (`--attribute`)."""
+    pin_cpus: bool
+    """Each rank on its own share of the host's cores."""
+    world: int
 
 
-def _bootstrap_median_ci(values: list[float], resamples: int = 2000) -> list[float]:
-    """95 % interval of the median of ``values`` (percentile bootstrap, fixed seed: reproducible)."""
-    import random  # noqa: PLC0415
+@dataclasses.dataclass(frozen=True)
+class BenchResult:
+    """A rank's steady-state measurement, on the ranks' event queue next to the runtime's own events."""
 
-    rng = random.Random(0)
-    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
-    return [medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]]
+    rank: int
+    result: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class DataPathChosen:
+    """The data path a rank serves with (`datapath.Choice`), reported once it has started."""
+
+    rank: int
+    mode: str
+    described: str
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchError:
+    """A rank process ended with an exception (its last lines of traceback)."""
+
+    rank: int
+    error: str
+    traceback: str
 
 
 SYNC_CHECK_STEPS = 100
 """Steady-state steps run under `torch.cuda.set_sync_debug_mode` (each mode)."""
+MEMBERSHIP_POLL_S = 0.02
+"""How often the leader reads the membership file (seconds): a new snapshot reaches it within this."""
 
 
-def _checked_step(rt: Any, tokens: tuple[int, ...], offset: int) -> Any:
-    """The plain step plus only the runtime's own per-collective success tracking (its `_combine`, which keeps
-    the work handles, and `_all_succeeded` after the read-back). The batch travels in ``offset + n`` ints
-    (``offset`` zeros first) and the model reads it at ``offset``. An attribution variant, not a baseline."""
+def _checked_step(rt: RankRuntime, tokens: tuple[int, ...], offset: int) -> Step:
+    """The plain step plus only the runtime's own per-collective success tracking (the executor's `begin` and
+    `combine`, which keep the work handles, and `step_succeeded` after the read-back). The batch travels in
+    ``offset + n`` ints (``offset`` zeros first) and the model reads it at ``offset``. An attribution
+    variant, not a baseline."""
     import torch  # noqa: PLC0415
     import torch.distributed as dist  # noqa: PLC0415
 
+    ex = rt.executor
     n = len(tokens)
     control = torch.zeros(offset + n, dtype=torch.int64, pin_memory=rt.on_gpu)
     host = torch.tensor((0,) * offset + tokens, dtype=torch.int64)
@@ -111,57 +159,59 @@ def _checked_step(rt: Any, tokens: tuple[int, ...], offset: int) -> Any:
         if rt.is_leader:
             control.copy_(host)
         work = dist.broadcast(control, src=0, group=rt.world.cpu, async_op=True)
+        assert work is not None
         work.wait()
-        rt._works = [work]
+        ex.begin(work)
         dev.copy_(control, non_blocking=True)
-        out = rt.model.forward(dev_tokens, rt.metadata.logical_to_rank_dispatch_physical_map, rt._combine)
+        out = rt.model.forward(dev_tokens, ex.metadata.logical_to_rank_dispatch_physical_map, ex.combine)
         if rt.is_leader:
             out[:n].to("cpu")
-            rt._all_succeeded()
+            rt.step_succeeded()
 
     return step
 
 
-def _attribution_steps(rt: Any, tokens: tuple[int, ...], elastic_step: Any) -> dict[str, Any]:
+class _PrecomputedCodec:
+    """The protocol's Python taken out (`--attribute`): the leader copies a plan encoded once, followers take
+    a plan decoded once (its step -1 passes every later real decode's staleness check)."""
+
+    def __init__(self, encoded: npt.NDArray[np.int64], decoded: StepPlan) -> None:
+        self.encoded, self.decoded = encoded, decoded
+
+    def encode_into(self, plan: StepPlan, out: Any) -> None:
+        out[:] = self.encoded
+
+    def decode_header(
+        self, header: Sequence[int], *, capacity: int, world_size: int, min_epoch: int, after_step: int
+    ) -> StepPlan:
+        return self.decoded
+
+
+def _attribution_steps(rt: RankRuntime, tokens: tuple[int, ...], elastic_step: Step) -> dict[str, Step]:
     """Diagnosis (`--attribute`): variants that each change one thing between plain_checked and elastic."""
-    from eep_worker.plan_ring import PlanRing  # noqa: PLC0415
-
-    def swapped(**attrs: Any) -> Any:
-        def step() -> None:
-            saved = {k: getattr(rt, k) for k in attrs}
-            for k, v in attrs.items():
-                setattr(rt, k, v)
-            try:
-                elastic_step()
-            finally:
-                for k, v in saved.items():
-                    setattr(rt, k, v)
-
-        return step
-
-    # The protocol's Python taken out: the leader copies a plan encoded once, followers take a plan decoded
-    # once (its step -1 passes every later real decode's staleness check). What is left of elastic -
-    # plain_wide is not the protocol's encode and decode.
     import numpy as np  # noqa: PLC0415
 
-    everyone = frozenset(range(rt.world_size))
-    encoded = P.encode(P.Plan(rt.epoch, -1, P.Kind.BATCH, tokens, everyone), len(tokens))
-    encoded_array = np.asarray(encoded, dtype=np.int64)
-    decoded = P.decode(encoded, world_size=rt.world_size, min_epoch=rt.epoch, after_step=-2)
+    from eep_worker.plan_ring import PlanRing  # noqa: PLC0415
 
-    def copy_encoded(plan: P.Plan, out: Any) -> None:
-        out[:] = encoded_array
+    ex = rt.executor
+    # No copy events at all: what the runtime's guard on reusing a pinned plan buffer costs.
+    ring = PlanRing(P.HEADER + len(tokens), pin=rt.on_gpu, event=None)
 
-    def decoded_once(header: Any, **_: Any) -> P.Plan:
-        return decoded
-
-    def bare_protocol() -> None:
-        saved = P.encode_into, P.decode_header
-        P.encode_into, P.decode_header = copy_encoded, decoded_once
-        try:
+    def elastic_no_events() -> None:
+        with ex.variant(ring=ring):
             elastic_step()
-        finally:
-            P.encode_into, P.decode_header = saved
+
+    # What is left of elastic - plain_wide without the protocol's encode and decode.
+    everyone = frozenset(range(rt.world_size))
+    encoded = P.encode(StepPlan(ex.epoch, -1, P.Kind.BATCH, tokens, everyone), len(tokens))
+    codec = _PrecomputedCodec(
+        np.asarray(encoded, dtype=np.int64),
+        P.decode(encoded, world_size=rt.world_size, min_epoch=ex.epoch, after_step=-2),
+    )
+
+    def elastic_bare_protocol() -> None:
+        with ex.variant(codec=codec):
+            elastic_step()
 
     plain = _checked_step(rt, tokens, 0)
 
@@ -175,23 +225,24 @@ def _attribution_steps(rt: Any, tokens: tuple[int, ...], elastic_step: Any) -> d
     return {
         # plain_checked in the plan's buffer shape: the header's ints broadcast too, tokens read after them.
         "plain_wide": _checked_step(rt, tokens, P.HEADER),
-        # No copy events at all: what the runtime's guard on reusing a pinned plan buffer costs.
-        "elastic_no_events": swapped(ring=PlanRing(P.HEADER + len(tokens), pin=rt.on_gpu, event=None)),
-        "elastic_bare_protocol": bare_protocol,
+        "elastic_no_events": elastic_no_events,
+        "elastic_bare_protocol": elastic_bare_protocol,
         "plain_checked_spin20us": plain_spin,
     }
 
 
-def _steady_state(rt: Any, steps: int, rounds: int, attribute: bool = False) -> dict[str, Any]:
+def _steady_state(rt: RankRuntime, measure: Measure) -> dict[str, Any]:
     """Every original rank, collectively, before serving: plain vs elastic step time, and host syncs."""
     import torch  # noqa: PLC0415
     import torch.distributed as dist  # noqa: PLC0415
 
+    steps, rounds = measure.steps, measure.rounds
     on_gpu = rt.on_gpu
     world = rt.world
-    n = rt.s.model.max_batch_tokens
+    ex = rt.executor
+    n = rt.settings.model.max_batch_tokens
     tokens = tuple(range(7, 7 + n))
-    live = frozenset(range(rt.world_size))
+    mine = tokens if rt.is_leader else None  # what each rank passes to `rt.step`
 
     def sync() -> None:
         if on_gpu:
@@ -199,8 +250,13 @@ def _steady_state(rt: Any, steps: int, rounds: int, attribute: bool = False) -> 
 
     dev_tokens = torch.tensor(tokens, dtype=torch.int64, device=rt.device)
 
+    staged = rt.data_path.mode.value == "Staged"
+
     def combine(t: torch.Tensor) -> torch.Tensor:
-        dist.all_reduce(t, group=world.device)
+        if staged:  # the device route does not work here: the plain step stages its combines too
+            ex.path.all_reduce(t)
+        else:
+            dist.all_reduce(t, group=world.device)
         return t
 
     control = torch.zeros(n, dtype=torch.int64, pin_memory=on_gpu)
@@ -215,27 +271,24 @@ def _steady_state(rt: Any, steps: int, rounds: int, attribute: bool = False) -> 
             control.copy_(host_tokens)
         dist.broadcast(control, src=0, group=world.cpu)
         dev_tokens.copy_(control, non_blocking=True)
-        out = rt.model.forward(dev_tokens, rt.metadata.logical_to_rank_dispatch_physical_map, combine)
+        out = rt.model.forward(dev_tokens, ex.metadata.logical_to_rank_dispatch_physical_map, combine)
         if rt.is_leader:
             out[:n].to("cpu")
 
-    def batch_plan() -> P.Plan | None:
-        # What the leader passes to `run_plan` for the next steady-state step (the others pass None).
-        return P.Plan(rt.epoch, rt.step_no + 1, P.Kind.BATCH, tokens, live) if rt.is_leader else None
-
     def elastic_step() -> None:
-        _, out = rt.run_plan(batch_plan())
+        # The runtime's own step, as serving runs it (the leader plans a BATCH of `tokens`).
+        out = rt.step(mine).output
         if rt.is_leader and out is not None:
             out[:n].to("cpu")
-            rt._all_succeeded()
+            rt.step_succeeded()
 
-    steps_by_name = {
+    steps_by_name: dict[str, Step] = {
         "plain": plain_step,
         # elastic - plain_checked is what the plan protocol itself costs.
         "plain_checked": _checked_step(rt, tokens, 0),
         "elastic": elastic_step,
     }
-    if attribute:
+    if measure.attribute:
         steps_by_name.update(_attribution_steps(rt, tokens, elastic_step))
     times: dict[str, list[float]] = {name: [] for name in steps_by_name}
     for step in steps_by_name.values():
@@ -271,22 +324,27 @@ def _steady_state(rt: Any, steps: int, rounds: int, attribute: bool = False) -> 
     # Short rounds pair better: the collectives' latency drifts within a second.
     paired = [e / p for e, p in zip(times["elastic"], times["plain"], strict=True)]
     result["step_time_ratio"] = statistics.median(paired)
-    result["step_time_ratio_ci95"] = _bootstrap_median_ci(paired)
+    result["step_time_ratio_ci95"] = bootstrap_median_ci(paired)
     result["step_time_ratio_of_means"] = sum(times["elastic"]) / sum(times["plain"])
     result["step_time_ratio_of_medians"] = result["elastic_step_s"] / result["plain_step_s"]
     result["steps_per_round"], result["rounds"] = steps, rounds
+    result["data_path"] = rt.data_path.mode.value
     if on_gpu:
         # Count syncs in the elastic step (the leader's answer read-back excluded: it is the answer itself).
         counts = []
+        path_syncs_before = int(getattr(ex.path, "host_syncs", 0))
         torch.cuda.set_sync_debug_mode("warn")
         try:
             for _ in range(SYNC_CHECK_STEPS):
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
-                    rt.run_plan(batch_plan())
+                    rt.step(mine)
                 counts.append(sum("synchroniz" in str(w.message) for w in caught))
         finally:
             torch.cuda.set_sync_debug_mode("default")
+        result["path_host_syncs_per_step"] = (
+            int(getattr(ex.path, "host_syncs", 0)) - path_syncs_before
+        ) / SYNC_CHECK_STEPS
         worst = torch.tensor([max(counts)], dtype=torch.int64)
         dist.all_reduce(worst, op=dist.ReduceOp.MAX, group=world.cpu)
         result["host_syncs_per_step_warn_mode"] = max(counts) / 1
@@ -297,20 +355,20 @@ def _steady_state(rt: Any, steps: int, rounds: int, attribute: bool = False) -> 
             torch.cuda.set_sync_debug_mode("error")
             try:
                 for _ in range(SYNC_CHECK_STEPS):
-                    rt.run_plan(batch_plan())
+                    rt.step(mine)
             except RuntimeError:
                 error_ok = False
             finally:
                 torch.cuda.set_sync_debug_mode("default")
             result["error_mode_steps_without_sync"] = SYNC_CHECK_STEPS if error_ok else 0
+        torch.cuda.synchronize()
     else:
         result["host_syncs_per_step_max_over_ranks"] = None  # no CUDA: nothing to count
-    torch.cuda.synchronize() if on_gpu else None
     return result
 
 
 def rank_process(  # noqa: PLR0917 - a multiprocessing target takes positional arguments
-    settings: Settings, rank: int, events: Any, requests: Any, path: str, measure: dict[str, int]
+    settings: Settings, rank: int, events: Any, requests: Any, path: str, measure: Measure | None
 ) -> None:
     import logging  # noqa: PLC0415
 
@@ -321,23 +379,28 @@ def rank_process(  # noqa: PLR0917 - a multiprocessing target takes positional a
         stream=sys.stderr,
         format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s",
     )
-    if measure.get("pin_cpus"):
+    if measure is not None and measure.pin_cpus:
         # Each rank (and every thread it starts: Mooncake's workers, the transfer engine) on its own share
         # of the host's cores, so the step-time rounds do not also measure where the scheduler put them.
         cpus = sorted(os.sched_getaffinity(0))
-        share = max(1, len(cpus) // measure["world"])
+        share = max(1, len(cpus) // measure.world)
         os.sched_setaffinity(0, cpus[rank * share : (rank + 1) * share] or cpus)
     rt = RankRuntime(
-        settings, rank, events, requests, source_factory=lambda s: JsonFileSource(path), rendezvous=None
+        settings,
+        rank,
+        events,
+        requests,
+        source_factory=lambda s: FileSource(Path(path), poll_s=MEMBERSHIP_POLL_S),
+        rendezvous=None,
     )
     try:
         rt.start()
-        if measure and not settings.rejoin:
-            result = _steady_state(rt, measure["steps"], measure["rounds"], measure["attribute"])
-            events.put(("bench", rank, result))
-        rt.lead() if rt.is_leader else rt.follow()
+        events.put(DataPathChosen(rank, rt.data_path.mode.value, rt.data_path.describe()))
+        if measure is not None and not settings.rejoin:
+            events.put(BenchResult(rank, _steady_state(rt, measure)))
+        rt.serve()
     except BaseException as e:
-        events.put(("bench_error", rank, f"{type(e).__name__}: {e}", traceback.format_exc()[-3000:]))
+        events.put(BenchError(rank, f"{type(e).__name__}: {e}", traceback.format_exc()[-3000:]))
         sys.stderr.flush()
         os._exit(1)
 
@@ -346,13 +409,17 @@ def rank_process(  # noqa: PLR0917 - a multiprocessing target takes positional a
 
 
 class Run:
+    """The scenario's supervisor side: starts and kills the rank processes, plays the operator (the test kit's
+    stand-in, writing the membership file), streams requests, checks every answer and reads the ranks'
+    events."""
+
     def __init__(self, a: argparse.Namespace) -> None:
         self.a = a
         self.world = a.members * a.ranks_per_member
         self.workdir = Path(a.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.membership = self.workdir / "membership.json"
-        self.epoch = 0
+        self.membership = MembershipFile(self.workdir / "membership.json")
+        self.operator = OperatorStandIn(self.membership)
         self.ctx = mp.get_context("spawn")
         self.events: Any = self.ctx.Queue()
         self.requests: Any = self.ctx.Queue()
@@ -364,24 +431,24 @@ class Run:
         self.phases: dict[str, list[float]] = {}
         self.untrusted: list[float] = []
         self.rank_errors: list[str] = []
-        self.recoveries: list[tuple[Any, ...]] = []
+        self.recoveries: list[tuple[int, bool, float, str]] = []
+        self.data_paths: dict[str, dict[str, str]] = {}
+        """Per rank process (`rankN`, `rankN.rejoin` for a replacement): its mode and how it was chosen."""
         self._pending: dict[str, tuple[list[int], float]] = {}
         self._lock = threading.Lock()
-        self.stop = threading.Event()
-        self.port = _free_port()
-        from eep_worker.moe import ModelConfig, ReferenceMoEModel, tolerance_for  # noqa: PLC0415
+        self._sent = 0
+        self.port = free_port()
+        # torch (the reference) here, not at the top: it is imported once the environment is set.
+        from eep_testkit.reference import ReferenceChecker  # noqa: PLC0415
+        from eep_worker.moe import ModelConfig  # noqa: PLC0415
 
         self.config = ModelConfig(
             num_layers=a.layers, hidden_size=a.hidden, num_experts=a.experts, top_k=a.top_k, seed=0
         )
-        self.reference = ReferenceMoEModel(self.config)
-        self.tolerance = tolerance_for(self.config)
-
-    def write_membership(self, active: list[int], joining: list[int]) -> None:
-        self.epoch += 1
-        tmp = self.membership.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"epoch": self.epoch, "activeRanks": active, "joiningRanks": joining}))
-        tmp.replace(self.membership)
+        self.checker = ReferenceChecker(self.config)
+        # The kinds not measured here (metrics, serving state, joining) are dropped.
+        self.event_pump = QueuePump(self.events, self.handlers(), name="rank-events", unknown=lambda e: None)
+        self.client = Pump(self.send_request, name="client", interval_s=a.request_interval_s)
 
     def settings(self, member: int, rejoin: bool) -> Settings:
         a, rpm = self.a, self.a.ranks_per_member
@@ -389,7 +456,13 @@ class Run:
             cluster=ClusterSettings(
                 "bench", "bench", member, member * rpm, rpm, self.world, "127.0.0.1", self.port, 0
             ),
-            timeouts=TimeoutSettings(a.collective_timeout_s, a.reconcile_window_s, a.join_timeout_s),
+            timeouts=TimeoutSettings(
+                a.collective_timeout_s,
+                a.reconcile_window_s,
+                a.join_timeout_s,
+                a.tail_timeout_s,
+                a.device_timeout_s,
+            ),
             model=ModelSettings(
                 a.layers, a.experts, a.top_k, a.hidden, 0, math.ceil(a.experts / rpm), a.max_batch
             ),
@@ -398,11 +471,12 @@ class Run:
             http_port=0,
             rejoin=rejoin,
             membership_source="file",
-            membership_file=str(self.membership),
+            membership_file=str(self.membership.path),
             membership_zmq="",
             idle_step_s=0.01,
             subgroups=a.subgroups == "column",
             warmup_delay_s=a.warmup_delay_s,
+            data_path=DataPath(a.data_path.capitalize()),
         )
 
     def start_member(self, member: int, rejoin: bool, measure: bool) -> None:
@@ -410,15 +484,9 @@ class Run:
         for rank in range(member * rpm, (member + 1) * rpm):
             self.ready.discard(rank)
             m = (
-                {
-                    "steps": self.a.steps,
-                    "rounds": self.a.rounds,
-                    "pin_cpus": int(self.a.pin_cpus),
-                    "attribute": self.a.attribute,
-                    "world": self.world,
-                }
+                Measure(self.a.steps, self.a.rounds, self.a.attribute, self.a.pin_cpus, self.world)
                 if measure
-                else {}
+                else None
             )
             p = self.ctx.Process(
                 target=rank_process,
@@ -427,7 +495,7 @@ class Run:
                     rank,
                     self.events,
                     self.requests if rank == 0 else None,
-                    str(self.membership),
+                    str(self.membership.path),
                     m,
                 ),
                 name=f"rank-{rank}",
@@ -472,75 +540,86 @@ class Run:
         for rank in range(member * rpm, (member + 1) * rpm):
             self.procs[rank].join(10)
 
-    def pump(self) -> None:
-        import torch  # noqa: PLC0415
+    def handlers(self) -> dict[type[Any], Callable[[Any], None]]:
+        """What the supervisor keeps of each kind of event on the ranks' queue (`QueuePump`)."""
+        return {
+            E.Ready: self._on_ready,
+            E.Response: self._on_response,
+            E.PhaseDuration: self._on_phase,
+            E.Untrusted: self._on_untrusted,
+            BenchResult: self._on_bench_result,
+            DataPathChosen: self._on_data_path,
+            BenchError: self._on_bench_error,
+            E.Exiting: self._on_exiting,
+            E.Recovered: self._on_recovered,
+        }
 
-        from eep_worker.moe import compare  # noqa: PLC0415
+    def _on_ready(self, event: E.Ready) -> None:
+        self.ready.add(event.rank)
 
-        while not self.stop.is_set():
-            try:
-                msg = self.events.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            kind = msg[0]
-            if kind == "ready":
-                self.ready.add(msg[1])
-            elif kind == "response":
-                _, rid, rows, epoch, active, _degraded = msg
-                with self._lock:
-                    tokens, t_sent = self._pending.pop(rid)
-                check = compare(
-                    torch.tensor(rows, dtype=torch.float64), self.reference.run(tokens), self.tolerance
-                )
-                if not check.ok:
-                    self.wrong.append(f"{rid}: {check}")
-                self.answers.append(
-                    {
-                        "t": time.time(),
-                        "latency_s": time.time() - t_sent,
-                        "epoch": epoch,
-                        "active": active,
-                        "ok": check.ok,
-                    }
-                )
-            elif kind == "phase":
-                self.phases.setdefault(f"rank{msg[1]}.{msg[2]}", []).append(float(msg[3]))
-            elif kind == "untrusted":
-                self.untrusted.append(float(msg[2]))
-            elif kind == "bench":
-                self.bench[msg[1]] = msg[2]
-            elif kind == "bench_error":
-                self.rank_errors.append(f"rank {msg[1]}: {msg[2]}\n{msg[3]}")
-            elif kind == "exit":
-                self.rank_errors.append(f"rank {msg[1]} exit {msg[2]}: {msg[3]}")
-            elif kind == "recovered":
-                self.recoveries.append(msg[1:])
+    def _on_response(self, event: E.Response) -> None:
+        with self._lock:
+            tokens, t_sent = self._pending.pop(event.request_id)
+        verdict = self.checker.check_rows(tokens, event.output)
+        if not verdict.ok:
+            self.wrong.append(f"{event.request_id}: {verdict.detail}")
+        self.answers.append(
+            {
+                "t": time.time(),
+                "latency_s": time.time() - t_sent,
+                "epoch": event.epoch,
+                "active": event.active_ranks,
+                "ok": verdict.ok,
+            }
+        )
 
-    def client(self) -> None:
-        from eep_worker.protocol import Request  # noqa: PLC0415
+    def _on_phase(self, event: E.PhaseDuration) -> None:
+        self.phases.setdefault(f"rank{event.rank}.{event.phase}", []).append(event.seconds)
 
-        i = 0
-        while not self.stop.is_set():
+    def _on_untrusted(self, event: E.Untrusted) -> None:
+        self.untrusted.append(event.at)
+
+    def _on_bench_result(self, event: BenchResult) -> None:
+        self.bench[event.rank] = event.result
+
+    def _on_data_path(self, event: DataPathChosen) -> None:
+        name = f"rank{event.rank}" + (".rejoin" if f"rank{event.rank}" in self.data_paths else "")
+        self.data_paths[name] = {"mode": event.mode, "chosen": event.described}
+
+    def _on_bench_error(self, event: BenchError) -> None:
+        self.rank_errors.append(f"rank {event.rank}: {event.error}\n{event.traceback}")
+
+    def _on_exiting(self, event: E.Exiting) -> None:
+        self.rank_errors.append(f"rank {event.rank} exit {event.code}: {event.reason}")
+
+    def _on_recovered(self, event: E.Recovered) -> None:
+        self.recoveries.append((event.epoch, event.ok, event.seconds, event.reason))
+
+    def send_request(self) -> None:
+        """The client's step: one more request to the leader while fewer than 4 are unanswered."""
+        with self._lock:
+            busy = len(self._pending)
+        if busy < 4:
+            self._sent += 1
+            tokens = tokens_for(self._sent, max_len=7)
+            rid = f"r{self._sent}"
             with self._lock:
-                busy = len(self._pending)
-            if busy < 4:
-                i += 1
-                tokens = [(i * 37 + j * 11) % 1024 for j in range(1 + i % 7)]
-                rid = f"r{i}"
-                with self._lock:
-                    self._pending[rid] = (tokens, time.time())
-                self.requests.put(Request(rid, tokens))
-            time.sleep(self.a.request_interval_s)
+                self._pending[rid] = (tokens, time.time())
+            self.requests.put(Request(rid, tokens))
 
-    def wait(self, pred: Any, timeout_s: float, what: str) -> float:
-        t0 = time.time()
-        while time.time() - t0 < timeout_s:
+    def wait(self, pred: Callable[[], bool], timeout_s: float, what: str) -> float:
+        """Until `pred()` holds; returns that moment (`time.time()`). Raises RuntimeError at once when a rank
+        has failed, WaitTimeout after `timeout_s`."""
+
+        def now_if_done() -> float | None:
             if self.rank_errors:
                 raise RuntimeError(f"while waiting for {what}: {self.rank_errors[0]}")
-            if pred():
-                return time.time()
-            time.sleep(0.02)
-        raise TimeoutError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+            return time.time() if pred() else None
+
+        def seen() -> str:
+            return f"ready {sorted(self.ready)}, {len(self.answers)} answers, {len(self.wrong)} wrong"
+
+        return wait_until(now_if_done, timeout_s, what, interval_s=0.02, describe=seen)
 
     def first_answer_after(self, t: float, active: list[int]) -> float | None:
         for ans in list(self.answers):
@@ -554,13 +633,17 @@ class Run:
         victims = list(range(victim * rpm, (victim + 1) * rpm))
         survivors = [r for r in range(self.world) if r not in victims]
         everyone = list(range(self.world))
-        threading.Thread(target=self.pump, daemon=True).start()
-        self.write_membership(everyone, [])
+        self.event_pump.start()
+        self.operator.publish(everyone)
         t0 = time.time()
         for m in range(a.members):
             self.start_member(m, rejoin=False, measure=a.steps > 0)
         self.wait(lambda: len(self.ready) == self.world, a.start_timeout_s, "every rank ready")
         out["start_s"] = time.time() - t0
+        self.wait(lambda: len(self.data_paths) >= self.world, 10, "every rank's data path")
+        modes = {v["mode"] for v in self.data_paths.values()}
+        out["data_path"] = modes.pop() if len(modes) == 1 else sorted(modes)
+        out["data_path_by_rank"] = dict(self.data_paths)
         spy = shutil.which("py-spy")
         if a.profile_s > 0 and spy:
             for rank, proc in sorted(self.procs.items()):
@@ -581,24 +664,30 @@ class Run:
             out["step_time_ratio_ci95"] = lead["step_time_ratio_ci95"]
             out["plain_checked_ratio"] = lead["plain_checked_ratio"]
             out["host_syncs_per_step"] = lead.get("host_syncs_per_step_max_over_ranks")
-        threading.Thread(target=self.client, daemon=True).start()
+            out["path_host_syncs_per_step"] = lead.get("path_host_syncs_per_step")
+        self.client.start()
         self.wait(lambda: len(self.answers) >= 20, 60, "20 answers from the full world")
         if a.steady_only:
             return
         t_kill = time.time()
         self.kill_member(victim)
-        self.write_membership(survivors, [])
+        self.operator.publish(survivors)
         t_resume = self.wait(
             lambda: self.first_answer_after(t_kill, survivors) is not None, 90, "degraded answers"
         )
         out["detection_s"] = (min(self.untrusted) - t_kill) if self.untrusted else None
         out["resume_s"] = (self.first_answer_after(t_kill, survivors) or t_resume) - t_kill
         self.wait(lambda: len([x for x in self.answers if x["t"] > t_resume]) >= 10, 60, "degraded serving")
+        # Issue #14: the longest a request waited across the kill, and what the settings imply.
+        out["longest_wait_s"] = max(x["latency_s"] for x in list(self.answers) if x["t"] >= t_kill)
+        implied = self.settings(0, rejoin=False).pause
+        out["window_s"] = implied.window_s
+        out["implied_pause"] = dataclasses.asdict(implied)
         t_start = time.time()
         self.start_member(victim, rejoin=True, measure=False)
         if a.stall_dump_s > 0:
             threading.Thread(target=self.stall_dump, args=(a.stall_dump_s,), daemon=True).start()
-        self.write_membership(survivors, victims)
+        self.operator.publish(survivors, victims)
         self.wait(
             lambda: all(r in self.ready for r in victims), a.join_timeout_s + 120, "replacements joined"
         )
@@ -609,7 +698,7 @@ class Run:
         out["replacement_start_to_full_capacity_s"] = (
             self.first_answer_after(t_start, everyone) or t_full
         ) - t_start
-        self.write_membership(everyone, [])
+        self.operator.publish(everyone)
         self.wait(
             lambda: len([x for x in self.answers if x["t"] > t_full]) >= 20, 60, "serving after the join"
         )
@@ -620,7 +709,8 @@ class Run:
         out["recoveries"] = [list(r) for r in self.recoveries]
 
     def finish(self) -> None:
-        self.stop.set()
+        self.client.stop()
+        self.event_pump.stop()
         for p in self.procs.values():
             if p.is_alive():
                 os.kill(p.pid, signal.SIGKILL)
@@ -628,28 +718,41 @@ class Run:
             p.join(5)
 
 
-def _free_port() -> int:
-    import socket  # noqa: PLC0415
+ROW_SUMMARY = (
+    "layers",
+    "ok",
+    "detection_s",
+    "resume_s",
+    "longest_wait_s",
+    "window_s",
+    "replacement_start_to_full_capacity_s",
+    "error",
+)
+"""What is printed of each depth's row."""
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+
+def _depths(text: str) -> list[int]:
+    """`--layers`: one depth or several, comma-separated (`4,30,61`)."""
+    try:
+        depths = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: layers must be integers, comma-separated") from e
+    if not depths or min(depths) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: at least one depth, each >= 1")
+    return depths
 
 
-def _environment(a: argparse.Namespace) -> dict[str, Any]:
+def _environment(a: argparse.Namespace) -> dict[str, str]:
     """Set the loader/backend environment the rank processes inherit; returns what was set."""
     env: dict[str, str] = {"MC_FORCE_TCP": "true"}
+    if a.no_p2p:
+        env["MOONCAKE_PG_DISABLE_P2P_ROUTE"] = "1"
     if a.backend == "mooncake":
         env["MOONCAKE_PG_PREFERRED_GPU_COLLECTIVE_BACKEND"] = "new"
         if Path(LIBSTDCXX).exists():
             env["LD_PRELOAD"] = LIBSTDCXX
     else:
-        cpu_env = Path(sys.prefix) / "mooncake-cpu.env"
-        if cpu_env.is_file():
-            for line in cpu_env.read_text().splitlines():
-                key, sep, value = line.strip().partition("=")
-                if sep and not key.startswith("#"):
-                    env[key] = value
+        env.update(mooncake_cpu_env())
     os.environ.update(env)
     return env
 
@@ -663,14 +766,45 @@ def main(argv: list[str] | None = None) -> int:
         "--dry-run", action="store_true", help="CPU mode: backend mooncake-cpu, short measurements"
     )
     p.add_argument("--subgroups", default="auto", choices=["auto", "column", "none"])
+    p.add_argument(
+        "--data-path",
+        default="auto",
+        choices=["auto", "device", "staged"],
+        help="the combines' data path (the worker's EEP_DATA_PATH): auto probes the device route, else "
+        "staged",
+    )
+    p.add_argument(
+        "--no-p2p",
+        action="store_true",
+        help="MOONCAKE_PG_DISABLE_P2P_ROUTE=1 in the ranks' environment: the device collectives leave the "
+        "peer-to-peer route (as between hosts)",
+    )
     p.add_argument("--collective-timeout-s", type=float, default=0.25)
     p.add_argument(
         "--reconcile-window-s", type=float, default=2.5, help="raised where the step fence needs more"
     )
     p.add_argument("--join-timeout-s", type=float, default=60.0)
+    p.add_argument(
+        "--tail-timeout-s",
+        type=float,
+        default=DEFAULT_TAIL_TIMEOUT_S,
+        help="collective timeout for the rest of a step after a failure (the worker's EEP_TAIL_TIMEOUT_S)",
+    )
+    p.add_argument(
+        "--device-timeout-s",
+        type=float,
+        default=0.0,
+        help="GPU device groups' creation-time timeout, experimental (EEP_DEVICE_COLLECTIVE_TIMEOUT_S); "
+        "0: the collective timeout",
+    )
     p.add_argument("--warmup-delay-s", type=float, default=0.0)
     p.add_argument("--start-timeout-s", type=float, default=180.0)
-    p.add_argument("--layers", type=int, default=4)
+    p.add_argument(
+        "--layers",
+        type=_depths,
+        default=[4],
+        help="model depth; several (4,30,61) run the scenario once per depth, one row each in the JSON",
+    )
     p.add_argument("--experts", type=int, default=8)
     p.add_argument("--top-k", type=int, default=2)
     p.add_argument("--hidden", type=int, default=64)
@@ -716,6 +850,8 @@ def main(argv: list[str] | None = None) -> int:
     default_name = "gpu_recovery.json" if world <= 2 else f"gpu_recovery_{world}.json"
     if a.backend == "mooncake-cpu":
         default_name = default_name.replace("gpu_", "gpu_dryrun_")
+    route = ("_nop2p" if a.no_p2p else "") + ("" if a.data_path == "auto" else f"_{a.data_path}")
+    default_name = default_name.replace(".json", f"{route}.json")  # the recorded default runs stay
     output = Path(a.output or REPO / "bench" / "results" / default_name)
     out: dict[str, Any] = {
         "ok": False,
@@ -729,7 +865,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     run: Run | None = None
 
-    def give_up(signum: int, frame: Any) -> None:
+    def give_up(signum: int, frame: FrameType | None) -> None:
         raise TimeoutError(f"deadline of {a.deadline_s:.0f}s reached")
 
     signal.signal(signal.SIGALRM, give_up)
@@ -758,20 +894,46 @@ def main(argv: list[str] | None = None) -> int:
             env=dict(os.environ),
         )
         out["mooncake_import_s"] = time.time() - t
-        run = Run(a)
-        run.scenario(out)
-        out["answers"] = len(run.answers)
-        out["wrong_answers"] = len(run.wrong)
-        out["max_latency_s"] = max(x["latency_s"] for x in run.answers)
-        out["ok"] = not run.wrong and not run.rank_errors
-        if run.wrong:
-            out["error"] = f"{len(run.wrong)} wrong answers, first: {run.wrong[0]}"
+        rows: list[dict[str, Any]] = []
+        out["rows"] = rows
+        for depth in a.layers:  # one scenario per depth, each with fresh ranks and its own deadline
+            row: dict[str, Any] = {"layers": depth, "ok": False, "error": None}
+            rows.append(row)
+            signal.alarm(int(a.deadline_s))
+            workdir = a.workdir if len(a.layers) == 1 else str(Path(a.workdir) / f"layers-{depth}")
+            run = Run(argparse.Namespace(**{**vars(a), "layers": depth, "workdir": workdir}))
+            try:
+                run.scenario(row)
+                row["answers"] = len(run.answers)
+                row["wrong_answers"] = len(run.wrong)
+                row["max_latency_s"] = max(x["latency_s"] for x in run.answers)
+                row["ok"] = not run.wrong and not run.rank_errors
+                if run.wrong:
+                    row["error"] = f"{len(run.wrong)} wrong answers, first: {run.wrong[0]}"
+            except Exception as e:  # the deadline's TimeoutError too: the next depth still runs
+                row["error"] = f"{type(e).__name__}: {e}"
+                row["traceback"] = traceback.format_exc()[-3000:]
+            finally:
+                signal.alarm(0)
+                row["data_path_by_rank"] = dict(run.data_paths)  # the replacements' too
+                row.setdefault("answers", len(run.answers))
+                row["rank_errors"] = run.rank_errors[:5]
+                run.finish()
+                run = None
+            print(json.dumps({k: row.get(k) for k in ROW_SUMMARY}, default=str), flush=True)
+        out["ok"] = all(r["ok"] for r in rows)
+        failed = [r for r in rows if not r["ok"]]
+        if failed:
+            out["error"] = f"layers {failed[0]['layers']}: {failed[0]['error'] or failed[0]['rank_errors']}"
+        if len(rows) == 1:
+            out.update(rows[0])  # one depth: the flat document of earlier runs
     except BaseException as e:
         out["error"] = f"{type(e).__name__}: {e}"
         out["traceback"] = traceback.format_exc()[-3000:]
     finally:
         signal.alarm(0)
         if run is not None:
+            out["data_path_by_rank"] = dict(run.data_paths)  # the replacements' too
             out.setdefault("answers", len(run.answers))
             out.setdefault("wrong_answers", len(run.wrong))
             out["rank_errors"] = run.rank_errors[:5]
@@ -787,6 +949,7 @@ def main(argv: list[str] | None = None) -> int:
                         "ok",
                         "error",
                         "card",
+                        "data_path",
                         "detection_s",
                         "resume_s",
                         "join_s",
@@ -794,6 +957,7 @@ def main(argv: list[str] | None = None) -> int:
                         "broadcast_s",
                         "replacement_start_to_full_capacity_s",
                         "host_syncs_per_step",
+                        "path_host_syncs_per_step",
                         "step_time_ratio",
                         "step_time_ratio_ci95",
                         "plain_checked_ratio",

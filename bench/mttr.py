@@ -4,7 +4,7 @@
 
 On the local control plane (started here unless it runs; state `--state`), with the operator installed from
 the chart, for each simulated weight-load time (every member start sleeps that long before exec'ing the
-worker; see `eep_demo.scenario.cluster_manifest`) and each mode: apply the CPU example (4 members x 1 rank),
+worker; see `eep_testkit.crs.from_example`) and each mode: apply the CPU example (4 members x 1 rank),
 wait until Ready, run the checking client, SIGKILL member `--member`'s processes, follow until full capacity,
 delete the cluster. Per run: seconds with no serving at all, seconds until full capacity, capacity lost
 (rank-seconds), requests failed / wrong (definitions: `eep_demo.timeline`). Writes bench/results/mttr.json
@@ -31,6 +31,7 @@ from eep_demo.client import ClientSettings
 from eep_demo.live import LiveView, LogView, View
 from eep_demo.scenario import StepFailed
 from eep_localcluster.__main__ import tools_bin_dir
+from eep_testkit import crs
 
 OUT = Path(__file__).resolve().parent / "results" / "mttr.json"
 
@@ -39,7 +40,7 @@ def one_run(session: scenario.Session, mode: str, delay_s: float, member: int, n
     ctx = session.ctx
     name = f"mttr-{mode.lower()}-{int(delay_s)}"
     ctx.view.step(f"{mode}, weight-load time {delay_s:g} s: apply {name}")
-    scenario.apply_cluster(ctx, scenario.cluster_manifest(name, mode=mode, load_delay_s=delay_s, nodes=nodes))
+    scenario.apply_cluster(ctx, crs.from_example(name, mode=mode, load_delay_s=delay_s, nodes=nodes))
     try:
         scenario.wait_ready(ctx, name, 300 + 2 * delay_s)
         result = scenario.run_failure(

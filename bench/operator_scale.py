@@ -26,17 +26,25 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import kubernetes
 import yaml
-from kubernetes import client, config, watch
 
+from eep_contract.v1alpha1 import GROUP, PLURAL, VERSION, Annotations, Labels
+from eep_localcluster.processnode import FAKE_EXIT_ANNOTATION
+from eep_testkit import crs
+from eep_testkit.pump import Pump
+from eep_testkit.wait import wait_until
+
+# The kubernetes client's annotations do not cover what is used here (raw dicts, untyped watch); one Any-typed
+# handle keeps mypy --strict quiet, as in eep_demo.cluster.
+k8s: Any = kubernetes
 REPO = Path(__file__).resolve().parent.parent
-GROUP, VERSION, PLURAL = "elasticep.io", "v1alpha1", "elasticepclusters"
 NS = "bench"
-FAKE_EXIT = "eep.local/fake-exit-code"
 BACKOFF_S = 1.0
 
 
@@ -61,37 +69,33 @@ def proc_stats(pid: int) -> tuple[float, int]:
 class Watcher:
     """Timestamps, on this process's monotonic clock, of what the benchmark measures."""
 
-    def __init__(self, api: client.ApiClient) -> None:
-        self.core = client.CoreV1Api(api)
-        self.custom = client.CustomObjectsApi(api)
+    def __init__(self, api: Any) -> None:
+        self.core = k8s.client.CoreV1Api(api)
+        self.custom = k8s.client.CustomObjectsApi(api)
         self.terminated: dict[str, float] = {}  # pod uid -> first seen terminated
         self.failed: dict[str, float] = {}  # pod uid -> first seen as lastExit of a Failed member
         self.created: dict[tuple[str, int], list[tuple[float, str]]] = {}  # (cluster, member) -> (t, uid)
         self.created_wall: dict[str, float] = {}  # replacement pod uid -> wall-clock time seen
         self.restart_due: dict[str, float] = {}  # failed pod uid -> the status's nextRestartTime (wall clock)
         self.lock = threading.Lock()
-        self.stop = threading.Event()
+        # Each pump re-establishes its watch until stopped (a watch ends on timeout or when the cluster goes
+        # down; any stream error: reconnect after 0.2 s).
+        self.pumps = [Pump(self._pods_once, name="watch-pods"), Pump(self._crs_once, name="watch-crs")]
+
+    @property
+    def stopping(self) -> bool:
+        return any(p.stopping.is_set() for p in self.pumps)
 
     def start(self) -> None:
-        for target in (self._pods, self._crs):
-            threading.Thread(target=target, daemon=True).start()
+        for pump in self.pumps:
+            pump.start()
 
-    def _pods(self) -> None:
-        self._loop(self._pods_once)
-
-    def _crs(self) -> None:
-        self._loop(self._crs_once)
-
-    def _loop(self, once: Any) -> None:
-        """Re-establish the watch until stopped (a watch ends on timeout or when the cluster goes down)."""
-        while not self.stop.is_set():
-            try:
-                once()
-            except Exception:  # any stream error: reconnect, or leave when stopping
-                time.sleep(0.2)
+    def stop(self) -> None:
+        for pump in self.pumps:
+            pump.stopping.set()
 
     def _pods_once(self) -> None:
-        w = watch.Watch()
+        w = k8s.watch.Watch()
         # Plain dicts: deserialising 800 pods into client models would make this watcher the busiest
         # process on a 2-core machine and delay the very timestamps it takes.
         for ev in w.stream(self.core.list_namespaced_pod, NS, timeout_seconds=60, deserialize=False):
@@ -102,21 +106,21 @@ class Watcher:
             labels = meta.get("labels") or {}
             ann = meta.get("annotations") or {}
             with self.lock:
-                if ev["type"] == "ADDED" and ann.get("elasticep.io/join") == "true":
+                if ev["type"] == "ADDED" and ann.get(Annotations.JOIN) == "true":
                     key = (
-                        labels.get("elasticep.io/cluster", ""),
-                        int(labels.get("elasticep.io/member", -1)),
+                        labels.get(Labels.CLUSTER, ""),
+                        int(labels.get(Labels.MEMBER, -1)),
                     )
                     self.created.setdefault(key, []).append((now, uid))
                     self.created_wall[uid] = wall
                 for cs in (pod.get("status") or {}).get("containerStatuses") or []:
                     if "terminated" in (cs.get("state") or {}) and uid not in self.terminated:
                         self.terminated[uid] = now
-            if self.stop.is_set():
+            if self.stopping:
                 w.stop()
 
     def _crs_once(self) -> None:
-        w = watch.Watch()
+        w = k8s.watch.Watch()
         for ev in w.stream(
             self.custom.list_namespaced_custom_object, GROUP, VERSION, NS, PLURAL, timeout_seconds=60
         ):
@@ -130,44 +134,30 @@ class Watcher:
                     due = datetime.fromisoformat(m["nextRestartTime"].replace("Z", "+00:00")).timestamp()
                     with self.lock:
                         self.restart_due.setdefault(uid, due)
-            if self.stop.is_set():
+            if self.stopping:
                 w.stop()
 
 
 def cluster_body(name: str, members: int) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "ElasticEPCluster",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "image": "fake",
-            "nodes": members,
-            "ranksPerNode": 1,
-            "recovery": {
-                "backoffInitialSeconds": BACKOFF_S,
-                "backoffMaxSeconds": BACKOFF_S,
-                "maxRestartsPerMember": 1000,
-                "maxUnavailableMembers": 1,
-                "rejoinTimeoutSeconds": 120,
-            },
-        },
+    recovery = {
+        "backoffInitialSeconds": BACKOFF_S,
+        "backoffMaxSeconds": BACKOFF_S,
+        "maxRestartsPerMember": 1000,
+        "maxUnavailableMembers": 1,
+        "rejoinTimeoutSeconds": 120,
     }
+    return crs.cluster(name, namespace=NS, image="fake", nodes=members, ranks_per_node=1, recovery=recovery)
 
 
-def all_running(custom: client.CustomObjectsApi, n: int) -> int:
+def all_running(custom: Any, n: int) -> int:
     items = custom.list_namespaced_custom_object(GROUP, VERSION, NS, PLURAL)["items"]
     return (
         sum(1 for cr in items if (cr.get("status") or {}).get("phase") == "Running") if len(items) == n else 0
     )
 
 
-def wait(pred: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.5)
-    raise TimeoutError(what)
+def wait(pred: Callable[..., object], timeout: float, what: str) -> None:
+    wait_until(pred, timeout, what, interval_s=0.5)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,13 +194,13 @@ def main(argv: list[str] | None = None) -> int:
                 ],
                 check=True,
             )
-        api = config.new_client_from_config(config_file=str(kubeconfig))
-        ext = client.ApiextensionsV1Api(api)
+        api = k8s.config.new_client_from_config(config_file=str(kubeconfig))
+        ext = k8s.client.ApiextensionsV1Api(api)
         for crd_file in sorted((REPO / "crds").glob("*.yaml")):
             body = yaml.safe_load(crd_file.read_text())
             try:
                 ext.create_custom_resource_definition(body)
-            except client.exceptions.ApiException as e:
+            except k8s.client.exceptions.ApiException as e:
                 if e.status != 409:
                     raise
         wait(
@@ -221,10 +211,10 @@ def main(argv: list[str] | None = None) -> int:
             60,
             "CRD established",
         )
-        core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
+        core, custom = k8s.client.CoreV1Api(api), k8s.client.CustomObjectsApi(api)
         try:
             core.create_namespace({"metadata": {"name": NS}})
-        except client.exceptions.ApiException as e:
+        except k8s.client.exceptions.ApiException as e:
             if e.status != 409:
                 raise
         log = (state / "operator.log").open("wb")
@@ -258,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             member = rng.randrange(1, a.members)
             pod = core.read_namespaced_pod(f"{name}-{member}", NS)
             core.patch_namespaced_pod(
-                f"{name}-{member}", NS, {"metadata": {"annotations": {FAKE_EXIT: "137"}}}
+                f"{name}-{member}", NS, {"metadata": {"annotations": {FAKE_EXIT_ANNOTATION: "137"}}}
             )
             injected.append((name, member, pod.metadata.uid, time.monotonic()))
             busy[name] = time.monotonic() + BACKOFF_S + 2
@@ -286,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                 reaction.append(seen - term)
                 if uid in watcher.restart_due and first in watcher.created_wall:
                     after_backoff.append(watcher.created_wall[first] - watcher.restart_due[uid])
-        watcher.stop.set()
+        watcher.stop()
         result.update(
             {
                 "clusters": a.clusters,
@@ -332,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         if watcher is not None:
-            watcher.stop.set()
+            watcher.stop()
         if op is not None and op.poll() is None:
             op.terminate()
             try:
@@ -343,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run([str(venv_bin / "eep-localcluster"), "--state", str(state), "down"], check=False)
 
 
-def all_running_one(custom: client.CustomObjectsApi, name: str) -> bool:
+def all_running_one(custom: Any, name: str) -> bool:
     cr = custom.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name)
     return bool((cr.get("status") or {}).get("phase") == "Running")
 

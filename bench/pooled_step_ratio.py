@@ -2,11 +2,12 @@
 """The step-time ratio over several runs of `gpu_recovery.py` (same code, same kind of machine): the median of
 every run's paired per-round ratios (elastic / plain, rank 0) pooled, with a bootstrap 95 % interval.
 
-    python bench/pooled_step_ratio.py bench/results/gpu_steady_toy.json bench/results/gpu_recovery.json \\
-        --output bench/results/gpu_steady_toy_pooled.json
+    .venv/bin/python bench/pooled_step_ratio.py bench/results/gpu_steady_toy.json \\
+        bench/results/gpu_recovery.json --output bench/results/gpu_steady_toy_pooled.json
 
 One run's interval is about +-0.7 % wide on H200s, as wide as the effect near the 1.01 target; pooling runs
-narrows it without changing the estimator.
+narrows it without changing the estimator (`eep_testkit.stats.bootstrap_median_ci`, the one gpu_recovery.py
+uses).
 """
 
 from __future__ import annotations
@@ -14,12 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_recovery import _bootstrap_median_ci
+from eep_testkit.stats import bootstrap_median_ci
 
 
 def pooled(paths: list[Path], rank: str = "rank0") -> dict[str, Any]:
@@ -43,7 +42,7 @@ def pooled(paths: list[Path], rank: str = "rank0") -> dict[str, Any]:
         "runs": runs,
         "rounds": len(ratios),
         "step_time_ratio": statistics.median(ratios),
-        "step_time_ratio_ci95": _bootstrap_median_ci(ratios),
+        "step_time_ratio_ci95": bootstrap_median_ci(ratios),
     }
 
 

@@ -3,8 +3,9 @@
     .venv/bin/python bench/run_all.py [--only NAME,...] [-- extra args are not passed]
 
 Each benchmark is a script under bench/ that writes bench/results/<name>.json: cpu_recovery (worker recovery
-on mooncake-cpu: cpu_recovery.py, or gpu_recovery.py --dry-run), operator_scale.py (operator at scale),
-mttr.py (per-member vs group restart).
+on mooncake-cpu: cpu_recovery.py, or gpu_recovery.py --dry-run), kill_probe.py (a member killed at a random
+moment, 10 times: how many runs left the survivors hung), operator_scale.py (operator at scale), mttr.py
+(per-member vs group restart).
 A script that is not there yet is reported as missing, not faked. Writes bench/results/all.json with each
 script's exit code, duration and result document, and exits non-zero if any script failed.
 """
@@ -33,6 +34,8 @@ BENCHMARKS: tuple[tuple[str, str, tuple[tuple[str, ...], ...]], ...] = (
             ("gpu_recovery.py", "--dry-run", "--output", str(RESULTS / "cpu_recovery.json")),
         ),
     ),
+    # Issue #14: a kill at a random moment, 10 times; how many left the survivors hung (target: none).
+    ("kill_probe", "kill_probe.json", (("kill_probe.py", "--runs", "10"),)),
     ("operator_scale", "operator_scale.json", (("operator_scale.py",),)),
     ("mttr", "mttr.json", (("mttr.py", "--plain"),)),
 )

@@ -32,6 +32,7 @@ from typing import Any
 
 from rich.console import Console
 
+from eep_contract.v1alpha1 import Labels
 from eep_demo import scenario
 from eep_demo.client import ClientSettings
 from eep_demo.cluster import find_pod_processes, kill_pod_processes
@@ -39,6 +40,7 @@ from eep_demo.live import LogView
 from eep_demo.scenario import StepFailed
 from eep_demo.timeline import RequestCounts, count_requests, epoch_regressions
 from eep_localcluster.__main__ import tools_bin_dir
+from eep_testkit import crs
 
 OUT = Path(__file__).resolve().parent / "results" / "soak.json"
 NAME = "soak"
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     final = ""
     counts: RequestCounts | None = None
     try:
-        scenario.apply_cluster(ctx, scenario.cluster_manifest(NAME))
+        scenario.apply_cluster(ctx, crs.from_example(NAME))
         scenario.wait_ready(ctx, NAME, 300)
         client, sampler = scenario.start_load(ctx, NAME, ClientSettings(concurrency=2, pace_s=0.1), 0.5)
         start = time.monotonic()
@@ -145,10 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         acceptable, final = final_state(ctx.kube.get_cr(ctx.namespace, NAME))
         if not acceptable:
             problems.append(f"final state: {final}")
-        pods = ctx.kube.pods(ctx.namespace, f"elasticep.io/cluster={NAME}")
+        pods = ctx.kube.pods(ctx.namespace, f"{Labels.CLUSTER}={NAME}")
         per_member: dict[str, int] = {}
         for pod in pods:
-            member = pod["metadata"].get("labels", {}).get("elasticep.io/member", "?")
+            member = pod["metadata"].get("labels", {}).get(Labels.MEMBER, "?")
             per_member[member] = per_member.get(member, 0) + 1
         if any(n > 1 for n in per_member.values()):
             problems.append(f"more than one pod for a member at the end: {per_member}")

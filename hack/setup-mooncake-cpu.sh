@@ -41,8 +41,8 @@ for dir in "$VENV" "${TMPDIR:-/tmp}"; do
          "needs about $need_gb GB there (pip stops with 'No space left on device' otherwise)" >&2
   fi
 done
-echo ">> pip: .[worker] ($TORCH_SPEC) + $CUDART_SPEC" >&2
-"$PY" -m pip install -q --no-cache-dir "$TORCH_SPEC" -e "$here[worker]" "$CUDART_SPEC"
+echo ">> pip: worker[cpu] ($TORCH_SPEC) + $CUDART_SPEC" >&2
+"$PY" -m pip install -q --no-cache-dir "$TORCH_SPEC" -e "$here/contract" -e "$here/worker[cpu]" "$CUDART_SPEC"
 
 SP=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 MC="$SP/mooncake"

@@ -1,17 +1,20 @@
 """Shared fixtures for tests that need the local control plane (mark them `@pytest.mark.cluster`).
 
-- `local_cluster` (session): starts eep-localcluster once per run in a temporary state directory, or reuses
-  the one `EEP_KUBECONFIG` points at (its directory is the state directory); applies crds/*.yaml and waits for
-  them to be Established; stops the cluster at the end only if it started it.
+- `local_cluster` (session, a `ControlPlane`): starts eep-localcluster once per run in a temporary state
+  directory, or reuses the one `EEP_KUBECONFIG` points at (its directory is the state directory); applies
+  crds/*.yaml and waits for them to be Established; stops the cluster at the end only if it started it.
 - `kube`: an ApiClient of the official client (admin). `namespace`: a fresh namespace, deleted after the test.
 - `kubectl(*args)`: our pinned kubectl with the cluster's kubeconfig; raises with stderr on failure.
-- `wait_for(predicate, timeout, describe)`: polls; on timeout fails with `describe()` and the agents' logs.
+- `wait_for(predicate, timeout, describe)`: polls (`eep_testkit.wait.wait_until`; an exception is "not yet");
+  on timeout fails with `describe()` and the agents' logs.
+
+(`ControlPlane` is the handle of the API server and its process nodes; the worker tests' pods on 127.0.0.1
+are `eep_testkit.pods.LocalPods`.)
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,12 +26,16 @@ import pytest
 from kubernetes import client, config
 
 from eep_localcluster.__main__ import default_bin_dir, main, tools_bin_dir
+from eep_testkit.tools import ToolFailed, Tools
+from eep_testkit.wait import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
-class LocalCluster:
+class ControlPlane:
+    """The local control plane of this run (eep-localcluster's state directory) and how to reach it."""
+
     state: Path
     kubeconfig: Path
     kubectl_path: Path
@@ -44,36 +51,36 @@ class LocalCluster:
     def run(self, *argv: str) -> int:
         return main(["--state", str(self.state), *argv])
 
+    @property
+    def tools(self) -> Tools:
+        """The pinned kubectl and helm (side by side) with the admin kubeconfig."""
+        return Tools(self.kubectl_path.parent, self.kubeconfig)
 
-def _kubectl(cluster: LocalCluster, *args: str, check: bool = True, timeout: float = 60) -> str:
-    r = subprocess.run(
-        [str(cluster.kubectl_path), f"--kubeconfig={cluster.kubeconfig}", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if check and r.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)} failed ({r.returncode}):\n{r.stderr}{r.stdout}")
-    return r.stdout
+
+def _kubectl(cluster: ControlPlane, *args: str, check: bool = True, timeout: float = 60) -> str:
+    """kubectl's stdout; a failure fails the test (AssertionError with kubectl's output)."""
+    try:
+        return cluster.tools.run("kubectl", args, timeout, check)
+    except ToolFailed as e:
+        raise AssertionError(str(e)) from e
 
 
 @pytest.fixture(scope="session")
-def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     kubectl_path = tools_bin_dir() / "kubectl"
     if not kubectl_path.exists():
         pytest.skip(f"{kubectl_path} missing: run `make tools`")
     reuse = os.environ.get("EEP_KUBECONFIG")
     if reuse:
         kubeconfig = Path(reuse).resolve()
-        cluster = LocalCluster(kubeconfig.parent, kubeconfig, kubectl_path, started_here=False)
+        cluster = ControlPlane(kubeconfig.parent, kubeconfig, kubectl_path, started_here=False)
     else:
         if not (default_bin_dir() / "kube-apiserver").exists():
             pytest.skip(f"control plane not built in {default_bin_dir()}: run `make control-plane`")
         state = tmp_path_factory.mktemp("localcluster")
-        cluster = LocalCluster(state, state / "kubeconfig", kubectl_path, started_here=True)
+        cluster = ControlPlane(state, state / "kubeconfig", kubectl_path, started_here=True)
         # One more try after a pause: the whole session's cluster tests hang on this one start (see
-        # `eep_localcluster.controlplane._start_etcd` for the start failures seen on this machine).
+        # `eep_localcluster.controlplane.ETCD_RETRY` for the start failures seen on this machine).
         for attempt in (1, 2):
             if cluster.run("up", "--exit-with", str(os.getpid())) == 0:
                 break
@@ -93,7 +100,7 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
 
 
 @pytest.fixture
-def kube(local_cluster: LocalCluster) -> Iterator[Any]:
+def kube(local_cluster: ControlPlane) -> Iterator[Any]:
     api = config.new_client_from_config(config_file=str(local_cluster.kubeconfig))
     try:
         yield api
@@ -102,7 +109,7 @@ def kube(local_cluster: LocalCluster) -> Iterator[Any]:
 
 
 @pytest.fixture
-def kubectl(local_cluster: LocalCluster) -> Callable[..., str]:
+def kubectl(local_cluster: ControlPlane) -> Callable[..., str]:
     def run(*args: str, check: bool = True, timeout: float = 60) -> str:
         return _kubectl(local_cluster, *args, check=check, timeout=timeout)
 
@@ -113,28 +120,18 @@ WaitFor = Callable[..., Any]
 
 
 @pytest.fixture
-def wait_for(local_cluster: LocalCluster) -> WaitFor:
+def wait_for(local_cluster: ControlPlane) -> WaitFor:
     def wait(
         predicate: Callable[[], Any],
         timeout: float = 30,
         describe: Callable[[], str] | None = None,
         interval: float = 0.25,
     ) -> Any:
-        deadline = time.monotonic() + timeout
-        last_error: BaseException | None = None
-        while time.monotonic() < deadline:
-            try:
-                value = predicate()
-                if value:
-                    return value
-            except Exception as e:  # a transient API error is just "not yet"
-                last_error = e
-            time.sleep(interval)
-        details = describe() if describe else ""
-        raise AssertionError(
-            f"timed out after {timeout}s waiting for {getattr(predicate, '__name__', predicate)}"
-            f" (last error: {last_error!r})\n{details}\n{local_cluster.agent_logs()}"
-        )
+        def details() -> str:
+            return f"{describe() if describe else ''}\n{local_cluster.agent_logs()}"
+
+        # A transient API error is just "not yet".
+        return wait_until(predicate, timeout, interval_s=interval, describe=details, tolerate=(Exception,))
 
     return wait
 

@@ -24,11 +24,13 @@ from rich.table import Table
 
 from eep_demo import scenario
 from eep_demo.client import ClientSettings
-from eep_demo.cluster import Kube, Tools
+from eep_demo.cluster import Kube
 from eep_demo.live import LiveView, LogView, View
-from eep_demo.prom import Prometheus
 from eep_demo.scenario import AlertResult, DemoContext, FailureResult, StepFailed
 from eep_localcluster.__main__ import tools_bin_dir
+from eep_testkit import crs
+from eep_testkit.prometheus import Prometheus
+from eep_testkit.tools import Tools
 
 
 def parse_args(argv: Sequence[str], env: dict[str, str]) -> argparse.Namespace:
@@ -144,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         step = "apply the CPU example"
         view.step(f"{step}: ElasticEPCluster {a.name} (4 members x 1 rank, eep-worker on mooncake-cpu)")
         applied = True
-        scenario.apply_cluster(ctx, scenario.cluster_manifest(a.name))
+        scenario.apply_cluster(ctx, crs.from_example(a.name))
         step = "wait until Ready"
         scenario.wait_ready(ctx, a.name, a.ready_timeout)
 

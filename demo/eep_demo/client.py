@@ -1,11 +1,13 @@
 """The demo's load generator: continuous requests to member 0's `POST /v1/infer`, every answer checked.
 
-Called by `eep_demo.scenario` (demo, e2e test) and the benchmarks. Threads, bounded concurrency, stopped by
-`stop()` (no new requests; outstanding ones get `drain_s` to be answered). Each answer is compared with the
-single-process float64 reference (`eep_worker.moe`), built from the served model's config
-(`GET /v1/model`). A request that got no answer (connection refused/reset, 404 from a pod that is not member 0
-any more, 5xx, a client timeout) is retried with a new attempt id until it is answered or the drain ends; a
-request with no answer by then is a failed request, and a wrong answer is never retried away.
+Called by `eep_demo.scenario` (demo, e2e test) and, through it, bench/mttr.py and bench/soak.py. Threads,
+bounded concurrency, stopped by `stop()` (no new requests; outstanding ones get `drain_s` to be answered). The
+sending and the float64 reference check are the test kit's (`eep_testkit.client.post_infer`,
+`eep_testkit.reference.ReferenceChecker`, built from the served model's `GET /v1/model`). What this module
+adds is the demo's policy: a request that got no answer (`NoAnswer`: connection refused/reset, 404 from a pod
+that is not member 0 any more, 5xx, a client timeout) is retried with a new attempt id until it is answered or
+the drain ends; a request with no answer by then is a failed request, and a wrong answer is never retried
+away.
 
 The member-0 address comes from an injected `Endpoint` (the scenario reads the pod's IP from the API: the
 host has no cluster DNS). Every attempt lands in `attempts` as an `eep_demo.timeline.Attempt`.
@@ -14,29 +16,20 @@ host has no cluster DNS). Every attempt lands in `attempts` as an `eep_demo.time
 from __future__ import annotations
 
 import dataclasses
-import http.client
-import json
+import functools
 import random
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
-import torch
-
+from eep_contract.wire import InferRequest
 from eep_demo.timeline import Attempt, AttemptResult
-from eep_worker.moe import ModelConfig, ReferenceMoEModel, ReferenceOutput, compare, tolerance_for
+from eep_testkit.client import NoAnswer, WrongAnswer, post_infer
+from eep_testkit.pump import Pump
+from eep_testkit.reference import ReferenceChecker
 
-__all__ = [
-    "ClientSettings",
-    "Endpoint",
-    "LoadClient",
-    "Prompt",
-    "ReferenceChecker",
-    "fetch_model_config",
-    "model_config_from_wire",
-]
+__all__ = ["ClientSettings", "Endpoint", "LoadClient"]
 
 Clock = Callable[[], float]
 
@@ -50,82 +43,6 @@ class Endpoint(Protocol):
     def invalidate(self) -> None: ...
 
 
-def model_config_from_wire(obj: dict[str, Any]) -> ModelConfig:
-    """`GET /v1/model`'s `config` object -> ModelConfig. Raises ValueError for unknown fields or dtypes."""
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    unknown = set(obj) - fields
-    if unknown:
-        raise ValueError(f"unknown model config fields: {sorted(unknown)}")
-    kwargs = dict(obj)
-    if "dtype" in kwargs:
-        name = str(kwargs["dtype"]).removeprefix("torch.")
-        dtype = getattr(torch, name, None)
-        if not isinstance(dtype, torch.dtype):
-            raise ValueError(f"unknown dtype {kwargs['dtype']!r}")
-        kwargs["dtype"] = dtype
-    return ModelConfig(**kwargs)
-
-
-def _request(
-    base_url: str, method: str, path: str, body: bytes | None, timeout_s: float
-) -> tuple[int, bytes]:
-    parsed = urllib.parse.urlsplit(base_url)
-    conn = http.client.HTTPConnection(parsed.hostname or "", parsed.port or 80, timeout=timeout_s)
-    try:
-        headers = {"Content-Type": "application/json"} if body is not None else {}
-        conn.request(method, path, body=body, headers=headers)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
-
-
-def fetch_model_config(base_url: str, timeout_s: float = 10.0) -> ModelConfig:
-    """Raises OSError (no answer) or ValueError (not a model description)."""
-    status, body = _request(base_url, "GET", "/v1/model", None, timeout_s)
-    if status != 200:
-        raise ValueError(f"GET {base_url}/v1/model: HTTP {status}: {body[:200]!r}")
-    doc = json.loads(body)
-    if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
-        raise ValueError(f"GET /v1/model: no config object in {doc!r:.200}")
-    return model_config_from_wire(doc["config"])
-
-
-@dataclasses.dataclass(frozen=True)
-class Prompt:
-    tokens: tuple[int, ...]
-    expected: ReferenceOutput
-
-
-class ReferenceChecker:
-    """A fixed pool of prompts with their float64 answers, computed once (the reference costs a few ms per
-    prompt; precomputing keeps the checking off the two-core machine's hot loop)."""
-
-    def __init__(self, config: ModelConfig, n_prompts: int = 32, max_tokens: int = 8, seed: int = 1) -> None:
-        rng = random.Random(seed)
-        model = ReferenceMoEModel(config)
-        self.config = config
-        self.tolerance = tolerance_for(config)
-        self.prompts = []
-        for _ in range(n_prompts):
-            tokens = tuple(rng.randrange(config.vocab_size) for _ in range(rng.randint(1, max_tokens)))
-            self.prompts.append(Prompt(tokens, model.run(list(tokens))))
-
-    def check(self, prompt: Prompt, reply: Any) -> tuple[bool, str]:
-        """(ok, detail) for a decoded 200 reply of /v1/infer."""
-        if not isinstance(reply, dict) or "output" not in reply:
-            return False, f"malformed reply {reply!r:.200}"
-        try:
-            served = torch.tensor(reply["output"], dtype=torch.float64)
-            result = compare(served, prompt.expected, self.tolerance)
-        except (ValueError, TypeError, RuntimeError) as exc:
-            return False, f"unusable output: {exc}"
-        tag = f"epoch={reply.get('epoch')} degraded={reply.get('degraded')}"
-        if not result.ok:
-            return False, f"{tag} max_abs_error={result.max_abs_error:.3g} excess={result.max_excess:.3g}"
-        return True, tag
-
-
 @dataclasses.dataclass(frozen=True)
 class ClientSettings:
     concurrency: int = 2
@@ -136,6 +53,8 @@ class ClientSettings:
     """Seconds one HTTP attempt may take before it counts as unanswered and is retried."""
     retry_backoff_s: float = 0.2
     """Pause before retrying an unanswered attempt, seconds."""
+    prompts: int = 32
+    """Distinct prompts sent, their reference answers computed before the first request."""
 
 
 class LoadClient:
@@ -149,30 +68,36 @@ class LoadClient:
         self.endpoint = endpoint
         self.checker = checker
         self.settings = settings or ClientSettings()
+        self.prompts = checker.prompts(self.settings.prompts)
         self.clock = clock
         self.attempts: list[Attempt] = []
         self.request_ids: list[str] = []
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
         self._drain_deadline = float("inf")
-        self._threads: list[threading.Thread] = []
         self._counter = 0
+        self._pumps = [
+            Pump(
+                functools.partial(self._serve_one, random.Random(i)),
+                name=f"client-{i}",
+                interval_s=self.settings.pace_s,
+            )
+            for i in range(self.settings.concurrency)
+        ]
 
     # ------------------------------------------------------------------ control
 
     def start(self) -> None:
-        for i in range(self.settings.concurrency):
-            t = threading.Thread(target=self._loop, args=(i,), name=f"client-{i}", daemon=True)
-            t.start()
-            self._threads.append(t)
+        for pump in self._pumps:
+            pump.start()
 
     def stop(self, drain_s: float = 60.0) -> float:
         """Send no new requests; wait up to `drain_s` for outstanding ones. Returns the stop time."""
         stop_t = self.clock()
         self._drain_deadline = stop_t + drain_s
-        self._stopping.set()
-        for t in self._threads:
-            t.join(timeout=drain_s + self.settings.attempt_timeout_s + 5)
+        for pump in self._pumps:
+            pump.stopping.set()
+        for pump in self._pumps:
+            pump.stop(drain_s + self.settings.attempt_timeout_s + 5)
         return stop_t
 
     def snapshot(self) -> dict[str, int]:
@@ -194,22 +119,17 @@ class LoadClient:
 
     # ------------------------------------------------------------------ work
 
-    def _loop(self, worker: int) -> None:
-        rng = random.Random(worker)
-        while not self._stopping.is_set():
-            with self._lock:
-                self._counter += 1
-                rid = f"r{self._counter:06d}"
-                self.request_ids.append(rid)
-            prompt = rng.choice(self.checker.prompts)
-            self._serve_one(rid, prompt)
-            self._stopping.wait(self.settings.pace_s)
-
-    def _serve_one(self, rid: str, prompt: Prompt) -> None:
+    def _serve_one(self, rng: random.Random) -> None:
+        """One request (a pump's step): attempts until one is answered or the drain ends."""
+        with self._lock:
+            self._counter += 1
+            rid = f"r{self._counter:06d}"
+            self.request_ids.append(rid)
+        tokens = rng.choice(self.prompts)
         n = 0
         while True:
             n += 1
-            result, detail, sent, done = self._attempt(f"{rid}.{n}", prompt)
+            result, detail, sent, done = self._attempt(f"{rid}.{n}", tokens)
             with self._lock:
                 self.attempts.append(Attempt(rid, sent, done, result, detail))
             if result is not AttemptResult.NO_ANSWER:
@@ -218,27 +138,20 @@ class LoadClient:
                 return  # never answered: count_requests reports it failed
             time.sleep(self.settings.retry_backoff_s)
 
-    def _attempt(self, attempt_id: str, prompt: Prompt) -> tuple[AttemptResult, str, float, float]:
+    def _attempt(self, attempt_id: str, tokens: tuple[int, ...]) -> tuple[AttemptResult, str, float, float]:
         sent = self.clock()
         url = self.endpoint.url()
         if url is None:
             return AttemptResult.NO_ANSWER, "member 0 address unknown", sent, self.clock()
-        body = json.dumps({"request_id": attempt_id, "tokens": list(prompt.tokens)}).encode()
+        req = InferRequest(request_id=attempt_id, tokens=list(tokens))
         try:
-            status, raw = _request(url, "POST", "/v1/infer", body, self.settings.attempt_timeout_s)
-        except (OSError, http.client.HTTPException) as exc:
+            reply = post_infer(url, req, self.settings.attempt_timeout_s)
+        except NoAnswer as exc:
+            # Also a 404: that address is no longer member 0 (pod IPs are reused after a restart).
             self.endpoint.invalidate()
-            return AttemptResult.NO_ANSWER, f"{type(exc).__name__}: {exc}", sent, self.clock()
+            return AttemptResult.NO_ANSWER, str(exc), sent, self.clock()
+        except WrongAnswer as exc:
+            return AttemptResult.WRONG, str(exc), sent, self.clock()
         done = self.clock()
-        if status == 404 or status >= 500:
-            # 404: that address is no longer member 0 (pod IPs are reused after a restart).
-            self.endpoint.invalidate()
-            return AttemptResult.NO_ANSWER, f"HTTP {status}: {raw[:120]!r}", sent, done
-        if status != 200:
-            return AttemptResult.WRONG, f"HTTP {status}: {raw[:200]!r}", sent, done
-        try:
-            reply = json.loads(raw)
-        except ValueError:
-            return AttemptResult.WRONG, f"reply is not JSON: {raw[:200]!r}", sent, done
-        ok, detail = self.checker.check(prompt, reply)
+        ok, detail = self.checker.check(tokens, reply)
         return (AttemptResult.OK if ok else AttemptResult.WRONG), detail, sent, done

@@ -1,5 +1,5 @@
 """Thin I/O against the local control plane for the demo: CR status sampling, member-0 address, killing a
-member pod's processes, the operator's pod, helm and kubectl.
+member pod's processes. (helm and kubectl: `eep_testkit.tools`.)
 
 Called by `eep_demo.scenario`. Everything here talks to the API server with the admin kubeconfig or to
 /proc; the decisions (what the samples mean) live in `eep_demo.timeline`.
@@ -11,28 +11,30 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
+from eep_contract.env import POD_NAME, MemberEnv
+from eep_contract.v1alpha1 import GROUP, PLURAL, VERSION
 from eep_demo.timeline import MemberSample, StatusSample
-from eep_operator.api.v1alpha1 import GROUP, PLURAL, VERSION
+from eep_testkit.membership import membership_of
+from eep_testkit.pump import Pump
 
 # The kubernetes client carries no annotations; one Any-typed handle keeps mypy --strict quiet.
 k8s: Any = kubernetes
+NAMESPACE = MemberEnv.names()["namespace"]
+"""The member pod's variable naming its cluster's namespace."""
 
 __all__ = [
     "Kube",
     "PodEndpoint",
     "StatusSampler",
-    "Tools",
     "find_pod_processes",
     "kill_pod_processes",
     "sample_of",
@@ -92,9 +94,10 @@ class Kube:
 
 
 def sample_of(obj: dict[str, Any], t: float) -> StatusSample:
-    """A StatusSample of a CR object (raw JSON) observed at `t`."""
+    """A StatusSample of a CR object (raw JSON) observed at `t`. Raises ValueError when its membership does
+    not parse."""
     status = obj.get("status") or {}
-    membership = status.get("membership") or {}
+    membership = membership_of(obj)
     members = tuple(
         MemberSample(
             index=int(m.get("index", -1)),
@@ -109,8 +112,8 @@ def sample_of(obj: dict[str, Any], t: float) -> StatusSample:
     return StatusSample(
         t=t,
         phase=str(status.get("phase", "Pending")),
-        epoch=int(membership.get("epoch", 0)),
-        active_ranks=len(membership.get("activeRanks") or []),
+        epoch=membership.epoch,
+        active_ranks=len(membership.active_ranks),
         world_size=world,
         members=members,
     )
@@ -127,35 +130,35 @@ class StatusSampler:
         self.clock = clock
         self.samples: list[StatusSample] = []
         self.latest: dict[str, Any] | None = None
-        self.errors = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="status-sampler", daemon=True)
         self._lock = threading.Lock()
+        # A transient API error is a missing sample, not a crash: the pump counts it and carries on.
+        self._pump = Pump(
+            self._sample, name="status-sampler", interval_s=interval_s, error_backoff_s=interval_s
+        )
+
+    @property
+    def errors(self) -> int:
+        """Samples missed: the API did not answer, or the status did not parse."""
+        return self._pump.errors
 
     def start(self) -> None:
-        self._thread.start()
+        self._pump.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
+        self._pump.stop(10)
 
     def snapshot(self) -> list[StatusSample]:
         with self._lock:
             return list(self.samples)
 
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                obj = self.kube.get_cr(self.namespace, self.name)
-            except Exception:  # a transient API error is a missing sample, not a crash
-                obj = None
-                self.errors += 1
-            t = self.clock()
-            if obj is not None:
-                with self._lock:
-                    self.latest = obj
-                    self.samples.append(sample_of(obj, t))
-            self._stop.wait(self.interval_s)
+    def _sample(self) -> None:
+        obj = self.kube.get_cr(self.namespace, self.name)
+        t = self.clock()
+        if obj is not None:
+            sample = sample_of(obj, t)
+            with self._lock:
+                self.latest = obj
+                self.samples.append(sample)
 
 
 class PodEndpoint:
@@ -201,15 +204,15 @@ def _environ(pid: int) -> dict[str, str]:
 
 
 def find_pod_processes(namespace: str, pod_name: str) -> dict[int, int]:
-    """{pid: pgid} of every process whose environment names this pod (EEP_POD_NAME and
-    EEP_CLUSTER_NAMESPACE, which the operator renders into every member container)."""
+    """{pid: pgid} of every process whose environment names this pod (its name, from the downward API, and
+    its cluster's namespace, which the operator renders into every member container: `eep_contract.env`)."""
     found: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         pid = int(entry.name)
         env = _environ(pid)
-        if env.get("EEP_POD_NAME") == pod_name and env.get("EEP_CLUSTER_NAMESPACE") == namespace:
+        if env.get(POD_NAME) == pod_name and env.get(NAMESPACE) == namespace:
             with contextlib.suppress(ProcessLookupError):
                 found[pid] = os.getpgid(pid)
     return found
@@ -226,26 +229,3 @@ def kill_pod_processes(namespace: str, pod_name: str) -> dict[int, int]:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
     return found
-
-
-class Tools:
-    """The pinned kubectl and helm with the cluster's kubeconfig."""
-
-    def __init__(self, bin_dir: Path, kubeconfig: Path) -> None:
-        self.bin_dir, self.kubeconfig = bin_dir, kubeconfig
-
-    def run(self, tool: str, args: Sequence[str], timeout_s: float = 180) -> str:
-        """Raises RuntimeError with the tool's output when it fails."""
-        argv = [str(self.bin_dir / tool), f"--kubeconfig={self.kubeconfig}", *args]
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
-        if r.returncode != 0:
-            raise RuntimeError(f"{tool} {' '.join(args)} failed ({r.returncode}):\n{r.stderr}{r.stdout}")
-        return r.stdout
-
-    def apply(self, namespace: str, obj: dict[str, Any]) -> str:
-        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-            json.dump(obj, f)
-        try:
-            return self.run("kubectl", ["apply", "-n", namespace, "-f", f.name])
-        finally:
-            Path(f.name).unlink()

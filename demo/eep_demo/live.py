@@ -15,7 +15,7 @@ from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.text import Text
 
-from eep_operator.api.v1alpha1 import ElasticEPCluster
+from eep_contract.v1alpha1 import ElasticEPCluster
 from eep_operator.cli.render import render_status
 
 __all__ = ["LiveView", "LogView", "View", "progress_line", "render"]

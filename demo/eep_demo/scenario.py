@@ -5,30 +5,33 @@
     -> alert_cycle (a real Prometheus sees the rank-failure alert fire and resolve) -> teardown
 
 Each step raises `StepFailed` with what it saw when it does not reach its goal in time. I/O goes through
-`eep_demo.cluster` and `eep_demo.prom`; the metrics are `eep_demo.timeline`'s pure functions.
+`eep_demo.cluster` and the test kit (`eep_testkit`: the checking client's reference, Prometheus, membership
+readers, pumps); the metrics are `eep_demo.timeline`'s pure functions.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import random
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from eep_demo.client import ClientSettings, LoadClient, ReferenceChecker, fetch_model_config
-from eep_demo.cluster import Kube, PodEndpoint, StatusSampler, Tools, find_pod_processes, kill_pod_processes
+from eep_contract.v1alpha1 import Labels
+from eep_demo.client import ClientSettings, LoadClient
+from eep_demo.cluster import Kube, PodEndpoint, StatusSampler, find_pod_processes, kill_pod_processes
 from eep_demo.live import View
-from eep_demo.prom import Prometheus
 from eep_demo.timeline import RecoveryMetrics, StatusSample, epoch_regressions, recovery_metrics
+from eep_testkit.http_client import HTTPError
+from eep_testkit.membership import at_full_capacity
+from eep_testkit.prometheus import Prometheus
+from eep_testkit.pump import Pump
+from eep_testkit.reference import ReferenceChecker, fetch_model_config
+from eep_testkit.tools import Tools
 
 __all__ = [
     "REPO",
@@ -41,7 +44,6 @@ __all__ = [
     "alert_cycle",
     "apply_cluster",
     "close_session",
-    "cluster_manifest",
     "delete_cluster",
     "ensure_cluster",
     "install_operator",
@@ -53,10 +55,7 @@ __all__ = [
 ]
 
 REPO = Path(__file__).resolve().parents[2]
-CHART = REPO / "charts" / "elastic-ep-operator"
 RULES = REPO / "deploy" / "prometheus" / "elasticep-rules.yaml"
-EXAMPLE = REPO / "examples" / "cpu-demo.yaml"
-WORKER_SA = "elastic-ep-worker"
 
 
 class StepFailed(RuntimeError):
@@ -92,12 +91,10 @@ def ensure_cluster(state: Path, say: Callable[[str], None]) -> bool:
 def install_operator(ctx: DemoContext, release: str, extra_sets: tuple[str, ...] = ()) -> None:
     """`helm upgrade --install` the chart into the namespace; its Deployment runs `eep-operator run` as a
     process on the process node. Waits for the Deployment to be available."""
-    sets = ["watch.mode=namespaces", *extra_sets]
-    args = ["upgrade", "--install", release, str(CHART), "-n", ctx.namespace, "--force-conflicts"]
-    for s in sets:
-        args += ["--set", s]
     try:
-        ctx.tools.run("helm", [*args, "--wait", "--timeout=180s"], timeout_s=240)
+        ctx.tools.install_chart(
+            release, ctx.namespace, "watch.mode=namespaces", *extra_sets, wait_s=180, upgrade=True
+        )
     except RuntimeError as exc:
         logs = operator_logs(ctx, release)
         raise StepFailed(f"{exc}\noperator logs:\n{logs}") from exc
@@ -136,33 +133,6 @@ def uninstall_operator(ctx: DemoContext, release: str) -> None:
 # ------------------------------------------------------------------ the ElasticEPCluster
 
 
-def cluster_manifest(
-    name: str,
-    *,
-    mode: str = "PerMember",
-    load_delay_s: float = 0.0,
-    nodes: int | None = None,
-    recovery: dict[str, Any] | None = None,
-    example: Path = EXAMPLE,
-) -> dict[str, Any]:
-    """The CPU example, renamed, with the workers' ServiceAccount (they read the CR's status), the recovery
-    mode, and an optional simulated weight-load time: the container's entrypoint becomes a shell that sleeps
-    `load_delay_s` and then execs the engine's command line (the operator passes it, join flag included, as
-    the container's args), so every start of a member, first or replacement, pays that time. Pure."""
-    cr: dict[str, Any] = copy.deepcopy(yaml.safe_load(example.read_text()))
-    cr["metadata"] = {"name": name}
-    spec = cr["spec"]
-    if nodes is not None:
-        spec["nodes"] = nodes
-    spec.setdefault("recovery", {})["mode"] = mode
-    spec["recovery"].update(recovery or {})
-    template = spec.setdefault("template", {})
-    template["serviceAccountName"] = WORKER_SA
-    if load_delay_s > 0:
-        template["command"] = ["/bin/sh", "-c", 'sleep "$0" && exec "$@"', f"{load_delay_s:g}"]
-    return cr
-
-
 def apply_cluster(ctx: DemoContext, cr: dict[str, Any]) -> None:
     ctx.tools.apply(ctx.namespace, cr)
 
@@ -185,11 +155,10 @@ def wait_ready(ctx: DemoContext, name: str, timeout_s: float, note: str = "waiti
     while time.monotonic() < deadline:
         with contextlib.suppress(Exception):
             cr = ctx.kube.get_cr(ctx.namespace, name)
-        st = (cr or {}).get("status") or {}
-        active = len((st.get("membership") or {}).get("activeRanks") or [])
         ctx.view.update(cr, None, note)
-        if st.get("phase") == "Running" and active and active == st.get("worldSize"):
-            return
+        with contextlib.suppress(ValueError):
+            if at_full_capacity(cr):
+                return
         time.sleep(0.5)
     raise StepFailed(f"{name} not Ready after {timeout_s:.0f}s\n{describe(ctx, name)}")
 
@@ -202,7 +171,7 @@ def delete_cluster(ctx: DemoContext, name: str, timeout_s: float = 120) -> None:
         )
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if not ctx.kube.pods(ctx.namespace, f"elasticep.io/cluster={name}"):
+        if not ctx.kube.pods(ctx.namespace, f"{Labels.CLUSTER}={name}"):
             return
         time.sleep(0.5)
     raise StepFailed(f"pods of {name} still there {timeout_s:.0f}s after deleting it\n{describe(ctx, name)}")
@@ -387,7 +356,7 @@ def start_prometheus(ctx: DemoContext, release: str, workdir: Path, window: str 
     prom.start(operator_metrics_target(ctx, release))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError, RuntimeError, KeyError):
+        with contextlib.suppress(OSError, HTTPError, RuntimeError, KeyError, ValueError):
             if prom.target_up():
                 return prom
         time.sleep(0.5)
@@ -410,30 +379,29 @@ class AlertWatcher:
         self.fired_labels: dict[str, str] = {}
         self.state = "inactive"
         self.max_failures = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="alert-watcher", daemon=True)
+        # A failed poll (Prometheus busy, a transient error) is a missed sample: the pump carries on.
+        self._pump = Pump(self._poll, name="alert-watcher", interval_s=1.0, error_backoff_s=1.0)
 
     def start(self) -> None:
-        self._thread.start()
+        self._pump.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
+        self._pump.stop(10)
 
-    def _loop(self) -> None:
+    def _poll(self) -> None:
+        if self.resolved_after_s is not None:
+            self._pump.stopping.set()
+            return
         sel = ",".join(f'{k}="{v}"' for k, v in self.labels.items())
-        while not self._stop.is_set() and self.resolved_after_s is None:
-            with contextlib.suppress(OSError, RuntimeError, IndexError, KeyError, ValueError):
-                state = self.prom.alert(self.alert, **self.labels)
-                self.state = state.state
-                now = time.monotonic() - self.since_t
-                if state.state == "firing" and self.fired_after_s is None:
-                    self.fired_after_s, self.fired_labels = now, state.labels
-                elif state.state == "inactive" and self.fired_after_s is not None:
-                    self.resolved_after_s = now
-                for r in self.prom.query(f"sum(elasticep_rank_failures_total{{{sel}}})"):
-                    self.max_failures = max(self.max_failures, float(r["value"][1]))
-            self._stop.wait(1.0)
+        state = self.prom.alert(self.alert, **self.labels)
+        self.state = state.state
+        now = time.monotonic() - self.since_t
+        if state.state == "firing" and self.fired_after_s is None:
+            self.fired_after_s, self.fired_labels = now, state.labels
+        elif state.state == "inactive" and self.fired_after_s is not None:
+            self.resolved_after_s = now
+        for r in self.prom.query(f"sum(elasticep_rank_failures_total{{{sel}}})"):
+            self.max_failures = max(self.max_failures, float(r["value"][1]))
 
     def result(self) -> AlertResult:
         return AlertResult(

@@ -63,6 +63,11 @@ def _node_names(layout: Layout) -> list[str]:
     return sorted(p.name for p in layout.nodes.iterdir()) if layout.nodes.exists() else []
 
 
+def _self_argv(layout: Layout, *args: str) -> list[str]:
+    """This CLI, run by this interpreter on `layout`'s state directory, with `args` after `--state`."""
+    return [sys.executable, "-m", "eep_localcluster", "--state", str(layout.root), *args]
+
+
 def _start_agent(layout: Layout, name: str, args: list[str]) -> None:
     node = layout.node(name)
     node.root.mkdir(parents=True, exist_ok=True)
@@ -73,17 +78,7 @@ def _start_agent(layout: Layout, name: str, args: list[str]) -> None:
     info = controlplane.ClusterInfo.load(layout.cluster_json)
     assert info is not None
     write_kubeconfig(node.kubeconfig, info.server, layout.pki.ca.cert, pair, f"eep-agent:{name}")
-    argv = [
-        sys.executable,
-        "-m",
-        "eep_localcluster",
-        "--state",
-        str(layout.root),
-        "node",
-        "--name",
-        name,
-        *args,
-    ]
+    argv = _self_argv(layout, "node", "--name", name, *args)
     procs.spawn_detached(argv, log=node.log, pid_file=node.pid, state=layout.root)
 
 
@@ -147,15 +142,7 @@ def cmd_up(a: argparse.Namespace, layout: Layout) -> int:
     _wait_nodes_ready(layout, names, 60)
     if a.exit_with:
         # A watchdog runs `down` once the owner (a test session) is gone, even if it was SIGKILLed.
-        argv = [
-            sys.executable,
-            "-m",
-            "eep_localcluster",
-            "--state",
-            str(layout.root),
-            "watch",
-            str(a.exit_with),
-        ]
+        argv = _self_argv(layout, "watch", str(a.exit_with))
         procs.spawn_detached(argv, log=layout.log("watch"), pid_file=layout.pid("watch"), state=layout.root)
     _say(f"{len(names)} node(s) Ready; KUBECONFIG={layout.kubeconfig}")
     return 0

@@ -74,11 +74,58 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) 
     path.chmod(0o600)
 
 
+def _write_pair(pair: CertPair, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
+    _write_key(pair.key, key)
+    pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
 def _load_ca(pair: CertPair) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     cert = x509.load_pem_x509_certificate(pair.cert.read_bytes())
     key = serialization.load_pem_private_key(pair.key.read_bytes(), password=None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     return cert, key
+
+
+def _certificate(
+    subject: x509.Name,
+    key: ec.EllipticCurvePrivateKey,
+    *,
+    issuer: x509.Name,
+    signer: ec.EllipticCurvePrivateKey,
+    ca: bool,
+    extensions: list[x509.ExtensionType],
+) -> x509.Certificate:
+    """A certificate for `key`, valid from five minutes ago (clock skew between processes) for `_VALIDITY`,
+    signed by `signer`. A CA may sign certificates and CRLs; a leaf may sign and encipher keys (TLS). The
+    `extensions` are added, not critical, after the basic constraints and key usage."""
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + _VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_encipherment=not ca,
+                content_commitment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=ca,
+                crl_sign=ca,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+    )
+    for extension in extensions:
+        builder = builder.add_extension(extension, critical=False)
+    return builder.sign(signer, hashes.SHA256())
 
 
 def _issue(
@@ -89,43 +136,14 @@ def _issue(
     server: bool,
     sans: list[x509.GeneralName] | None = None,
 ) -> None:
-    now = datetime.datetime.now(datetime.UTC)
+    """Write a fresh key and a leaf certificate for it, signed by `ca`, for TLS server or client auth."""
     key = _key()
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(ca[0].subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + _VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                key_encipherment=True,
-                content_commitment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.ExtendedKeyUsage(
-                [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
-            ),
-            critical=False,
-        )
-    )
+    usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+    extensions: list[x509.ExtensionType] = [x509.ExtendedKeyUsage([usage])]
     if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    cert = builder.sign(ca[1], hashes.SHA256())
-    _write_key(pair.key, key)
-    pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        extensions.append(x509.SubjectAlternativeName(sans))
+    cert = _certificate(subject, key, issuer=ca[0].subject, signer=ca[1], ca=False, extensions=extensions)
+    _write_pair(pair, cert, key)
 
 
 def _name(common_name: str, orgs: tuple[str, ...] = ()) -> x509.Name:
@@ -138,37 +156,11 @@ def ensure_ca(pki: Pki) -> None:
     """Create the CA and the service-account key pair unless they exist."""
     pki.root.mkdir(parents=True, exist_ok=True)
     if not (pki.ca.cert.exists() and pki.ca.key.exists()):
-        now = datetime.datetime.now(datetime.UTC)
         key = _key()
         name = _name("eep-localcluster-ca")
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + _VALIDITY)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    key_encipherment=False,
-                    content_commitment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256())
-        )
-        _write_key(pki.ca.key, key)
-        pki.ca.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+        cert = _certificate(name, key, issuer=name, signer=key, ca=True, extensions=[ski])
+        _write_pair(pki.ca, cert, key)
     if not (pki.sa_key.exists() and pki.sa_pub.exists()):
         # RSA: every service-account token verifier supports RS256, not every one ES256.
         sa = rsa.generate_private_key(public_exponent=65537, key_size=2048)

@@ -23,10 +23,34 @@ def micro(t: datetime.datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+class Readiness:
+    """The readiness verdict about one start of one container. Its probe thread is the only writer; the
+    agent's sync loop reads it and is the only writer of `ContainerState.ready`. A restarted container gets a
+    new `Readiness`, so a late verdict about a process that has exited cannot reach its successor."""
+
+    def __init__(self, ready: bool) -> None:
+        self._lock = threading.Lock()
+        self._ready = ready
+
+    def set(self, ready: bool) -> bool:
+        """Record the verdict; True when it differs from the one before."""
+        with self._lock:
+            changed = ready != self._ready
+            self._ready = ready
+            return changed
+
+    def get(self) -> bool:
+        with self._lock:
+            return self._ready
+
+
 @dataclass
 class Proc:
+    """One start of one container: its process (the group leader), its environment, its readiness."""
+
     popen: subprocess.Popen[bytes]
     env: dict[str, str]
+    readiness: Readiness
 
 
 class PodRun:

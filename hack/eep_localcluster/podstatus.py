@@ -2,7 +2,7 @@
 kubelet: phase from `restartPolicy`, restart decisions with back-off, conditions, containerStatuses.
 
 No I/O and no clock reads: callers pass `now`. Called by `processnode.py`; tested as tables in
-tests/localcluster/test_podstatus.py.
+tests/localcluster/test_localcluster_units.py.
 """
 
 from __future__ import annotations

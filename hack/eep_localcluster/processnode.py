@@ -1,13 +1,14 @@
 """The process node agent: a small kubelet that runs the pods bound to its Node as local processes.
 
-It registers the Node, renews its Lease and heartbeats the Ready condition (`heartbeat.py`; stop the agent
-and the node lifecycle controller marks the Node NotReady after `--node-monitor-grace-period`). A pod informer
+It registers the Node, renews its Lease and heartbeats the Ready condition (`heartbeat.py`; stop the agent and
+the node lifecycle controller marks the Node NotReady after `--node-monitor-grace-period`). A pod informer
 (fieldSelector spec.nodeName) wakes one sync loop that starts containers (`runner.py`), polls them, applies
 the restart policy, writes pods/status like a kubelet (`podstatus.py`), and finishes deletions (SIGTERM,
-SIGKILL after the grace period, then the final delete with grace 0). A second informer over all pods keeps
-every pod's /etc/hosts current. With `fake=True` no process runs: pods go Running+Ready at once, and the
-annotation `eep.local/fake-exit-code` terminates a pod's first container with that exit code (for the scale
-benchmark).
+SIGKILL after the grace period, then the final delete with grace 0). That loop is the only writer of pod and
+container state; each probe runs in a thread of its own and reports through the container start's
+`podrun.Readiness`. A second informer over all pods keeps every pod's /etc/hosts current. With `fake=True` no
+process runs: pods go Running+Ready at once, and the annotation `eep.local/fake-exit-code` terminates a pod's
+first container with that exit code (for the scale benchmark).
 
 Started by `eep-localcluster node` (which `up` runs detached). It authenticates with a client cert in
 system:masters, not as system:node:<name>: the Node authorizer's selector rules (AuthorizeNodeWithSelectors)
@@ -35,7 +36,7 @@ from kubernetes.client.exceptions import ApiException
 from eep_localcluster import ipam, podspec, runner
 from eep_localcluster.heartbeat import HOST_IP, NodeHeartbeat
 from eep_localcluster.informer import PodInformer
-from eep_localcluster.podrun import PodRun, Proc, now_utc
+from eep_localcluster.podrun import PodRun, Proc, Readiness, now_utc
 from eep_localcluster.podstatus import ContainerState, Termination, backoff_s, pod_status, should_restart
 from eep_localcluster.settings import AgentSettings
 
@@ -150,7 +151,7 @@ class Agent:
     # ---- files in the pod's namespace ----
 
     def _prepare_files(self, run: PodRun) -> None:
-        self._write_hosts(run)
+        self._write_hosts(run, self._hosts_text())
         sa = run.sa_dir
         sa.mkdir(parents=True, exist_ok=True)
         (sa / "ca.crt").write_bytes(self.s.ca_cert.read_bytes())
@@ -177,22 +178,21 @@ class Agent:
             f.write(tr.status.token)
         run.token_at = time.monotonic()
 
-    def _write_hosts(self, run: PodRun) -> None:
-        pods = self.everyone.snapshot() if self.everyone is not None else []
-        text = podspec.hosts_file(pods)
+    def _hosts_text(self) -> str:
+        return podspec.hosts_file(self.everyone.snapshot() if self.everyone is not None else [])
+
+    @staticmethod
+    def _write_hosts(run: PodRun, text: str) -> None:
         if text != run.hosts_text:
             with open(run.hosts, "w") as f:  # in place: the bind mount pins the inode
                 f.write(text)
             run.hosts_text = text
 
     def _write_hosts_all(self) -> None:
-        pods = self.everyone.snapshot() if self.everyone is not None else []
-        text = podspec.hosts_file(pods)
+        text = self._hosts_text()
         for run in self.runs.values():
-            if text != run.hosts_text and run.hosts.parent.exists():
-                with open(run.hosts, "w") as f:
-                    f.write(text)
-                run.hosts_text = text
+            if run.hosts.parent.exists():
+                self._write_hosts(run, text)
 
     def _lookup_data(self, kind: str, name: str, ns: str) -> Obj | None:
         key = (kind, ns, name)
@@ -284,32 +284,26 @@ class Agent:
         )
         with (run.dir / "pids").open("a") as f:
             f.write(f"{popen.pid}\n")
-        run.procs[c.name] = Proc(popen, env)
+        proc = Proc(popen, env, Readiness("readinessProbe" not in spec))
+        run.procs[c.name] = proc
         c.running_since, c.terminated, c.restart_at = now_utc(), None, None
         c.container_id = f"process://{popen.pid}"
         c.waiting_reason, c.waiting_message = "", ""
-        c.ready = "readinessProbe" not in spec
+        c.ready = proc.readiness.get()
         for kind in ("readinessProbe", "livenessProbe"):
             if kind in spec:
                 threading.Thread(
                     target=self._probe_loop,
-                    args=(run, c, spec, kind),
-                    kwargs={"popen": popen, "env": env},
+                    args=(run, spec, kind, proc),
                     daemon=True,
                     name=f"probe-{kind}",
                 ).start()
 
-    def _probe_loop(
-        self,
-        run: PodRun,
-        c: ContainerState,
-        spec: Obj,
-        kind: str,
-        *,
-        popen: subprocess.Popen[bytes],
-        env: dict[str, str],
-    ) -> None:
-        p = spec[kind]
+    def _probe_loop(self, run: PodRun, spec: Obj, kind: str, proc: Proc) -> None:
+        """Probe one container start until it exits or the pod stops probing. Runs in its own thread, so it
+        touches no `ContainerState`: readiness goes to `proc.readiness` (the sync loop copies it over in
+        `_poll`); a failed liveness probe kills the process group, which `_poll` then sees exit."""
+        popen, p = proc.popen, spec[kind]
         period = float(p.get("periodSeconds", 10))
         timeout = float(p.get("timeoutSeconds", 1))
         fail_max, ok_min = int(p.get("failureThreshold", 3)), int(p.get("successThreshold", 1))
@@ -317,19 +311,16 @@ class Agent:
         if run.probe_stop.wait(float(p.get("initialDelaySeconds", 0))):
             return
         while popen.poll() is None and not run.probe_stop.is_set():
-            ok = runner.probe(p, container=spec, pod_ip=run.ip, pid=popen.pid, env=env, timeout_s=timeout)
+            ok = runner.probe(
+                p, container=spec, pod_ip=run.ip, pid=popen.pid, env=proc.env, timeout_s=timeout
+            )
             fails, oks = (0, oks + 1) if ok else (fails + 1, 0)
             if kind == "readinessProbe":
-                ready = c.ready
-                if oks >= ok_min:
-                    ready = True
-                elif fails >= fail_max:
-                    ready = False
-                if ready != c.ready:
-                    c.ready = ready
+                verdict = True if oks >= ok_min else False if fails >= fail_max else None
+                if verdict is not None and proc.readiness.set(verdict):
                     self.wake.set()
             elif fails >= fail_max:
-                self.log(f"pod {run.ns}/{run.name} container {c.name}: liveness failed, killing")
+                self.log(f"pod {run.ns}/{run.name} container {spec['name']}: liveness failed, killing")
                 runner.signal_group(popen.pid, signal.SIGKILL)
                 return
             if run.probe_stop.wait(period):
@@ -341,6 +332,7 @@ class Agent:
             return
         rc = proc.popen.poll()
         if rc is None:
+            c.ready = proc.readiness.get()
             return
         # The leader exited: kill what it left in its group (kubelet tears down the whole container).
         runner.signal_group(proc.popen.pid, signal.SIGKILL)

@@ -1,8 +1,10 @@
-"""Detached processes with pid files, and the sweep that guarantees `down` leaves nothing behind.
+"""Detached processes with pid files, the sweep that guarantees `down` leaves nothing behind, and the local
+cluster's `free_port()` (the one to import wherever a free loopback port is needed).
 
 Every process the local cluster starts (control plane, node agents, pods) carries the environment variable
 `EEP_LOCALCLUSTER_STATE=<state dir>`; children inherit it, so `sweep()` finds them in /proc even when a parent
-died abruptly and its pid file is stale. Called by `controlplane.py`, `__main__.py` and the agent.
+died abruptly and its pid file is stale. Called by `controlplane.py`, `__main__.py`, `runner.py` and the
+agent.
 """
 
 from __future__ import annotations
@@ -16,26 +18,42 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+__all__ = [
+    "MARKER_ENV",
+    "alive",
+    "free_port",
+    "is_ours",
+    "ours",
+    "popen_detached",
+    "read_pid",
+    "spawn_detached",
+    "stop",
+    "sweep",
+]
+
 MARKER_ENV = "EEP_LOCALCLUSTER_STATE"
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now (the usual bind-to-0 race is acceptable here)."""
+    """A TCP port on 127.0.0.1 that is free right now. Another process may take it before the caller binds
+    it (the usual bind-to-0 race): callers that cannot tolerate that retry on a fresh port."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def spawn_detached(
-    argv: Sequence[str], *, log: Path, pid_file: Path, state: Path, env: Mapping[str, str] | None = None
-) -> int:
-    """Start `argv` in its own session (so it outlives the caller and can be killed as a group), stdout and
-    stderr appended to `log`, and record its pid."""
-    full_env = dict(os.environ if env is None else env)
+def popen_detached(
+    argv: Sequence[str], *, log: Path, state: Path, env: Mapping[str, str], cwd: str | None = None
+) -> subprocess.Popen[bytes]:
+    """Start `argv` in its own session (so it outlives the caller and can be killed as a group) with `env`
+    plus the marker for `state`, stdin from /dev/null and stdout and stderr appended to `log`.
+
+    Raises OSError when `argv[0]` cannot be run or `log` cannot be opened."""
+    full_env = dict(env)
     full_env[MARKER_ENV] = str(state)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -43,7 +61,16 @@ def spawn_detached(
             env=full_env,
             start_new_session=True,
             close_fds=True,
+            cwd=cwd,
         )
+
+
+def spawn_detached(
+    argv: Sequence[str], *, log: Path, pid_file: Path, state: Path, env: Mapping[str, str] | None = None
+) -> int:
+    """`popen_detached` with this process's environment unless `env` is given; records the pid in
+    `pid_file` and returns it."""
+    proc = popen_detached(argv, log=log, state=state, env=os.environ if env is None else env)
     pid_file.write_text(f"{proc.pid}\n")
     return proc.pid
 
@@ -55,27 +82,50 @@ def read_pid(pid_file: Path) -> int | None:
         return None
 
 
-def _marker_of(pid: int) -> str | None:
+_PF_KTHREAD = 0x00200000
+EXEC_SETTLE_S = 0.1
+"""How long an empty /proc/<pid>/environ is read again before it is believed. A process shows an empty
+environment for a moment while it execs (its new memory is mapped before its environment is), and
+`subprocess.Popen` returns inside that moment: read once, one start in a few hundred looked exited."""
+
+
+def _stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat's fields after the command name (state first), or None when the process is gone."""
     try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _environ(pid: int) -> bytes | None:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:
         return None
+
+
+def _marker_in(environ: bytes) -> str | None:
     prefix = MARKER_ENV.encode() + b"="
-    for item in raw.split(b"\0"):
+    for item in environ.split(b"\0"):
         if item.startswith(prefix):
             return item[len(prefix) :].decode(errors="replace")
     return None
 
 
 def is_ours(pid: int, state: Path) -> bool:
-    """True when `pid` is alive, not a zombie, and was started for this state directory."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    if stat.rsplit(")", 1)[1].split()[0] == "Z":
-        return False
-    return _marker_of(pid) == str(state)
+    """True when `pid` is alive, not a zombie, and was started for this state directory. An empty
+    environment is read again for up to `EXEC_SETTLE_S` (the process may be in the middle of an exec)."""
+    deadline = time.monotonic() + EXEC_SETTLE_S
+    while True:
+        fields = _stat(pid)
+        if fields is None or fields[0] == "Z" or int(fields[6]) & _PF_KTHREAD:
+            return False
+        environ = _environ(pid)
+        if environ is None:
+            return False
+        if environ or time.monotonic() >= deadline:
+            return _marker_in(environ) == str(state)
+        time.sleep(0.002)
 
 
 def alive(pid_file: Path, state: Path) -> bool:

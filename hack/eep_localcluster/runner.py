@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eep_localcluster.procs import MARKER_ENV
+from eep_localcluster.procs import popen_detached
 
 Obj = dict[str, Any]
 UNSHARE = "/usr/bin/unshare"
@@ -64,22 +64,9 @@ def start(
     state: Path,
 ) -> subprocess.Popen[bytes]:
     """Start the container; stdout and stderr append to `log`. The returned process is the group leader."""
-    full_env = dict(env)
-    full_env[MARKER_ENV] = str(state)
-    log.parent.mkdir(parents=True, exist_ok=True)
     wrapped = [UNSHARE, "--mount", "--propagation", "private", "--", "/bin/sh", "-c"]
     wrapped += [setup_script(mounts, working_dir), "sh", *argv]
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            wrapped,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=full_env,
-            start_new_session=True,
-            close_fds=True,
-            cwd="/",
-        )
+    return popen_detached(wrapped, log=log, state=state, env=env, cwd="/")
 
 
 def signal_group(pgid: int, sig: signal.Signals) -> None:

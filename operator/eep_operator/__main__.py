@@ -19,6 +19,7 @@ from kubernetes import client, config
 from prometheus_client import CollectorRegistry, start_http_server
 
 from eep_operator.handlers import Runtime, register
+from eep_operator.io.admission import AdmissionTrigger
 from eep_operator.io.events import KubeEventSink
 from eep_operator.io.kube import ApiKubeClient
 from eep_operator.io.lease import ApiLeaseClient, LeaderElector
@@ -88,8 +89,8 @@ def make_api_client(settings: Settings) -> client.ApiClient:
     return client.ApiClient(cfg)
 
 
-def run_operator(settings: Settings, stop_flag: object = None, ready_flag: object = None) -> None:
-    """Build everything and run kopf until stopped. Also used in-process by tests (with flags)."""
+def run_operator(settings: Settings) -> None:
+    """Build everything and run kopf until stopped (SIGTERM/SIGINT)."""
     api_client = make_api_client(settings)
     # kopf has its own client; give it the same credentials (its login handler reads $KUBECONFIG).
     if settings.kubeconfig:
@@ -109,7 +110,12 @@ def run_operator(settings: Settings, stop_flag: object = None, ready_flag: objec
             duration_seconds=settings.lease.duration_seconds,
         )
     runtime = Runtime(
-        Reconciler(kube=kube, events=KubeEventSink(kube), metrics=metrics), kube, settings, elector
+        Reconciler(
+            kube=kube, events=KubeEventSink(kube), metrics=metrics, admission=AdmissionTrigger(metrics)
+        ),
+        kube,
+        settings,
+        elector,
     )
     kregistry = kopf.OperatorRegistry()
     register(kregistry, runtime)
@@ -125,8 +131,6 @@ def run_operator(settings: Settings, stop_flag: object = None, ready_flag: objec
             clusterwide=not settings.watch.namespaces,
             namespaces=settings.watch.namespaces,
             liveness_endpoint=liveness,
-            stop_flag=stop_flag,  # type: ignore[arg-type]
-            ready_flag=ready_flag,  # type: ignore[arg-type]
         )
     )
 

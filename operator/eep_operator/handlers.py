@@ -26,7 +26,7 @@ from typing import Any
 
 import kopf
 
-from eep_operator.api.v1alpha1 import GROUP, MANAGED_BY_VALUE, PLURAL, VERSION, Labels
+from eep_contract.v1alpha1 import GROUP, MANAGED_BY_VALUE, PLURAL, VERSION, Labels
 from eep_operator.io.kube import KubeClient, KubeError
 from eep_operator.io.lease import LeaderElector
 from eep_operator.reconcile import Reconciler
@@ -53,7 +53,6 @@ class Runtime:
         self.pods_by_node: dict[str, set[Key]] = defaultdict(set)
         # Reconciles are API-bound; their own pool keeps them from queueing behind kopf's sync work.
         self.pool = ThreadPoolExecutor(max_workers=settings.reconcile_threads, thread_name_prefix="reconcile")
-        self.reconciles = 0
 
     def is_leader(self) -> bool:
         return self.elector is None or self.elector.is_leader()
@@ -77,7 +76,6 @@ class Runtime:
                     return
                 loop = asyncio.get_running_loop()
                 result = await loop.run_in_executor(self.pool, self.reconciler.reconcile, *key)
-                self.reconciles += 1
                 requeue = result.requeue_at
                 if key not in self._dirty:
                     break
@@ -112,6 +110,12 @@ class Runtime:
             for cr in crs:
                 self.kick((cr["metadata"]["namespace"], cr["metadata"]["name"]))
 
+    def stop_side_work(self) -> None:
+        """Stop what runs beside the reconciles (the SGLang admission trigger's senders): a stand-by operator
+        or one shutting down must not keep prodding member 0."""
+        if self.reconciler.admission is not None:
+            self.reconciler.admission.stop_all()
+
     async def elect_forever(self, stopped: asyncio.Event) -> None:
         """Run the Lease elector; on becoming leader, reconcile everything."""
         assert self.elector is not None
@@ -124,6 +128,7 @@ class Runtime:
                     await self.kick_all()
                 elif was_leader and not leader:
                     log.warning("lost the lease: standing by")
+                    self.stop_side_work()
                 was_leader = leader
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stopped.wait(), self.settings.lease.renew_seconds)
@@ -162,6 +167,7 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
         stopped.set()
+        runtime.stop_side_work()
         for task in list(runtime._tasks):
             try:
                 await asyncio.wait_for(asyncio.shield(task), 5)

@@ -12,7 +12,8 @@ from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from eep_operator.api.v1alpha1 import ElasticEPClusterSpec, ElasticEPClusterStatus, MemberState, Phase
+from eep_contract.reasons import AdmissionTriggerResult
+from eep_contract.v1alpha1 import ElasticEPClusterSpec, ElasticEPClusterStatus, MemberState, Phase
 from eep_operator.core import actions as A
 
 L = ("namespace", "cluster")
@@ -77,6 +78,12 @@ class OperatorMetrics:
             L,
             registry=r,
         )
+        self.admission_requests = Counter(
+            "elasticep_admission_trigger_requests_total",
+            "Requests the SGLang admission trigger sent to member 0 while a member was Joining, by result.",
+            [*L, "result"],
+            registry=r,
+        )
 
     def record(self, namespace: str, cluster: str, action: A.Action) -> None:
         """Count a planner decision (ignores actions that are not metric records)."""
@@ -117,6 +124,10 @@ class OperatorMetrics:
             self.members.labels(*lab, state.value).set(sum(1 for m in status.members if m.state == state))
         for phase in Phase:
             self.phase.labels(*lab, phase.value).set(1 if status.phase == phase else 0)
+
+    def admission_request(self, namespace: str, cluster: str, result: AdmissionTriggerResult) -> None:
+        """Count one request of the SGLang admission trigger (`eep_operator.io.admission.AdmissionSink`)."""
+        self.admission_requests.labels(namespace, cluster, result.value).inc()
 
     def reconciled(
         self, namespace: str, cluster: str, seconds: float, unix_now: float, *, error: bool

@@ -5,6 +5,13 @@ level-triggered, recomputed from a fresh GET of the CR (never kopf's cached body
 last write) and fresh pod/node lists. The status is written first, compare-and-set on the resourceVersion it
 was computed from; on 409 the whole step is recomputed (up to `max_conflicts` times). See
 `eep_operator.core.planner` for why the status goes before the actions.
+
+`reconcile()` never raises. A Kubernetes error ends the step with a requeue after `error_requeue_seconds`.
+Any other exception (a bug, or an object the planner cannot act on, such as a status edited by hand) is
+logged with its traceback, counted in `elasticep_reconcile_errors_total` and posted as a Warning Event
+`ReconcileError` on the CR (a lasting error: its 1st, 2nd, 4th, 8th... time in a row); the CR is tried again
+after a backoff that doubles per consecutive error (up to `error_backoff_max_seconds`), or on its next event.
+Other CRs are not affected.
 """
 
 from __future__ import annotations
@@ -12,16 +19,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
-from eep_operator.api.v1alpha1 import ElasticEPClusterSpec, ElasticEPClusterStatus, Labels
+from eep_contract.v1alpha1 import ElasticEPClusterSpec, ElasticEPClusterStatus, Labels
 from eep_operator.core.actions import EmitEvent
+from eep_operator.core.admission import AdmissionTarget, admission_target
 from eep_operator.core.observe import observe
 from eep_operator.core.planner import plan
+from eep_operator.io.admission import AdmissionTrigger
 from eep_operator.io.events import ClusterRef, EventSink
 from eep_operator.io.executor import Executor
 from eep_operator.io.kube import ConflictError, KubeClient, KubeError
@@ -43,6 +55,15 @@ class Result:
     error: str | None = None
 
 
+class _UnexpectedError(Exception):
+    """A reconcile of `ref` raised `cause`, which is not a Kubernetes API error (it is also `__cause__`)."""
+
+    def __init__(self, ref: ClusterRef, cause: Exception) -> None:
+        super().__init__(f"{ref.namespace}/{ref.name}: {cause!r}")
+        self.ref = ref
+        self.cause = cause
+
+
 class Reconciler:
     def __init__(
         self,
@@ -53,15 +74,23 @@ class Reconciler:
         clock: Callable[[], datetime] = utc_now,
         max_conflicts: int = 5,
         error_requeue_seconds: float = 1.0,
+        error_backoff_max_seconds: float = 300.0,
         node_cache_seconds: float = 0.5,
+        admission: AdmissionTrigger | None = None,
     ) -> None:
         self.kube = kube
+        # The SGLang admission trigger's senders (None: never send); told after every step what should run.
+        self.admission = admission
         self.events = events
         self.metrics = metrics
         self.executor = Executor(kube, events, metrics)
         self.clock = clock
         self.max_conflicts = max_conflicts
         self.error_requeue = error_requeue_seconds
+        self.error_backoff_max = error_backoff_max_seconds
+        # Per CR: consecutive unexpected errors and the last one's text (reset by a reconcile without one).
+        # A CR is never reconciled by two threads at once (handlers.Runtime): one writer per entry.
+        self._error_streak: dict[tuple[str, str], tuple[int, str]] = {}
         # Every reconcile needs the nodes; at scale (hundreds of reconciles a second) one list per
         # `node_cache_seconds` is plenty: a node's readiness itself only changes after tens of seconds.
         self.node_cache_seconds = node_cache_seconds
@@ -69,6 +98,10 @@ class Reconciler:
         self._nodes_lock = threading.Lock()
         # Our Service, once seen, is only ever removed with the CR (ownerReference): check it rarely.
         self._service_seen: dict[tuple[str, str], float] = {}
+
+    def _admit(self, namespace: str, name: str, target: AdmissionTarget | None) -> None:
+        if self.admission is not None:
+            self.admission.update(namespace, name, target)
 
     def _list_nodes(self) -> list[dict[str, object]]:
         with self._nodes_lock:
@@ -88,15 +121,53 @@ class Reconciler:
         return exists
 
     def reconcile(self, namespace: str, name: str) -> Result:
+        """One level-triggered step for the CR `namespace/name`. Never raises (see the module docstring)."""
         started = time.monotonic()
         try:
             result = self._reconcile(namespace, name)
         except KubeError as e:
             log.warning("reconcile failed: %s", e, extra={"cluster": f"{namespace}/{name}"})
-            self.metrics.reconciled(namespace, name, time.monotonic() - started, time.time(), error=True)
-            return Result(requeue_at=time.monotonic() + self.error_requeue, error=str(e))
-        self.metrics.reconciled(namespace, name, time.monotonic() - started, time.time(), error=False)
+            result = Result(requeue_at=time.monotonic() + self.error_requeue, error=str(e))
+        except _UnexpectedError as e:
+            result = self._unexpected(e.ref, e.cause)
+        except Exception as e:  # before the CR was read: no uid to post an Event on
+            result = self._unexpected(ClusterRef(namespace, name, ""), e)
+        else:
+            self._error_streak.pop((namespace, name), None)
+            self.metrics.reconciled(namespace, name, time.monotonic() - started, time.time(), error=False)
+            return result
+        self.metrics.reconciled(namespace, name, time.monotonic() - started, time.time(), error=True)
         return result
+
+    def _unexpected(self, ref: ClusterRef, error: Exception) -> Result:
+        """Record an exception that is not a Kubernetes error and pick the backoff to retry.
+
+        Every CR event and the resync timer still reconcile the CR, so a lasting error repeats every few
+        seconds: the Event and the traceback are posted for the 1st, 2nd, 4th, 8th... error in a row, and
+        whenever the error changes; the others log one line.
+        """
+        key = (ref.namespace, ref.name)
+        what = type(error).__name__ + (f": {error}" if str(error) else "")
+        frames = traceback.extract_tb(error.__traceback__)
+        if frames:  # where it was raised: a bare `assert` has no message of its own
+            what += f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno} in {frames[-1].name})"
+        streak, last = self._error_streak.get(key, (0, ""))
+        streak += 1
+        self._error_streak[key] = (streak, what)
+        delay = min(self.error_backoff_max, self.error_requeue * 2 ** min(streak - 1, 32))
+        report = what != last or streak & (streak - 1) == 0
+        log.error(
+            "reconcile of %s/%s failed (%d in a row), next try in %gs: %s",
+            ref.namespace, ref.name, streak, delay, what,
+            exc_info=error if report else None, extra={"cluster": f"{ref.namespace}/{ref.name}"},
+        )  # fmt: skip
+        if report and ref.uid:
+            message = f"{what}; {streak} failed reconcile(s) in a row, next try in {delay:g}s"
+            try:
+                self.events.emit(ref, EmitEvent("Warning", "ReconcileError", message), self.clock())
+            except Exception:  # the sink is best effort already; this is the last line of defence
+                log.exception("could not post the ReconcileError event", extra={"cluster": ref.name})
+        return Result(requeue_at=time.monotonic() + delay, error=what)
 
     def _reconcile(self, namespace: str, name: str) -> Result:
         for _ in range(self.max_conflicts):
@@ -104,27 +175,42 @@ class Reconciler:
             if cr is None or cr["metadata"].get("deletionTimestamp"):
                 # Pods and the Service carry ownerReferences: the garbage collector removes them.
                 self.metrics.forget(namespace, name)
+                self._admit(namespace, name, None)
                 return Result(requeue_at=None)
             ref = ClusterRef(namespace, name, cr["metadata"].get("uid", ""))
             try:
-                spec = ElasticEPClusterSpec.model_validate(cr.get("spec") or {})
-                status = ElasticEPClusterStatus.model_validate(cr.get("status") or {})
-            except ValidationError as e:
-                # The CRD schema should have rejected it; say so where a person looks, and do nothing.
-                msg = f"spec/status does not match the contract: {e.errors()[:3]}"
-                self.events.emit(ref, EmitEvent("Warning", "InvalidSpec", msg), self.clock())
-                return Result(requeue_at=None, error=msg)
-            pods = self.kube.list_pods(namespace, f"{Labels.CLUSTER}={name}")
-            nodes = self._list_nodes()
-            observed = observe(cr, pods, nodes, service_exists=self._service_exists(namespace, name))
-            now, planned_at = self.clock(), time.monotonic()
-            p = plan(spec, status, observed, now)
-            if p.status != status:
-                try:
-                    self.kube.replace_status(cr, p.status.to_wire())
-                except ConflictError:
-                    continue  # someone wrote first (another operator, the user): recompute from fresh state
-            self.executor.apply(ref, p.actions, now)
-            self.metrics.update_from_status(namespace, name, spec, p.status, now)
-            return Result(requeue_at=None if p.requeue_after is None else planned_at + p.requeue_after)
+                result = self._step(ref, cr)
+            except KubeError:
+                raise
+            except Exception as e:
+                raise _UnexpectedError(ref, e) from e
+            if result is not None:
+                return result
         return Result(requeue_at=time.monotonic() + self.error_requeue, error="too many conflicts")
+
+    def _step(self, ref: ClusterRef, cr: dict[str, Any]) -> Result | None:
+        """Observe, plan, write the status, execute. None: the status write lost a race (recompute)."""
+        namespace, name = ref.namespace, ref.name
+        try:
+            spec = ElasticEPClusterSpec.model_validate(cr.get("spec") or {})
+            status = ElasticEPClusterStatus.model_validate(cr.get("status") or {})
+        except ValidationError as e:
+            # The CRD schema should have rejected it; say so where a person looks, and do nothing.
+            msg = f"spec/status does not match the contract: {e.errors()[:3]}"
+            self.events.emit(ref, EmitEvent("Warning", "InvalidSpec", msg), self.clock())
+            self._admit(namespace, name, None)
+            return Result(requeue_at=None, error=msg)
+        pods = self.kube.list_pods(namespace, f"{Labels.CLUSTER}={name}")
+        nodes = self._list_nodes()
+        observed = observe(cr, pods, nodes, service_exists=self._service_exists(namespace, name))
+        now, planned_at = self.clock(), time.monotonic()
+        p = plan(spec, status, observed, now)
+        if p.status != status:
+            try:
+                self.kube.replace_status(cr, p.status.to_wire())
+            except ConflictError:
+                return None  # someone wrote first (another operator, the user): recompute from fresh state
+        self.executor.apply(ref, p.actions, now)
+        self.metrics.update_from_status(namespace, name, spec, p.status, now)
+        self._admit(namespace, name, admission_target(spec, p.status, observed))
+        return Result(requeue_at=None if p.requeue_after is None else planned_at + p.requeue_after)

@@ -17,7 +17,7 @@ from eep_worker import protocol as P
 def test_the_reference_writes_what_encode_into_writes() -> None:
     # A faster encoder is only comparable if the reference does the same work: same bytes, same padding.
     for n in (64, 3, 0):
-        plan = P.Plan(2, 9, P.Kind.BATCH, tuple(range(100, 100 + n)), frozenset({0, 1}))
+        plan = P.StepPlan(2, 9, P.Kind.BATCH, tuple(range(100, 100 + n)), frozenset({0, 1}))
         ours, reference = np.full(P.HEADER + 64, 77, np.int64), np.full(P.HEADER + 64, 77, np.int64)
         P.encode_into(plan, ours)
         plan_protocol.numpy_encode_into(plan, reference)

@@ -14,17 +14,14 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from eep_testkit.envfile import versions
+
 from .conftest import CHART, ROOT, Render, helm_template
 
 
 def kube_version() -> str:
     """The pinned Kubernetes version (hack/versions.env) as kubernetes-validate names it: major.minor.0."""
-    env = dict(
-        line.split("=", 1)
-        for line in (ROOT / "hack" / "versions.env").read_text().splitlines()
-        if "=" in line and not line.startswith("#")
-    )
-    major, minor = env["KUBE_VERSION"].lstrip("v").split(".")[:2]
+    major, minor = versions(ROOT)["KUBE_VERSION"].lstrip("v").split(".")[:2]
     return f"{major}.{minor}.0"
 
 
@@ -70,6 +67,7 @@ CASES: dict[str, tuple[str, ...]] = {
     "two-replicas": ("replicaCount=2",),
     "no-leader-election": ("leaderElection.enabled=false", "watch.mode=namespaces"),
     "monitoring": ("serviceMonitor.enabled=true", "prometheusRule.enabled=true"),
+    "dashboard": ("grafana.dashboard.enabled=true", "grafana.dashboard.annotations.grafana_folder=EEP"),
     "digest-no-rbac": (
         "image.digest=sha256:" + "a" * 64,
         "rbac.create=false",

@@ -9,8 +9,6 @@ from __future__ import annotations
 import base64
 import importlib.util
 import json
-import socket
-import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +19,11 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from .conftest import CHART, ROOT
+from eep_testkit import crs
+from eep_testkit.membership import at_full_capacity
+from eep_testkit.tools import OperatorPorts, Tools
+
+from .conftest import CHART
 
 pytestmark = pytest.mark.cluster
 
@@ -30,26 +32,13 @@ Kubectl = Callable[..., str]
 
 class Helm:
     def __init__(self, binary: Path, kubeconfig: Path) -> None:
-        self.binary, self.kubeconfig = binary, kubeconfig
+        self.tools = Tools(binary.parent, kubeconfig)
 
     def install(self, release: str, namespace: str, *sets: str, wait: bool = True) -> str:
-        # tests/conftest.py applied crds/ server-side as "kubectl"; Helm 4 applies the chart's identical copy
-        # server-side too, and without --force-conflicts it refuses to take over the fields.
-        args = ["install", release, str(CHART), "-n", namespace, "--force-conflicts"]
-        for s in sets:
-            args += ["--set", s]
-        return self(*args, *(["--wait", "--timeout=90s"] if wait else []))
+        return self.tools.install_chart(release, namespace, *sets, wait_s=90 if wait else None)
 
     def __call__(self, *args: str, timeout: float = 120) -> str:
-        result = subprocess.run(
-            [str(self.binary), f"--kubeconfig={self.kubeconfig}", *args],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        assert result.returncode == 0, f"helm {' '.join(args)}:\n{result.stderr}{result.stdout}"
-        return result.stdout
+        return self.tools.run("helm", args, timeout)
 
 
 @pytest.fixture
@@ -57,12 +46,7 @@ def release(local_cluster: Any, helm: Path, namespace: str) -> Iterator[tuple[He
     """A Helm handle and a release name unique to the test (its namespace); uninstalled at the end."""
     h = Helm(helm, local_cluster.kubeconfig)
     yield h, namespace
-    subprocess.run(
-        [str(helm), f"--kubeconfig={local_cluster.kubeconfig}", "uninstall", namespace, "-n", namespace],
-        check=False,
-        capture_output=True,
-        timeout=120,
-    )
+    h.tools.run("helm", ["uninstall", namespace, "-n", namespace], timeout_s=120, check=False)
 
 
 def token_client(
@@ -96,11 +80,7 @@ def status_of(call: Callable[[], Any]) -> int:
 
 
 def example_cr(name: str) -> dict[str, Any]:
-    cr: dict[str, Any] = yaml.safe_load((ROOT / "examples" / "cpu-demo.yaml").read_text())
-    cr["metadata"] = {"name": name}
-    cr["spec"]["nodes"] = 2
-    cr["spec"].setdefault("template", {})["serviceAccountName"] = "elastic-ep-worker"
-    return cr
+    return crs.from_example(name, nodes=2)
 
 
 def test_rbac_is_enough_and_not_more(
@@ -239,28 +219,11 @@ def test_operator_from_the_chart_reconciles_an_example(
     release: tuple[Helm, str], kubectl: Kubectl, wait_for: Callable[..., Any], local_cluster: Any
 ) -> None:
     helm, ns = release
-    # Pods of the process node share the host's ports: free ones keep parallel clusters from colliding.
-    ports = []
-    for _ in range(2):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            ports.append(sock.getsockname()[1])
-    helm.install(
-        ns,
-        ns,
-        "watch.mode=namespaces",
-        f"operator.metricsPort={ports[0]}",
-        f"operator.healthPort={ports[1]}",
-        wait=False,
-    )
+    helm.install(ns, ns, "watch.mode=namespaces", *OperatorPorts.free().sets(), wait=False)
     kubectl_apply(kubectl, ns, example_cr("demo"))
 
     def running() -> bool:
-        cr = json.loads(kubectl("get", "eep", "demo", "-n", ns, "-o", "json"))
-        status = cr.get("status", {})
-        return (
-            status.get("phase") == "Running" and len(status.get("membership", {}).get("activeRanks", [])) == 2
-        )
+        return at_full_capacity(json.loads(kubectl("get", "eep", "demo", "-n", ns, "-o", "json")))
 
     wait_for(
         running,

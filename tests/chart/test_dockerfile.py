@@ -1,5 +1,5 @@
 """The Dockerfile, checked statically (no Docker engine runs here): pinned bases, both targets, non-root
-users, no build tools in the final stages, OCI labels, install steps that match the Makefile and pyproject."""
+users, no build tools in the final stages, OCI labels, install steps that carry only the distributions that run in each image."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import shlex
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,9 +68,8 @@ def stages() -> dict[str, Stage]:
     return {s.name: s for s in parsed}
 
 
-@pytest.fixture(scope="module")
-def pyproject() -> dict[str, object]:
-    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+def pyproject(folder: str) -> dict[str, Any]:
+    return tomllib.loads((ROOT / folder / "pyproject.toml").read_text())
 
 
 def test_both_targets_exist(stages: dict[str, Stage]) -> None:
@@ -122,31 +122,37 @@ def pip_installs(stage: Stage) -> list[list[str]]:
     return found
 
 
-@pytest.mark.parametrize(("target", "extra"), [("operator", "operator"), ("worker", "worker-gpu")])
-def test_install_steps_are_the_projects(
-    stages: dict[str, Stage], pyproject: dict[str, object], target: str, extra: str
-) -> None:
+IMAGE_DISTS = {"operator": ["./contract", "./operator"], "worker": ["./contract", "./worker[gpu]"]}
+DEV_ONLY = ("hack", "testkit", "demo", "tests", "bench")
+
+
+@pytest.mark.parametrize("target", ["operator", "worker"])
+def test_each_image_installs_only_what_runs_in_it(stages: dict[str, Stage], target: str) -> None:
     (install,) = pip_installs(stages[f"{target}-build"])
-    assert install == [f".[{extra}]"], "install the project with one extra, as the Makefile does"
-    extras = pyproject["project"]["optional-dependencies"]  # type: ignore[index]
-    assert extra in extras
+    assert install == IMAGE_DISTS[target], "the contract and the image's own distribution, nothing else"
+    copied = [w for c in stages[f"{target}-build"].args("COPY") for w in c.split()[:-1]]
+    assert not [c for c in copied if c.startswith(DEV_ONLY)], "no development tooling in an image"
 
 
-def test_extras_pin_what_the_images_promise(pyproject: dict[str, object]) -> None:
-    extras = pyproject["project"]["optional-dependencies"]  # type: ignore[index]
-    assert "torch==2.13.0" in extras["worker-gpu"]
-    assert "mooncake-transfer-engine-cuda13==0.3.14" in extras["worker-gpu"]
-    assert not any(dep.startswith(("torch", "mooncake")) for dep in extras["operator"])
+def test_distributions_pin_what_the_images_promise() -> None:
+    worker = pyproject("worker")["project"]
+    assert "torch==2.13.0" in worker["optional-dependencies"]["gpu"]
+    assert "mooncake-transfer-engine-cuda13==0.3.14" in worker["optional-dependencies"]["gpu"]
+    for folder in ("contract", "operator"):
+        deps = pyproject(folder)["project"]["dependencies"]
+        assert not any(dep.startswith(("torch", "mooncake", "pyzmq", "cryptography")) for dep in deps)
+    for folder in ("operator", "worker"):
+        assert "eep-contract==0.1.0" in pyproject(folder)["project"]["dependencies"]
 
 
-def test_makefile_installs_the_same_operator_extra() -> None:
+def test_makefile_installs_every_distribution_of_the_repository() -> None:
     makefile = (ROOT / "Makefile").read_text()
-    assert re.search(r"pip install .*\.\[operator[,\]]", makefile.replace("$(PIP)", "pip"))
+    (dists,) = re.findall(r"^DISTS := (.*)$", makefile, re.M)
+    folders = sorted(p.parent.name for p in ROOT.glob("*/pyproject.toml"))
+    assert sorted(dists.split()) == folders
 
 
-def test_copied_paths_exist_and_entrypoints_are_project_scripts(
-    stages: dict[str, Stage], pyproject: dict[str, object]
-) -> None:
+def test_copied_paths_exist_and_entrypoints_are_project_scripts(stages: dict[str, Stage]) -> None:
     for stage in stages.values():
         for copy in stage.args("COPY"):
             words = copy.split()
@@ -154,7 +160,8 @@ def test_copied_paths_exist_and_entrypoints_are_project_scripts(
                 continue
             for source in words[:-1]:
                 assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
-    scripts = pyproject["project"]["scripts"]  # type: ignore[index]
-    assert stages["operator"].args("ENTRYPOINT") == ['["eep-operator"]'] and "eep-operator" in scripts
-    assert stages["worker"].args("ENTRYPOINT") == ['["eep-worker"]'] and "eep-worker" in scripts
+    assert stages["operator"].args("ENTRYPOINT") == ['["eep-operator"]']
+    assert "eep-operator" in pyproject("operator")["project"]["scripts"]
+    assert stages["worker"].args("ENTRYPOINT") == ['["eep-worker"]']
+    assert "eep-worker" in pyproject("worker")["project"]["scripts"]
     assert stages["worker"].args("CMD") == ['["serve"]'], "docs/dev/interfaces.md: eep-worker serve"

@@ -6,26 +6,23 @@ import io
 import json
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client
 from rich.console import Console
 
 from eep_operator.__main__ import main as operator_main
 from eep_operator.cli import status
+from eep_testkit import crs
 
 pytestmark = pytest.mark.cluster
-ROOT = Path(__file__).resolve().parents[2]
 G, V, P = "elasticep.io", "v1alpha1", "elasticepclusters"
 
 
 def create_cr(kube: Any, namespace: str, name: str) -> None:
     custom: Any = client.CustomObjectsApi(kube)
-    cr = yaml.safe_load((ROOT / "examples" / "cpu-demo.yaml").read_text())
-    cr["metadata"] = {"name": name}
+    cr = crs.from_example(name)
     custom.create_namespaced_custom_object(G, V, namespace, P, cr)
     member = {"index": 0, "podName": f"{name}-0", "firstRank": 0, "rankCount": 1, "state": "Healthy"}
     failed = {

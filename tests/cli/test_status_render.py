@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from eep_operator.api.v1alpha1 import (
+from eep_contract.v1alpha1 import (
     Condition,
     ConditionStatus,
     ConditionType,
@@ -106,6 +106,13 @@ def test_conditions_are_listed_with_age_and_message() -> None:
     text = text_of(recovering_cluster())
     assert "Recovering │ True   │ MemberJoining │ 1m3s │ member 2 joins at epoch 7" in text
     assert "Ready      │ False  │ MemberJoining │ -" in text
+
+
+def test_messages_are_text_not_markup() -> None:
+    """A condition message such as "[member 1] ..." was read by rich as markup and vanished from the table."""
+    cluster = recovering_cluster()
+    cluster.status.conditions[1].message = "[member 1] lost [bold]twice[/bold]"
+    assert "[member 1] lost [bold]twice[/bold]" in text_of(cluster)
 
 
 def test_states_and_phase_are_coloured() -> None:

@@ -9,8 +9,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from eep_operator.api import crd
-from eep_operator.api import v1alpha1 as api
+from eep_contract import crd
+from eep_contract import v1alpha1 as api
 
 ROOT = Path(__file__).resolve().parents[2]
 INVALID = sorted((ROOT / "tests" / "data" / "invalid").glob("*.yaml"))

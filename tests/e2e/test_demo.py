@@ -16,9 +16,10 @@ import pytest
 
 from eep_demo import scenario
 from eep_demo.client import ClientSettings
-from eep_demo.cluster import Kube, Tools
+from eep_demo.cluster import Kube
 from eep_demo.live import LogView
 from eep_demo.scenario import DemoContext
+from eep_testkit import crs
 
 pytestmark = [pytest.mark.cluster, pytest.mark.mooncake, pytest.mark.timeout(900)]
 
@@ -28,8 +29,7 @@ NAME = "demo"
 @pytest.fixture
 def ctx(local_cluster: Any, namespace: str) -> Iterator[DemoContext]:
     kube = Kube(local_cluster.kubeconfig)
-    tools = Tools(local_cluster.kubectl_path.parent, local_cluster.kubeconfig)
-    context = DemoContext(kube, tools, namespace, LogView(print), local_cluster.state)
+    context = DemoContext(kube, local_cluster.tools, namespace, LogView(print), local_cluster.state)
     try:
         yield context
     finally:
@@ -44,7 +44,7 @@ def test_chart_operator_brings_real_workers_to_serving(ctx: DemoContext) -> None
     (mooncake-cpu) form the group and report Ready, the CR reaches Running with every rank active, and a
     client's answers all match the float64 reference."""
     scenario.install_operator(ctx, ctx.namespace)
-    scenario.apply_cluster(ctx, scenario.cluster_manifest(NAME))
+    scenario.apply_cluster(ctx, crs.from_example(NAME))
     scenario.wait_ready(ctx, NAME, 240)
     cr = ctx.kube.get_cr(ctx.namespace, NAME)
     assert cr is not None
@@ -75,7 +75,7 @@ def test_member_killed_under_load_recovers_with_no_lost_or_wrong_answer(
     scenario.install_operator(ctx, release)
     prom = scenario.start_prometheus(ctx, release, tmp_path / "prometheus", "20s")
     try:
-        scenario.apply_cluster(ctx, scenario.cluster_manifest(NAME))
+        scenario.apply_cluster(ctx, crs.from_example(NAME))
         scenario.wait_ready(ctx, NAME, 240)
         watchers: list[scenario.AlertWatcher] = []
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import time
 from pathlib import Path
 
 import pytest
@@ -138,52 +137,3 @@ def test_ipam_unique_sticky_and_released(tmp_path: Path) -> None:
     again = ipam.allocate(tmp_path, "uid-new")
     assert again not in set(ips) - {ips[7]}
     assert ipam.allocate(tmp_path, "uid-8") == ips[8]
-
-
-FAKE_ETCD = r"""#!/usr/bin/env python3
-# Stands in for etcd: exits at once on its first start, never answers on its second, then serves /health.
-import http.server, pathlib, sys, time
-count = pathlib.Path(__file__).with_name("starts")
-n = int(count.read_text()) + 1 if count.exists() else 1
-count.write_text(str(n))
-if n == 1:
-    sys.exit(1)
-if n == 2:
-    time.sleep(600)
-url = next(a for a in sys.argv if a.startswith("--listen-client-urls=")).split("=", 1)[1]
-port = int(url.rsplit(":", 1)[1])
-class H(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200); self.end_headers(); self.wfile.write(b'{"health":"true"}')
-    def log_message(self, *a):
-        pass
-http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
-"""
-
-
-def test_etcd_that_exits_or_hangs_at_start_is_started_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from eep_localcluster import controlplane, procs  # noqa: PLC0415
-    from eep_localcluster.layout import Layout  # noqa: PLC0415
-
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    etcd = bin_dir / "etcd"
-    etcd.write_text(FAKE_ETCD)
-    etcd.chmod(0o755)
-    real_sleep = time.sleep
-    # The pauses between attempts (1 s, 2 s) are skipped; the 0.25 s polls stay.
-    monkeypatch.setattr(controlplane.time, "sleep", lambda s: None if s >= 1 else real_sleep(s))
-    monkeypatch.setattr(controlplane, "ETCD_ATTEMPT_TIMEOUT_S", 5.0)
-    layout = Layout(tmp_path / "state")
-    for d in ("logs", "run"):
-        (layout.root / d).mkdir(parents=True)
-    info = controlplane.ClusterInfo(etcd_port=procs.free_port(), apiserver_port=0, node_monitor_grace_s=15)
-    try:
-        got = controlplane._start_etcd(layout, controlplane.ControlPlaneSettings(bin_dir=bin_dir), info)
-        assert (bin_dir / "starts").read_text() == "3"
-        assert len(procs.ours(layout.root)) == 1  # the hung one was stopped
-        assert controlplane._http_ok(f"http://127.0.0.1:{got.etcd_port}/health")
-    finally:
-        procs.sweep(layout.root)

@@ -25,7 +25,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from eep_operator.api.v1alpha1 import API_VERSION, GROUP, KIND, PLURAL, VERSION, Labels
+from eep_contract.v1alpha1 import GROUP, PLURAL, VERSION, Labels
+from eep_testkit import crs
 
 STANDIN = r"""
 import http.server, os, sys, threading
@@ -181,6 +182,7 @@ def eep(kube: Any, namespace: str) -> Eep:
 
 
 def cluster_manifest(name: str, namespace: str, nodes: int = 3, **recovery: Any) -> dict[str, Any]:
+    """Pods run the stand-in (STANDIN); short timings."""
     rec = {
         "backoffInitialSeconds": 0.5,
         "backoffMaxSeconds": 4,
@@ -191,19 +193,16 @@ def cluster_manifest(name: str, namespace: str, nodes: int = 3, **recovery: Any)
         "terminatingTimeoutSeconds": 3,
     }
     rec.update(recovery)
-    return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "image": "stand-in",
-            "nodes": nodes,
-            "ranksPerNode": 2,
-            "engine": {"port": 18080},
-            "recovery": rec,
-            "template": {"command": ["python3", "-c", STANDIN], "terminationGracePeriodSeconds": 1},
-        },
-    }
+    return crs.cluster(
+        name,
+        namespace=namespace,
+        image="stand-in",
+        nodes=nodes,
+        ranks_per_node=2,
+        engine={"port": 18080},
+        recovery=rec,
+        template={"command": ["python3", "-c", STANDIN], "terminationGracePeriodSeconds": 1},
+    )
 
 
 @pytest.fixture

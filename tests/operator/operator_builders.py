@@ -8,7 +8,7 @@ from typing import Any
 
 from operator_sim import NAME, NS, T0, UID
 
-from eep_operator.api.v1alpha1 import ElasticEPClusterSpec
+from eep_contract.v1alpha1 import ElasticEPClusterSpec
 from eep_operator.core.observe import NodeObs, Observed, PodObs, Termination
 
 

@@ -11,8 +11,9 @@ import itertools
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from eep_operator.api.v1alpha1 import ElasticEPClusterSpec, ElasticEPClusterStatus, MemberState, Phase
+from eep_contract.v1alpha1 import ElasticEPClusterSpec, ElasticEPClusterStatus, MemberState, Phase
 from eep_operator.core import actions as A
+from eep_operator.core import members
 from eep_operator.core.observe import NodeObs, Observed, PodObs, Termination
 from eep_operator.core.planner import plan
 
@@ -266,6 +267,7 @@ def check_step(before: ElasticEPClusterStatus, p: A.Plan, obs: Observed) -> None
         regrouped = group or after.group_restarts != before.group_restarts
         if left and old.index not in failed_members and not regrouped:
             raise InvariantError(f"healthy member {old.index} left without failing")
+    check_moves(before, p)
     active = {
         r
         for m in after.members
@@ -276,3 +278,26 @@ def check_step(before: ElasticEPClusterStatus, p: A.Plan, obs: Observed) -> None
         raise InvariantError("activeRanks differ from the Healthy members")
     if set(after.membership.joining_ranks) & set(after.membership.active_ranks):
         raise InvariantError("a rank is both active and joining")
+
+
+def check_moves(before: ElasticEPClusterStatus, p: A.Plan) -> None:
+    """Every member state change of the step went through the transition table: replaying the plan's moves
+    from the states before (a member list built afresh starts at `members.INITIAL`) must give each move's
+    source, use only pairs of the table, and end at the state the new status holds. A state written past
+    `members.move` breaks one of the three."""
+    after = p.status
+    old = {m.index: m.state for m in before.members} if len(before.members) == len(after.members) else {}
+    state = {m.index: old.get(m.index, members.INITIAL) for m in after.members}
+    for mv in p.moves:
+        if mv.source != state[mv.member] or not members.can_transition(mv.source, mv.target):
+            raise InvariantError(
+                f"member {mv.member}: move {mv.source.value} -> {mv.target.value} while it was "
+                f"{state[mv.member].value}: a state was written past the transition table"
+            )
+        state[mv.member] = mv.target
+    for m in after.members:
+        if m.state != state[m.index]:
+            raise InvariantError(
+                f"member {m.index} is {m.state.value} but its moves end at {state[m.index].value}: "
+                "a state was written past the transition table"
+            )

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from operator_builders import make_spec, t
 
-from eep_operator.api.v1alpha1 import (
+from eep_contract.v1alpha1 import (
     Annotations,
     Condition,
     ConditionStatus,
@@ -18,7 +18,7 @@ from eep_operator.api.v1alpha1 import (
     MemberState,
 )
 from eep_operator.core import members, podspec
-from eep_operator.core.conditions import get_condition, is_true, set_condition
+from eep_operator.core.conditions import get_condition, set_condition
 from eep_operator.core.observe import observe
 
 S = MemberState
@@ -74,7 +74,8 @@ def test_condition_time_changes_on_flip_and_others_untouched() -> None:
     flipped = set_condition(first, cond(ConditionStatus.FALSE), t(9))
     assert [c.type for c in flipped] == [ConditionType.READY, ConditionType.DEGRADED]
     assert flipped[0].last_transition_time == t(9) and flipped[1] == first[1]
-    assert not is_true(flipped, ConditionType.READY)
+    ready = get_condition(flipped, ConditionType.READY)
+    assert ready is not None and ready.status == ConditionStatus.FALSE
     assert get_condition(flipped, ConditionType.RECOVERING) is None
 
 
@@ -143,7 +144,7 @@ def sglang_spec(**sg: Any) -> ElasticEPClusterSpec:
             "engine": {
                 "name": "sglang",
                 "port": 30000,
-                "sglang": {"modelPath": "deepseek-ai/DeepSeek-V3", **sg},
+                "sglang": {"modelPath": "deepseek-ai/DeepSeek-V3", "version": "0.5.23", **sg},
             },
             "elasticEP": {"ibDevices": ["mlx5_0", "mlx5_1"], "coordinatorPort": 5000},
         }
@@ -168,6 +169,7 @@ def test_eep_worker_pod_contract() -> None:
     assert env["EEP_CLUSTER_NAME"] == "ds" and env["EEP_CLUSTER_NAMESPACE"] == "prod"
     assert env["EEP_POD_IP"] == {"fieldRef": {"fieldPath": "status.podIP"}}
     assert env["EEP_HTTP_PORT"] == "30000" and "MC_FORCE_TCP" not in env
+    assert env["EEP_DATA_PATH"] == "Auto"  # elasticEP.dataPath's default: probe the device route, else Staged
     assert fresh["spec"]["restartPolicy"] == "Never"
     assert (fresh["spec"]["hostname"], fresh["spec"]["subdomain"]) == ("ds-2", "ds")
     assert c["readinessProbe"]["httpGet"] == {"path": "/ready", "port": 30000}
@@ -216,11 +218,14 @@ def test_sglang_command_line() -> None:
 
 
 @pytest.mark.parametrize(
-    ("flag", "expected"),
-    [("JoinModeRecover", ["--elastic-ep-join-mode", "recover"]), ("Rejoin", ["--elastic-ep-rejoin"])],
+    ("flag", "version", "expected"),
+    [
+        ("JoinModeRecover", "0.5.23", ["--elastic-ep-join-mode", "recover"]),
+        ("Rejoin", "0.5.20", ["--elastic-ep-rejoin"]),
+    ],
 )
-def test_sglang_join_flag(flag: str, expected: list[str]) -> None:
-    spec = sglang_spec(joinFlag=flag, tpSize=8, extraArgs=["--trust-remote-code"])
+def test_sglang_join_flag(flag: str, version: str, expected: list[str]) -> None:
+    spec = sglang_spec(joinFlag=flag, version=version, tpSize=8, extraArgs=["--trust-remote-code"])
     cmd = render(spec, 1, join=True)["spec"]["containers"][0]["command"]
     i = cmd.index("--port")
     assert cmd[i + 2 : i + 2 + len(expected)] == expected

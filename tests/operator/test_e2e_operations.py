@@ -1,4 +1,5 @@
-"""End to end: the operator process itself (crash and resume, two replicas, spec validation, node loss)."""
+"""End to end: the operator process itself (crash and resume, two replicas, spec validation, a malformed
+status, node loss)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import Any
 import pytest
 from conftest import Eep, Operators
 from test_e2e_recovery import container_cmd, wait_running
+
+from eep_contract.v1alpha1 import GROUP, PLURAL, VERSION
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
@@ -86,6 +89,39 @@ def test_invalid_spec_update_is_rejected(eep: Eep, make_cluster: Any, kubectl: A
     spec = eep.cr(name)["spec"]
     assert (spec["nodes"], spec["ranksPerNode"], spec["recovery"]["maxUnavailableMembers"]) == (3, 2, 1)
     assert spec["recovery"].get("mode", "PerMember") == "PerMember"
+
+
+def test_malformed_status_is_an_event_and_other_clusters_go_on(
+    eep: Eep, operators: Operators, make_cluster: Any, wait_for: Any
+) -> None:
+    """A status edited by hand into something the planner cannot act on (a Failed member without
+    nextRestartTime; the schema allows it) costs that CR a ReconcileError Event, not the operator: the
+    process lives, other CRs are reconciled, and the CR recovers once a person repairs its status.
+
+    Before the fix: `WaitTimeout: timed out after 30s waiting for <lambda>` (no Event), the operator log
+    full of `ERROR asyncio Task exception was never retrieved` with the planner's AssertionError."""
+    bad = make_cluster("bad", nodes=2)
+    body = eep.cr(bad)
+    member = {"firstRank": 0, "rankCount": 2, "incarnation": 1}
+    body["status"] = {
+        "phase": "Degraded",
+        "members": [{**member, "index": 0, "state": "Healthy"}, {**member, "index": 1, "state": "Failed"}],
+    }
+    eep.custom.replace_namespaced_custom_object_status(GROUP, VERSION, eep.ns, PLURAL, bad, body)
+    op = operators.start()
+    good = make_cluster("good", nodes=2)
+    wait_running(eep, wait_for, good, operators)
+    wait_for(lambda: "ReconcileError" in eep.reasons(bad), 30, lambda: eep.describe(bad) + operators.logs())
+    event = next(e for e in eep.events(bad) if e["reason"] == "ReconcileError")
+    assert event["type"] == "Warning" and event["message"].startswith("AssertionError"), event
+    assert op.proc.poll() is None, operators.logs()
+    assert "Traceback" in op.log.read_text()
+    assert eep.status(bad)["members"][1]["state"] == "Failed" and not eep.pods(bad)
+    # Repaired by a person (the status cleared): the next event or requeue starts the group afresh.
+    body = eep.cr(bad)
+    body["status"] = {}
+    eep.custom.replace_namespaced_custom_object_status(GROUP, VERSION, eep.ns, PLURAL, bad, body)
+    wait_running(eep, wait_for, bad, operators)
 
 
 def test_deleting_the_cluster_removes_its_pods(

@@ -6,13 +6,14 @@ API server, the scheduler, the garbage collector and the process node, not the w
 
 from __future__ import annotations
 
-import socket
 import time
 import urllib.request
 from typing import Any
 
 import pytest
 from conftest import Eep, Operators
+
+from eep_testkit.ports import free_port as _free_port
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]
 
@@ -200,9 +201,3 @@ def _scrape(port: int) -> str:
 @pytest.fixture
 def free_port() -> int:
     return _free_port()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

@@ -1,12 +1,13 @@
-"""Unit tests of the I/O helpers that need no API server: metrics, Event rendering, error mapping."""
+"""Unit tests of the I/O helpers that need no API server: metrics, Event rendering, error mapping.
+
+`Reconciler.reconcile` with fakes: test_reconcile.py.
+"""
 
 from __future__ import annotations
 
 import re
-import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from kubernetes.client.exceptions import ApiException
@@ -127,50 +128,3 @@ def test_transient_errors_are_retried_then_raised() -> None:
         with_retries(conflict, base_delay=0)
     with pytest.raises(TransientError):
         with_retries(lambda: (_ for _ in ()).throw(ApiException(status=500)), attempts=2, base_delay=0)
-
-
-class _OneClusterKube:
-    """Just enough of `KubeClient` for one reconcile of a CR that has no pods yet."""
-
-    def get_cluster(self, namespace: str, name: str) -> dict[str, object]:
-        meta = {"name": name, "namespace": namespace, "uid": "u", "resourceVersion": "1", "generation": 1}
-        return {"metadata": meta, "spec": {"image": "img", "nodes": 2, "ranksPerNode": 1}, "status": {}}
-
-    def list_pods(self, namespace: str, label_selector: str) -> list[dict[str, object]]:
-        return []
-
-    def list_nodes(self) -> list[dict[str, object]]:
-        return []
-
-    def service_exists(self, namespace: str, name: str) -> bool:
-        return True
-
-    def replace_status(self, cr: dict[str, object], status: dict[str, object]) -> dict[str, object]:
-        return cr
-
-    def create(self, manifest: dict[str, object]) -> dict[str, object]:
-        return manifest
-
-
-class _SlowEvents:
-    def emit(self, ref: ClusterRef, event: A.EmitEvent, now: object) -> None:
-        time.sleep(0.3)  # an API server under load
-
-
-def test_requeue_counts_from_the_plan_not_from_the_slow_calls_after_it(monkeypatch: Any) -> None:
-    import eep_operator.reconcile as R  # noqa: PLC0415
-
-    def fake_plan(spec: Any, status: Any, observed: Any, now: Any) -> A.Plan:
-        return A.Plan(actions=(A.EmitEvent("Normal", "Test", "slow"),) * 2, status=status, requeue_after=1.0)
-
-    monkeypatch.setattr(R, "plan", fake_plan)
-    rec = R.Reconciler(
-        kube=_OneClusterKube(), events=_SlowEvents(), metrics=OperatorMetrics(CollectorRegistry())
-    )
-    before = time.monotonic()
-    result = rec.reconcile("ns", "c")
-    after = time.monotonic()
-    assert result.error is None and result.requeue_at is not None
-    assert after - before >= 0.6  # the two slow Events ran after the plan
-    # The backoff ends 1 s after the plan, not 1 s after the Events were written.
-    assert before + 1.0 <= result.requeue_at <= before + 1.0 + 0.2

@@ -7,9 +7,9 @@ from datetime import timedelta
 
 import pytest
 from operator_builders import exited, make_spec, observed, t
-from operator_sim import World
+from operator_sim import InvariantError, World, check_moves
 
-from eep_operator.api.v1alpha1 import (
+from eep_contract.v1alpha1 import (
     ConditionStatus,
     ConditionType,
     ElasticEPClusterSpec,
@@ -19,6 +19,7 @@ from eep_operator.api.v1alpha1 import (
 )
 from eep_operator.core import actions as A
 from eep_operator.core.conditions import get_condition
+from eep_operator.core.members import Move
 from eep_operator.core.observe import Observed, PodObs
 from eep_operator.core.planner import backoff_seconds, plan
 
@@ -383,6 +384,9 @@ def test_failure_during_group_start_restarts_the_group() -> None:
 
 
 def test_failed_cluster_resumes_on_spec_change() -> None:
+    """Failed members enter the group restart through Failed -> Pending (in the table). The planner used to
+    write Failed -> Healthy by hand first; World.reconcile's check then failed with `InvariantError: member
+    1: move Healthy -> Pending while it was Failed: a state was written past the transition table`."""
     spec = make_spec(maxRestartsPerMember=0)
     w = running(spec)
     w.kill(1)
@@ -392,6 +396,22 @@ def test_failed_cluster_resumes_on_spec_change() -> None:
     assert p.status.phase == Phase.RESTARTING
     w.settle()
     assert w.status.phase == Phase.RUNNING
+
+
+def test_a_state_written_past_the_table_is_caught() -> None:
+    """The simulation's check (run at every step) sees a member state that no move of the plan explains."""
+    spec = make_spec()
+    w = running(spec)
+    w.kill(1)
+    p = plan(spec, w.status, w.observed(), w.now)
+    assert p.moves == (Move(1, S.HEALTHY, S.FAILED),)
+    check_moves(w.status, p)
+    forged = p.status.model_copy(deep=True)
+    forged.members[1].state = S.RESTARTING  # Healthy -> Restarting: not in the table, and no move says so
+    with pytest.raises(InvariantError, match="past the transition table"):
+        check_moves(w.status, replace(p, status=forged))
+    with pytest.raises(InvariantError, match="past the transition table"):
+        check_moves(w.status, replace(p, moves=(Move(1, S.FAILED, S.HEALTHY),)))
 
 
 # ------------------------------------------------------------------------------------------ start, resume

@@ -1,9 +1,10 @@
 """Property tests: random event sequences through the planner and an in-memory world (operator_sim).
 
-At every step `check_step` asserts: the epoch only grows; no pod is created without the join flag while
-any other member serves (or any old pod lives); a member never gets a second pod while one exists (one
-recovery at a time); survivors stay in activeRanks unless they fail. At the end, with no more faults, every
-member comes back Healthy or the CR is Failed (no member stays Failed forever).
+At every step `check_step` asserts: every member state change went through the transition table (the plan's
+moves explain it); the epoch only grows; no pod is created without the join flag while any other member
+serves (or any old pod lives); a member never gets a second pod while one exists (one recovery at a time);
+survivors stay in activeRanks unless they fail. At the end, with no more faults, every member comes back
+Healthy or the CR is Failed (no member stays Failed forever).
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from operator_builders import make_spec
-from operator_sim import World
+from operator_sim import World, check_step
 
-from eep_operator.api.v1alpha1 import ElasticEPClusterStatus, MemberState, Phase
+from eep_contract.v1alpha1 import ElasticEPClusterStatus, MemberState, Phase
 from eep_operator.core.planner import plan
 
 NODES = ["n0", "n1", "n2"]
@@ -67,7 +68,10 @@ def apply(w: World, ev: tuple[Any, ...]) -> None:
     elif kind == "lost_write":
         plan(w.spec, w.status, w.observed(), w.now)  # a 409: neither status nor actions take effect
     elif kind == "crash_after_write":
-        w.status = plan(w.spec, w.status, w.observed(), w.now).status  # status written, actions never run
+        obs = w.observed()
+        p = plan(w.spec, w.status, obs, w.now)
+        check_step(w.status, p, obs)
+        w.status = p.status  # status written, actions never run
 
 
 SPECS = st.builds(
@@ -118,3 +122,24 @@ def test_start_from_nothing_reaches_running(spec: Any, data: st.DataObject) -> N
         w.node_up(node)
     w.settle(max_steps=1000)
     assert w.done()
+
+
+def test_a_pod_lost_before_it_was_seen_is_not_recreated_beside_serving_members() -> None:
+    """Found by the property test above. Two members start; member 0's pod is deleted before the operator
+    ever saw it (no uid in the status) while member 1's pod becomes Ready. Before the fix the planner created a
+    fresh member-0 pod beside the serving member 1: `InvariantError: fresh pod for member 0 while others
+    serve: Pending epoch=1 0:Pending/i1 1:Healthy/i1`. Now the start counts as failed and the group restarts."""
+    spec = make_spec(
+        nodes=2,
+        rpn=2,
+        maxUnavailableMembers=0,
+        mode="PerMember",
+        maxRestartsPerMember=1,
+        rejoinTimeoutSeconds=15.0,
+    )
+    w = World(spec, list(NODES))
+    for ev in [("reconcile",), ("tick",), ("delete", 0), ("tick",)]:
+        apply(w, ev)
+    w.settle(max_steps=1000)  # checks the invariants at every step
+    assert w.done()
+    assert w.status.group_restarts == 1

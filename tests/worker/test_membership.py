@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from eep_testkit.wait import wait_until
 from eep_worker.membership import FileSource, KubeSource, SnapshotHolder, parse_snapshot
 from eep_worker.protocol import Snapshot
 
@@ -20,15 +21,6 @@ def obj(epoch: int, active: list[int], joining: list[int], rv: str = "1") -> dic
         "metadata": {"name": "eep", "resourceVersion": rv},
         "status": {"membership": {"epoch": epoch, "activeRanks": active, "joiningRanks": joining}},
     }
-
-
-def wait(pred: Any, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.01)
-    raise AssertionError("condition not met")
 
 
 @pytest.mark.parametrize(
@@ -80,12 +72,13 @@ def test_file_source(tmp_path: Path) -> None:
     try:
         assert src.latest() is None  # no file yet
         path.write_text(json.dumps(obj(1, [0, 1], [])))
-        wait(lambda: src.latest() is not None)
+        wait_until(lambda: src.latest() is not None, 5, "the first snapshot", interval_s=0.01)
         path.write_text("{not json")
         time.sleep(0.1)
         assert src.latest() == Snapshot(1, frozenset({0, 1}), frozenset())
         path.write_text(json.dumps(obj(2, [0], [1])))
-        wait(lambda: src.latest() == Snapshot(2, frozenset({0}), frozenset({1})))
+        epoch_2 = Snapshot(2, frozenset({0}), frozenset({1}))
+        wait_until(lambda: src.latest() == epoch_2, 5, "epoch 2", interval_s=0.01)
     finally:
         src.stop()
     assert src._thread is not None and not src._thread.is_alive()
@@ -145,9 +138,11 @@ def test_kube_source_watches_and_relists_on_410() -> None:
     src = KubeSource(api, watch, "ns", "eep", watch_timeout_s=1)
     src.start()
     try:
-        wait(lambda: len(api.lists) >= 2)
-        wait(lambda: len(api.lists) >= 3)  # the 410 raised by the second watch re-lists again
-        wait(lambda: src.latest() == Snapshot(3, frozenset({0, 1}), frozenset({2})))
+        wait_until(lambda: len(api.lists) >= 2, 5, "a re-list", interval_s=0.01)
+        # The 410 raised by the second watch re-lists again.
+        wait_until(lambda: len(api.lists) >= 3, 5, "a second re-list", interval_s=0.01)
+        epoch_3 = Snapshot(3, frozenset({0, 1}), frozenset({2}))
+        wait_until(lambda: src.latest() == epoch_3, 5, "epoch 3", interval_s=0.01)
     finally:
         watch.stopped.set()
         src.stop()

@@ -19,7 +19,6 @@ from eep_worker.moe import (  # noqa: E402
     ModelConfig,
     ReferenceMoEModel,
     ShardedMoEModel,
-    check_token_ids,
     compare,
     tolerance_for,
 )
@@ -158,14 +157,6 @@ def test_replicas_hold_identical_weights_and_a_joiner_rebuilds_its_shard() -> No
     assert torch.equal(rebuilt.down, shards[2].down)
     other_seed = ShardedMoEModel.build(ModelConfig(num_layers=2, num_experts=6, seed=1), meta, 2)
     assert not torch.equal(other_seed.up, shards[2].up)
-
-
-def test_check_token_ids() -> None:
-    config = ModelConfig(vocab_size=10)
-    check_token_ids([0, 9], config)
-    for bad in ([], [10], [-1], [True], [1.0]):
-        with pytest.raises(ValueError):
-            check_token_ids(bad, config)  # type: ignore[arg-type]
 
 
 def test_config_and_tolerance_reject_nonsense() -> None:

@@ -1,7 +1,7 @@
 """plan_ring.py: a pinned plan buffer is never handed out while its last copy to the device may be pending.
 
 Fake CUDA events (no GPU); each step writes the buffer it gets, then issues that buffer's copy, as
-`rank.RankRuntime.run_plan` does. An event covers every copy issued before its record. A buffer may come back
+`execution.StepExecutor.run` does. An event covers every copy issued before its record. A buffer may come back
 only after the host checked an event recorded after the buffer's last copy: the fake device is always behind,
 so every check is a wait.
 """

@@ -9,15 +9,15 @@ from eep_worker import protocol as P
 
 W = 4
 ALL = frozenset(range(W))
-BASE = P.Plan(epoch=3, step=10, kind=P.Kind.BATCH, tokens=(5, 6, 7), live=ALL)
+BASE = P.StepPlan(epoch=3, step=10, kind=P.Kind.BATCH, tokens=(5, 6, 7), live=ALL)
 
 
 def test_encode_is_fixed_size_and_round_trips() -> None:
     for plan in (
         BASE,
         BASE._replace(tokens=()),
-        P.Plan(4, 11, P.Kind.RECOVER, (), frozenset({0, 1}), frozenset({2}), 1),
-        P.Plan(4, 12, P.Kind.FENCE, (), ALL, failed=frozenset({2, 3})),
+        P.StepPlan(4, 11, P.Kind.RECOVER, (), frozenset({0, 1}), frozenset({2}), 1),
+        P.StepPlan(4, 12, P.Kind.FENCE, (), ALL, failed=frozenset({2, 3})),
     ):
         vec = P.encode(plan, max_tokens=8)
         assert len(vec) == P.HEADER + 8
@@ -76,13 +76,13 @@ def _patched(index: int, value: int) -> list[int]:
         # RECOVER without joining ranks, or with a source that is joining or not live
         (P.encode(BASE._replace(kind=P.Kind.RECOVER), 8), 0, 0, "recover plan"),
         (
-            P.encode(P.Plan(4, 11, P.Kind.RECOVER, (), frozenset({0, 1}), frozenset({1}), 1), 8),
+            P.encode(P.StepPlan(4, 11, P.Kind.RECOVER, (), frozenset({0, 1}), frozenset({1}), 1), 8),
             0,
             0,
             "recover plan",
         ),
         (
-            P.encode(P.Plan(4, 11, P.Kind.RECOVER, (), frozenset({0, 1}), frozenset({2}), 3), 8),
+            P.encode(P.StepPlan(4, 11, P.Kind.RECOVER, (), frozenset({0, 1}), frozenset({2}), 3), 8),
             0,
             0,
             "recover plan",
@@ -90,7 +90,12 @@ def _patched(index: int, value: int) -> list[int]:
         # FENCE names the failed ranks; no other kind does; rank 0 (the leader) is never fenced
         (P.encode(BASE._replace(kind=P.Kind.FENCE), 8), 0, 0, "FENCE plan with failed"),
         (P.encode(BASE._replace(failed=frozenset({2})), 8), 0, 0, "BATCH plan with failed"),
-        (P.encode(P.Plan(4, 11, P.Kind.FENCE, (), ALL, failed=frozenset({0, 2})), 8), 0, 0, "failed ranks"),
+        (
+            P.encode(P.StepPlan(4, 11, P.Kind.FENCE, (), ALL, failed=frozenset({0, 2})), 8),
+            0,
+            0,
+            "failed ranks",
+        ),
         (_patched(8, 1 << W), 0, 0, "masks"),
         (_patched(8, -1), 0, 0, "masks"),
     ],
@@ -221,7 +226,7 @@ def test_decode_header_checks_membership_fields_every_time_though_it_caches_them
     for _ in range(2):
         with pytest.raises(P.PlanError, match="masks"):
             P.decode_header(vec[: P.HEADER], capacity=8, world_size=W - 1, min_epoch=0, after_step=0)
-    bad = P.encode(P.Plan(4, 11, P.Kind.RECOVER, (), frozenset({0, 1}), frozenset({1}), 1), 8)
+    bad = P.encode(P.StepPlan(4, 11, P.Kind.RECOVER, (), frozenset({0, 1}), frozenset({1}), 1), 8)
     for _ in range(2):
         with pytest.raises(P.PlanError, match="recover plan"):
             P.decode_header(bad[: P.HEADER], capacity=8, world_size=W, min_epoch=0, after_step=0)

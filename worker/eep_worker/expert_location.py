@@ -129,9 +129,6 @@ class ExpertLocationMetadata:
             raise ValueError(f"rank {rank} outside world of {self.world_size}")
         return range(rank * self.num_physical_per_rank, (rank + 1) * self.num_physical_per_rank)
 
-    def member_of_rank(self, rank: int) -> int:
-        return rank // self.ranks_per_member
-
     def to(self, device: torch.device | str) -> ExpertLocationMetadata:
         """A copy on ``device`` (the same object's tensors when already there)."""
         return dataclasses.replace(

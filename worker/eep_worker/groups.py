@@ -1,38 +1,37 @@
 """Process-group registry: the world group and the model's subgroups, each as a device group and a CPU group.
 
-Who calls it: the rank process (`rank.py`) creates the registry once at start-up; `recovery.py` iterates it
-in `ordered()` order on every rank, survivors and joiners alike. The layout (`group_specs`) is pure.
+Who calls it: the rank process (`rank.py`) creates the registry once at start-up; `recovery.py` (survivors'
+`recover_ranks`, joiners' `join_group`) and the fence iterate `member_groups()` on every rank, survivors and
+joiners alike; the hot path uses `world` alone. The layout (`group_specs`) is pure.
 
 Layout. Besides the world group, one "column" group per local rank index: the ranks with the same position in
 every member (like one GPU of each node). Every column contains a rank of member 0, which never dies in place,
 so each column keeps a survivor whichever other member is lost and can be recovered with `recover_ranks`.
-We do not build per-member groups: in a probe with mooncake-transfer-engine 0.3.13 (CPU), a group whose ranks
-were all replaced could not be re-created by the replacements (each saw only itself; `recover_ranks` among
-the joiners returned Applied but the group stayed split), so a member group would be lost with its member.
-With one rank per member a column is the world, so the layout is the world alone.
+There are no per-member groups: Mooncake cannot re-create a group whose every rank was replaced, so a member
+group would be lost with its member (docs/known-issues.md). With one rank per member a column is the world,
+so the layout is the world alone.
 
-Subgroups are optional (`Settings.subgroups`). Measured with mooncake-transfer-engine 0.3.13 on CPU, killing
-both ranks of member 1 of a 2 x 2 world: with column groups (idle; the hot path uses only the world) the
-coordinator deactivated rank 0 instead of ranks 2 and 3 (1 run of 1); with the world alone it deactivated
-ranks 2 and 3 and the rejoin worked in 2 runs of 3, the third again deactivated rank 0. Mooncake's
-coordinator keeps the largest clique of mutually connected ranks, and the dead ranks' last link reports still
-count. `auto` builds columns on GPUs (backend `mooncake`, where the benchmark measures them) and none on
-mooncake-cpu.
+Subgroups are optional (`Settings.subgroups`): `auto` builds columns on GPUs (backend `mooncake`, where the
+benchmark measures them) and none on mooncake-cpu, where idle column groups led Mooncake's coordinator to
+deactivate a survivor instead of the dead member's ranks (docs/known-issues.md).
 
-Order. `ordered()` yields the world first, then subgroups sorted by their unique name; torch names groups by
-creation count, so every process must create them in this same order (joiners included).
+Order. Groups are created and kept in `group_specs` order: the world first, then subgroups sorted by their
+unique name; torch names groups by creation count, so every process must create them in this same order
+(joiners included). `member_groups()` yields them in that order, leaving out those this rank is not in.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 
-from eep_worker.mooncake import DEVICE_BACKENDS, Mooncake
+if TYPE_CHECKING:  # the registry is handed a Mooncake; importing this module needs no Mooncake
+    from eep_worker.mooncake import Mooncake
 
 __all__ = ["WORLD", "Group", "GroupRegistry", "GroupSpec", "group_specs"]
 
@@ -46,13 +45,6 @@ class GroupSpec:
 
     name: str
     ranks: tuple[int, ...]
-
-    def local(self, global_rank: int) -> int:
-        """Group-local rank of `global_rank`. Raises ValueError when it is not a member."""
-        return self.ranks.index(global_rank)
-
-    def global_rank(self, local_rank: int) -> int:
-        return self.ranks[local_rank]
 
     def locals_of(self, global_ranks: Sequence[int]) -> list[int]:
         """Group-local ranks of the members among `global_ranks`, ascending."""
@@ -118,12 +110,15 @@ class GroupRegistry:
         rank: int,
         specs: Sequence[GroupSpec],
         is_extension: Callable[[GroupSpec], bool],
+        device_scope: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext,
     ) -> GroupRegistry:
-        """Create every group in `specs` order (the world first). Joiners pass `is_extension` True."""
+        """Create every group in `specs` order (the world first). Joiners pass `is_extension` True. Device
+        groups (backend `mooncake`) are created within ``device_scope()`` (`Mooncake.device_group_timeout`:
+        their collectives' timeout is fixed at creation)."""
         if not specs or specs[0].name != WORLD:
             raise ValueError("the first group must be the world")
         device = (
-            torch.device(DEVICE_BACKENDS[backend], torch.cuda.current_device())
+            torch.device("cuda", torch.cuda.current_device())
             if backend == "mooncake"
             else (torch.device("cpu"))
         )
@@ -132,19 +127,23 @@ class GroupRegistry:
         for spec in specs:
             ext = is_extension(spec)
             options = mc.options(len(spec.ranks), ext)
-            if spec is world:
-                dist.init_process_group(
-                    backend=backend, store=store, rank=rank, world_size=len(world.ranks), pg_options=options
-                )
-                dev_pg: dist.ProcessGroup | None = dist.group.WORLD
-            else:
-                dev_pg = _member_or_none(
-                    dist.new_group(list(spec.ranks), backend=backend, pg_options=options)
-                )
+            with device_scope() if backend != CPU_BACKEND else contextlib.nullcontext():
+                if spec is world:
+                    dist.init_process_group(
+                        backend=backend,
+                        store=store,
+                        rank=rank,
+                        world_size=len(world.ranks),
+                        pg_options=options,
+                    )
+                    dev_pg: dist.ProcessGroup | None = dist.group.WORLD
+                else:
+                    dev_pg = _member_or_none(
+                        dist.new_group(list(spec.ranks), backend=backend, pg_options=options)
+                    )
             if backend == CPU_BACKEND:
                 # On mooncake-cpu one group serves both roles: two groups of the same ranks only double the
-                # recovery work, and a collective on one right after the other detected a failure hung
-                # intermittently in a probe (mooncake-transfer-engine 0.3.13).
+                # recovery work, and could hang after a failure (docs/known-issues.md).
                 cpu_pg = dev_pg
             else:
                 cpu_pg = _member_or_none(
@@ -163,11 +162,9 @@ class GroupRegistry:
             )
         return cls(groups, rank)
 
-    def ordered(self) -> Iterator[Group]:
-        """World first, then subgroups by name: the order of creation, recovery and join on every rank."""
-        return iter(self._groups)
-
     def member_groups(self) -> Iterator[Group]:
+        """The groups this rank is a member of, in creation order (the world first, then subgroups by name):
+        the order of recovery and join on every rank."""
         return (g for g in self._groups if g.is_member)
 
     @property

@@ -2,7 +2,7 @@
 
 Who calls it: the leader rank (global rank 0) starts one source and reads `latest()` once per step to build
 the step plan. Sources run a background thread and keep the newest valid snapshot; `latest()` is a plain
-attribute read. Every snapshot is validated with the contract model `eep_operator.api.v1alpha1.Membership`;
+attribute read. Every snapshot is validated with the contract (`eep_contract.wire.parse_membership`);
 a malformed one is logged and ignored (the previous snapshot stays), and an epoch that goes backwards is
 ignored too (fencing), so a source never crashes the worker.
 
@@ -14,16 +14,14 @@ ignored too (fencing), so a source never crashes the worker.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from pydantic import ValidationError
-
-from eep_operator.api.v1alpha1 import GROUP, PLURAL, VERSION, Membership
+from eep_contract.v1alpha1 import GROUP, PLURAL, VERSION
+from eep_contract.wire import parse_membership
 from eep_worker.protocol import Snapshot
 
 __all__ = ["FileSource", "KubeSource", "MembershipSource", "SnapshotHolder", "ZmqSource", "parse_snapshot"]
@@ -40,30 +38,9 @@ class MembershipSource(Protocol):
 
 
 def parse_snapshot(raw: Any) -> Snapshot:
-    """A snapshot from JSON text/bytes or a dict: a Membership, a status holding one, or a whole object.
-    Validated with the contract model. Raises ValueError."""
-    if isinstance(raw, (bytes, str)):
-        try:
-            raw = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"not JSON: {e}") from e
-    if not isinstance(raw, dict):
-        raise ValueError(f"snapshot must be an object, got {type(raw).__name__}")
-    if isinstance(raw.get("status"), dict):
-        raw = raw["status"]
-    if isinstance(raw.get("membership"), dict):
-        raw = raw["membership"]
-    if "epoch" not in raw:
-        raise ValueError("snapshot has no epoch")
-    try:
-        snap = Membership.model_validate(raw)
-    except ValidationError as e:
-        raise ValueError(str(e)) from e
-    both = set(snap.active_ranks) & set(snap.joining_ranks)
-    if both:
-        raise ValueError(f"ranks both active and joining: {sorted(both)}")
-    if any(r < 0 for r in [*snap.active_ranks, *snap.joining_ranks]):
-        raise ValueError("negative rank")
+    """A snapshot from JSON text/bytes or a dict, in the contract's wire form (`eep_contract.wire`).
+    Raises ValueError."""
+    snap = parse_membership(raw)
     return Snapshot(snap.epoch, frozenset(snap.active_ranks), frozenset(snap.joining_ranks))
 
 
@@ -201,7 +178,6 @@ class KubeSource(_ThreadedSource):
         self.api, self.stream = api, stream
         self.namespace, self.name = namespace, name
         self.watch_timeout_s = watch_timeout_s
-        self.relists = 0
         self._rv = ""
 
     def _args(self) -> tuple[str, str, str, str]:
@@ -210,7 +186,6 @@ class KubeSource(_ThreadedSource):
     def _run(self) -> None:
         selector = f"metadata.name={self.name}"
         listed = self.api.list_namespaced_custom_object(*self._args(), field_selector=selector)
-        self.relists += 1
         for item in listed.get("items", []):
             self.holder.offer(item, "list")
         self._rv = str(listed.get("metadata", {}).get("resourceVersion", ""))

@@ -1,31 +1,41 @@
 """Worker metrics (prefix `elasticep_worker_`, label `rank`; names in docs/dev/interfaces.md).
 
-Rank processes do not own a registry: they report through a `MetricsSink` (the rank loop's `QueueSink` sends
-small tuples to the pod's supervisor, batching per-step counters), and the supervisor applies them to one
-`WorkerMetrics` built on the registry `__main__` creates. Tests build their own registry. Only `WorkerMetrics`
-imports prometheus-client.
+Rank processes do not own a registry: they report through a `MetricsSink` (the rank runtime's `QueueSink`
+puts typed `events.MetricEvent`s on the pod's event queue, batching per-step counters), and the supervisor
+(`serve.Supervisor`) applies them to one `WorkerMetrics` built on the registry `__main__` creates. Tests build
+their own registry. Only `WorkerMetrics` imports prometheus-client.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol, assert_never
+
+from eep_contract.reasons import RecoveryPhase, RecoveryResult
+from eep_worker.events import (
+    MembershipGauge,
+    MetricEvent,
+    Outbox,
+    PhaseDuration,
+    RankEvent,
+    RecoveryCount,
+    StepCounts,
+)
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-__all__ = ["PHASES", "MetricsSink", "QueueSink", "WorkerMetrics"]
+__all__ = ["MetricsSink", "QueueSink", "WorkerMetrics"]
 
-PHASES = ("wait_peer", "recover_ranks", "broadcast", "join", "total")
 _BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
 
 
 class MetricsSink(Protocol):
     """What a rank reports. Implementations never raise."""
 
-    def recovery(self, result: str) -> None: ...
-    def phase(self, phase: str, seconds: float) -> None: ...
+    def recovery(self, result: RecoveryResult) -> None: ...
+    def phase(self, phase: RecoveryPhase, seconds: float) -> None: ...
     def steps(self, total: int = 1, degraded: int = 0, rerun: int = 0) -> None: ...
     def membership(self, active_ranks: int, epoch: int) -> None: ...
 
@@ -60,46 +70,43 @@ class WorkerMetrics:
         )
         self.epoch = Gauge(p + "epoch", "Membership epoch this rank acts on", ["rank"], registry=registry)
 
-    def apply(self, message: tuple[Any, ...]) -> None:
-        """Apply one `QueueSink` message; unknown messages are ignored (they come from our own children)."""
-        kind, rank, *args = message
-        r = str(rank)
-        if kind == "recovery":
-            self.recoveries.labels(r, args[0]).inc()
-        elif kind == "phase":
-            self.phase_seconds.labels(r, args[0]).observe(float(args[1]))
-        elif kind == "steps":
-            total, degraded, rerun = args
-            self.steps.labels(r).inc(total)
-            self.degraded_steps.labels(r).inc(degraded)
-            self.rerun_steps.labels(r).inc(rerun)
-        elif kind == "membership":
-            self.active_ranks.labels(r).set(args[0])
-            self.epoch.labels(r).set(args[1])
-
-
-class _Put(Protocol):
-    def put(self, item: Any) -> None: ...
+    def apply(self, event: MetricEvent) -> None:
+        """Apply one metric event from a rank's `QueueSink`."""
+        r = str(event.rank)
+        match event:
+            case RecoveryCount(result=result):
+                self.recoveries.labels(r, result).inc()
+            case PhaseDuration(phase=phase, seconds=seconds):
+                self.phase_seconds.labels(r, phase).observe(seconds)
+            case StepCounts(total=total, degraded=degraded, rerun=rerun):
+                self.steps.labels(r).inc(total)
+                self.degraded_steps.labels(r).inc(degraded)
+                self.rerun_steps.labels(r).inc(rerun)
+            case MembershipGauge(active_ranks=active, epoch=epoch):
+                self.active_ranks.labels(r).set(active)
+                self.epoch.labels(r).set(epoch)
+            case _:
+                assert_never(event)
 
 
 class QueueSink:
-    """A rank's sink: sends messages to the supervisor; per-step counters are flushed at most every
-    `flush_s` seconds so the hot path does not pickle per step."""
+    """A rank's sink: puts metric events on the pod's event queue; per-step counters are flushed at most
+    every `flush_s` seconds so the hot path does not pickle per step."""
 
-    def __init__(self, queue: _Put, rank: int, flush_s: float = 0.5) -> None:
+    def __init__(self, queue: Outbox, rank: int, flush_s: float = 0.5) -> None:
         self._q, self._rank, self._flush_s = queue, rank, flush_s
         self._pending = [0, 0, 0]
         self._last = time.monotonic()
 
-    def _send(self, *message: Any) -> None:
+    def _send(self, event: RankEvent) -> None:
         with contextlib.suppress(Exception):  # metrics must never take a rank down
-            self._q.put((message[0], self._rank, *message[1:]))
+            self._q.put(event)
 
-    def recovery(self, result: str) -> None:
-        self._send("recovery", result)
+    def recovery(self, result: RecoveryResult) -> None:
+        self._send(RecoveryCount(self._rank, result))
 
-    def phase(self, phase: str, seconds: float) -> None:
-        self._send("phase", phase, seconds)
+    def phase(self, phase: RecoveryPhase, seconds: float) -> None:
+        self._send(PhaseDuration(self._rank, phase, seconds))
 
     def steps(self, total: int = 1, degraded: int = 0, rerun: int = 0) -> None:
         p = self._pending
@@ -112,9 +119,9 @@ class QueueSink:
 
     def flush(self, now: float | None = None) -> None:
         if any(self._pending):
-            self._send("steps", *self._pending)
+            self._send(StepCounts(self._rank, *self._pending))
             self._pending = [0, 0, 0]
         self._last = time.monotonic() if now is None else now
 
     def membership(self, active_ranks: int, epoch: int) -> None:
-        self._send("membership", active_ranks, epoch)
+        self._send(MembershipGauge(self._rank, active_ranks, epoch))

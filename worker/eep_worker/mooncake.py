@@ -1,13 +1,16 @@
 """The only module that imports mooncake: a thin typed wrapper over `mooncake.pg`.
 
-Called by `groups.py` (group creation options), `recovery.py` (peer state, recover, join) and the rank loop
-(`rank.py`: success of a collective). Everything else sees plain Python types. Importing this module loads
-the Mooncake backend, which registers the torch backends `mooncake` (GPU) and `mooncake-cpu`.
+Called by `groups.py` (group creation options), `recovery.py` (peer state, recover, join), the step executor
+(`execution.py`: success of a collective) and admission (`admission.py`: a joiner's peer state). Everything
+else sees plain Python types. Importing this module loads the Mooncake backend, which registers the torch
+backends `mooncake` (GPU) and `mooncake-cpu`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -15,9 +18,6 @@ import torch.distributed as dist
 from mooncake import pg as _pg
 
 __all__ = ["Mooncake", "RecoverResult"]
-
-DEVICE_BACKENDS = {"mooncake": "cuda", "mooncake-cpu": "cpu"}
-"""Backend name -> device type of its tensors."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +38,23 @@ class Mooncake:
         _pg.set_collective_timeout_us(round(collective_timeout_s * 1e6))
         _pg.set_fault_reconciliation_window_us(round(reconcile_window_s * 1e6))
 
+    def set_collective_timeout(self, seconds: float) -> None:
+        """Mooncake's collective timeout, process-wide and live: every group of this process, collectives
+        already in flight included, on the CPU path and the legacy GPU path, where a timeout only starts a
+        liveness probe of the peer (a live peer is never condemned by it). Mooncake's V2 device collectives
+        keep the value their group was created with (`device_group_timeout`)."""
+        _pg.set_collective_timeout_us(round(seconds * 1e6))
+
+    @contextlib.contextmanager
+    def device_group_timeout(self, seconds: float, restore_s: float) -> Iterator[None]:
+        """Groups created within the block get ``seconds`` as their V2 device collectives' timeout (fixed at
+        creation); ``restore_s`` is set again on leaving, for everything else."""
+        self.set_collective_timeout(seconds)
+        try:
+            yield
+        finally:
+            self.set_collective_timeout(restore_s)
+
     def options(self, group_size: int, is_extension: bool) -> Any:
         """`MooncakeBackendOptions` for a group of `group_size` ranks.
 
@@ -45,7 +62,7 @@ class Mooncake:
         collective that saw a failure returns at once instead of blocking in ``sync_after_failure`` until the
         reconciliation window closes (``auto_sync_on_failure=False``). With the sync inside the failing
         collective, survivors that noticed the death in different collectives applied the new view at
-        different points of their collective streams and hung (see `rank.RankRuntime._fence`). Mooncake then
+        different points of their collective streams and hung (see `fence.py`). Mooncake then
         allocates the group's active-ranks mirror itself: read it with `active_ranks`."""
         return _pg.MooncakeBackendOptions(group_size, is_extension, True, False)
 

@@ -1,6 +1,6 @@
 """The ring of host buffers that each step's plan arrives in, before its copy to the device.
 
-Who calls it: `rank.RankRuntime.run_plan`, once per step: `next()` gives the buffer to receive (or, on the
+Who calls it: `execution.StepExecutor.run`, once per step: `next()` gives the buffer to receive (or, on the
 leader, to write) the plan in; the rank then issues the buffer's host-to-device copy (non-blocking on GPU).
 
 Why a ring: a non-blocking copy from pinned memory reads the buffer when the device gets to it, so the host
@@ -8,9 +8,8 @@ must not overwrite a buffer until that copy has run, and asking the device every
 an event per step. With `size` buffers and one CUDA event per `group` consecutive buffers, entering a group
 records the previous group's event (every copy of that group was issued before it; the stream runs them in
 order) and checks this group's, recorded one lap ago after this group's copies were issued. The host waits
-only when the device lags a whole group of steps behind. On the H200 host, with Mooncake's threads busy in
-the CUDA driver, an event record and query on every step cost about 2 % of the toy model's step, and one
-per four steps still 0.7 % (`bench/gpu_recovery.py --attribute`); the default is one per 16 steps.
+only when the device lags a whole group of steps behind. An event per step was a measurable part of the toy
+model's step on H200s (bench/README.md, `gpu_recovery.py --attribute`); the default is one per 16 steps.
 """
 
 from __future__ import annotations

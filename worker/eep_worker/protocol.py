@@ -1,11 +1,12 @@
 """The step plan and the leader's decisions. Pure: no torch, no I/O, no clock (``now`` is passed in).
 
-Who calls it: the rank loop (`rank.py`). Every step, global rank 0 (the leader) builds a `Plan`, encodes it
-into a fixed-size int64 vector (`encode_into`) and broadcasts it on the world group; every other rank decodes
-and checks its header (`decode_header`; the tokens go to the device as they arrived) and executes exactly
-what it says. Followers never decide anything on their own: survivors can disagree about whether a step
-succeeded (one may finish a collective with a dead rank's data while another fails in it), so only the
-leader's view counts, and it reaches every rank inside the plan.
+Who calls it: the rank runtime. Every step, global rank 0 (the leader, `leader.py`) builds a `StepPlan`;
+the step executor (`execution.py`) encodes it into a fixed-size int64 vector (`encode_into`) and broadcasts
+it on the world group; every other rank's executor decodes and checks its header (`decode_header`; the
+tokens go to the device as they arrived) and executes exactly what it says. Followers never decide anything
+on their own: survivors can disagree about whether a step succeeded (one may finish a collective with a dead
+rank's data while another fails in it), so only the leader's view counts, and it reaches every rank inside
+the plan.
 
 Fixed sequence per step, on every rank whatever it saw: one plan broadcast, then, for a `BATCH` plan, one
 combine all-reduce per model layer over ``max_batch`` padded token rows; for a `RECOVER` plan, the recovery
@@ -28,20 +29,15 @@ from enum import IntEnum
 from typing import NamedTuple, Protocol
 
 __all__ = [
-    "EXIT_FENCED",
-    "EXIT_JOIN_FAILED",
-    "EXIT_LEADER_LOST",
-    "EXIT_STALLED",
-    "EXIT_UNCOVERED",
     "HEADER",
     "MAGIC",
     "JoinDecision",
     "Kind",
     "LeaderView",
-    "Plan",
     "PlanError",
     "Request",
     "Snapshot",
+    "StepPlan",
     "broadcast_source",
     "decide_membership",
     "decode",
@@ -51,20 +47,6 @@ __all__ = [
     "mask",
     "unmask",
 ]
-
-EXIT_LEADER_LOST = 3
-"""Exit code of a rank that lost member 0 (rank 0, the leader and TCPStore host): not recoverable in place;
-the operator restarts the whole group."""
-EXIT_JOIN_FAILED = 4
-"""Exit code of a joiner whose join did not complete within its join timeout."""
-EXIT_UNCOVERED = 5
-"""Exit code when some logical expert has no live replica: answers would be wrong, so the rank stops."""
-
-EXIT_STALLED = 6
-"""Exit code of a rank whose step hung in a collective (see `rank.RankRuntime._watch_steps`)."""
-EXIT_FENCED = 7
-"""Exit code of a rank that Mooncake deactivated while it lived (seen at a fence): it is out of the group; the
-operator restarts it with the join flag."""
 
 MAGIC = 0x45455050  # "EEPP": rejects a buffer that is not a plan
 HEADER = 9
@@ -88,7 +70,7 @@ class PlanError(ValueError):
     """A received plan vector that must not be acted on."""
 
 
-class Plan(NamedTuple):
+class StepPlan(NamedTuple):
     """One step's instructions. A named tuple, not a frozen dataclass: just as immutable, and built in a sixth
     of the time (0.5 vs 3 us here); the leader builds one and every follower decodes one on each step's
     critical path."""
@@ -143,12 +125,12 @@ def unmask(bits: int) -> frozenset[int]:
 
 
 class IntBuffer(Protocol):
-    """A writable, C-contiguous int64 vector that exposes its memory (the numpy view of the rank's pinned plan
-    buffer): `encode_into` packs into it with `struct`."""
+    """A writable, C-contiguous int64 vector that exposes its memory through the buffer protocol (the numpy
+    view of the rank's pinned plan buffer): `encode_into` packs into it with `struct`. (`__buffer__` is not
+    part of this protocol: numpy's stubs declare it only for Python 3.12 and later.)"""
 
     def __len__(self) -> int: ...
     def __setitem__(self, index: slice, value: Sequence[int] | int, /) -> None: ...
-    def __buffer__(self, flags: int, /) -> memoryview: ...
 
 
 @functools.cache  # n_tokens <= the plan's capacity: a handful of entries
@@ -158,7 +140,7 @@ def _layout(n_tokens: int) -> struct.Struct:
     return struct.Struct(f"={HEADER + n_tokens}q")
 
 
-def _header(plan: Plan) -> tuple[int, ...]:
+def _header(plan: StepPlan) -> tuple[int, ...]:
     return (
         MAGIC,
         plan.epoch,
@@ -172,25 +154,25 @@ def _header(plan: Plan) -> tuple[int, ...]:
     )
 
 
-def encode(plan: Plan, max_tokens: int) -> list[int]:
+def encode(plan: StepPlan, max_tokens: int) -> list[int]:
     """The plan as exactly ``HEADER + max_tokens`` ints (tokens padded with 0). Raises ValueError."""
     if len(plan.tokens) > max_tokens:
         raise ValueError(f"{len(plan.tokens)} tokens exceed the plan's {max_tokens} slots")
     return [*_header(plan), *plan.tokens, *([0] * (max_tokens - len(plan.tokens)))]
 
 
-def encode_into(plan: Plan, out: IntBuffer) -> None:
+def encode_into(plan: StepPlan, out: IntBuffer) -> None:
     """Write what `encode` returns into ``out`` (``HEADER + max_tokens`` long) without building a list: the
     leader does this every step, on the path every rank waits for. Raises ValueError."""
     n, capacity = len(plan.tokens), len(out) - HEADER
     if n > capacity:
         raise ValueError(f"{n} tokens exceed the plan's {capacity} slots")
-    _layout(n).pack_into(out, 0, *_header(plan), *plan.tokens)
+    _layout(n).pack_into(out, 0, *_header(plan), *plan.tokens)  # type: ignore[arg-type]  # see IntBuffer
     if n < capacity:
         out[HEADER + n :] = 0
 
 
-def decode(values: Sequence[int], *, world_size: int, min_epoch: int, after_step: int) -> Plan:
+def decode(values: Sequence[int], *, world_size: int, min_epoch: int, after_step: int) -> StepPlan:
     """Check and decode a received plan vector. Raises PlanError when it is not a plan, or an older one
     (epoch below ``min_epoch``, step not after ``after_step``), or names ranks outside the world."""
     plan = decode_header(
@@ -228,10 +210,10 @@ def _membership_fields(  # noqa: PLR0917 - positional: the cheapest cache key
 
 def decode_header(
     header: Sequence[int], *, capacity: int, world_size: int, min_epoch: int, after_step: int
-) -> Plan:
+) -> StepPlan:
     """`decode` of the first `HEADER` ints alone, for a vector with ``capacity`` token slots: the same checks,
-    and a Plan without its tokens (``tokens=()``). Followers use it: they read the tokens on the device, from
-    the buffer the plan arrived in, so converting them to Python ints would only delay the step."""
+    and a StepPlan without its tokens (``tokens=()``). Followers use it: they read the tokens on the device,
+    from the buffer the plan arrived in, so converting them to Python ints would only delay the step."""
     # Written for speed (every follower runs it on the step's critical path): the fields that change with the
     # step are checked here, those that change only with the membership once per distinct value (cached).
     if len(header) < HEADER or header[0] != MAGIC:
@@ -248,7 +230,7 @@ def decode_header(
     kind, live, joining, failed = _membership_fields(
         kind_value, live_bits, joining_bits, source, failed_bits, world_size
     )
-    return Plan(epoch, step, kind, (), live, joining, source, failed)
+    return StepPlan(epoch, step, kind, (), live, joining, source, failed)
 
 
 def broadcast_source(live: frozenset[int], joining: frozenset[int], epoch: int) -> int:

@@ -1,18 +1,18 @@
 """Survivor recovery and joiner admission: the Mooncake calls, their order, and the metadata broadcast.
 
-Who calls it: the rank loop (`rank.py`). Survivors call `recover_survivor` when a RECOVER plan arrives (every
-survivor at the same step, because the plan says so); a rank started with --rejoin calls `join` once its
-groups exist. Both then run `exchange_metadata` together. Each phase logs one line with its duration and
+Who calls it: admission (`admission.py`). Survivors call `recover_survivor` when a RECOVER plan arrives
+(every survivor at the same step, because the plan says so); a rank started with --rejoin calls `join` once
+its groups exist. Both then run `exchange_metadata` together. Each phase logs one line with its duration and
 reports it to the metrics sink.
 
-Order (the same on every rank): the registry's `ordered()` groups (world first, then by name); in each, the
-device group before the CPU group. A joiner shows as ready in `get_peer_state` on a group only once it waits
-in that group's `join_group` (mooncake-transfer-engine 0.3.13), so survivors wait (bounded) before each
-group's `recover_ranks` in turn, and agree on it first: a survivor that called `recover_ranks` alone would
-block, so the group's survivors vote "ready" through `agree` (out of band, the TCPStore) and all recover or
-all give up. The vote used to be a MIN all-reduce on the group; a collective can fail on one rank alone while
-a joiner registers (Mooncake then reports a live peer as failed), and that rank read a partial result, gave
-up alone, and the group went out of step.
+Order (the same on every rank): the groups this rank is a member of, `GroupRegistry.member_groups()` (the
+world first, then the subgroups by name); in each, the device group before the CPU group. A joiner shows as
+ready in `get_peer_state` on a group only once it waits in that group's `join_group`
+(mooncake-transfer-engine 0.3.13), so survivors wait (bounded) before each group's `recover_ranks` in turn,
+and agree on it first: a survivor that called `recover_ranks` alone would block, so the group's survivors
+vote "ready" through `agree` (out of band, the TCPStore: `agreement.StoreAgreement.vote`) and all recover or
+all give up. Not a collective on the group: one can fail on a single rank while a joiner registers, and that
+rank would give up alone (docs/known-issues.md, "Mooncake's failure hints can name live ranks").
 """
 
 from __future__ import annotations
@@ -23,14 +23,18 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
+from eep_contract.reasons import RecoveryPhase
 from eep_worker import expert_location as el
 from eep_worker.groups import Group, GroupRegistry
 from eep_worker.metrics import MetricsSink
-from eep_worker.mooncake import Mooncake
+
+if TYPE_CHECKING:  # the rank passes its Mooncake in
+    from eep_worker.mooncake import Mooncake
 
 __all__ = ["RecoveryOutcome", "exchange_metadata", "join", "live_ranks", "recover_survivor"]
 
@@ -43,7 +47,7 @@ CONTROL_MAGIC = 0x45454D44  # "EEMD"
 class RecoveryOutcome:
     ok: bool
     reason: str
-    phases: dict[str, float]
+    """Why it failed ("" when it succeeded)."""
 
 
 @dataclasses.dataclass
@@ -52,16 +56,14 @@ class _Phases:
     sink: MetricsSink
     clock: Clock
     epoch: int
-    seconds: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
+    def phase(self, name: RecoveryPhase) -> Iterator[None]:
         t0 = self.clock()
         try:
             yield
         finally:
             dt = self.clock() - t0
-            self.seconds[name] = self.seconds.get(name, 0.0) + dt
             self.sink.phase(name, dt)
             log.info("rank %d epoch %d: phase %s took %.3fs", self.rank, self.epoch, name, dt)
 
@@ -98,7 +100,7 @@ def recover_survivor(
             continue
         voters = sorted(r for r in group.spec.ranks if r in survivors)
         for i, pg in enumerate(group.pgs()):
-            with ph.phase("wait_peer"):
+            with ph.phase(RecoveryPhase.WAIT_PEER):
                 deadline = clock() + timeout_s
                 while not (ready := mc.peer_ready(pg, local)) and clock() < deadline:
                     time.sleep(poll_s)
@@ -106,8 +108,8 @@ def recover_survivor(
             if not all_ready:
                 reason = f"joining ranks {sorted(joining)} not ready on {group.name} within {timeout_s:.1f}s"
                 log.error("rank %d epoch %d: %s; serving on without them", registry.rank, epoch, reason)
-                return RecoveryOutcome(False, reason, ph.seconds)
-            with ph.phase("recover_ranks"):
+                return RecoveryOutcome(False, reason)
+            with ph.phase(RecoveryPhase.RECOVER_RANKS):
                 result = mc.recover_ranks(pg, local)
             log.info(
                 "rank %d epoch %d: recover_ranks %s %s -> %s %s",
@@ -119,8 +121,8 @@ def recover_survivor(
                 result.reason,
             )
             if not result.applied:
-                return RecoveryOutcome(False, f"rejected on {group.name}: {result.reason}", ph.seconds)
-    return RecoveryOutcome(True, "", ph.seconds)
+                return RecoveryOutcome(False, f"rejected on {group.name}: {result.reason}")
+    return RecoveryOutcome(True, "")
 
 
 def join(
@@ -131,10 +133,10 @@ def join(
     sink: MetricsSink,
     on_timeout: Callable[[], None],
     clock: Clock = time.monotonic,
-) -> float:
+) -> None:
     """Joiner side: `join_group` on every group (device, then CPU), in registry order. `join_group` blocks
     inside Mooncake, so a watchdog calls `on_timeout` (the rank exits) when the join has not finished within
-    `timeout_s`. Returns the seconds it took."""
+    `timeout_s`."""
     done = threading.Event()
 
     def watchdog() -> None:
@@ -144,13 +146,12 @@ def join(
 
     threading.Thread(target=watchdog, name="join-watchdog", daemon=True).start()
     ph = _Phases(registry.rank, sink, clock, -1)
-    with ph.phase("join"):
+    with ph.phase(RecoveryPhase.JOIN):
         for group in registry.member_groups():
             for pg in group.pgs():
                 mc.join_group(pg)
                 log.info("rank %d: joined %s", registry.rank, group.name)
     done.set()
-    return ph.seconds["join"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,15 +177,13 @@ def exchange_metadata(
     pass None for both. Returns (metadata on this rank's device, control). Raises ValueError on a malformed
     control or header.
 
-    Why the CPU group, not the device group: on GPUs (mooncake-transfer-engine-cuda13 0.3.14 over TCP) a
-    broadcast on the device group to a rank that has just joined never completed: the transfer engine's TCP
-    session made no progress for 30 s, and the joiner was deactivated again (every GPU run that reached a
-    rejoin, on 2 and 4 GPUs). The same broadcast on the CPU group took 0.02 s (docs/known-issues.md). The
+    Why the CPU group, not the device group: on GPUs the same broadcast on the device group never reached a
+    rank that had just joined (docs/known-issues.md, "GPU rejoin stalled in the transfer engine"). The
     metadata is a few KB, copied to the device once per recovery; the hot path keeps the device group."""
     world = registry.world
     assert world.cpu is not None and world.device is not None
     ph = _Phases(registry.rank, sink, clock, control.epoch if control else -1)
-    with ph.phase("broadcast"):
+    with ph.phase(RecoveryPhase.BROADCAST):
         buf = torch.zeros(4, dtype=torch.int64)
         if registry.rank == 0:
             assert control is not None

@@ -2,9 +2,10 @@
 member 0 runs the rendezvous service and the client API.
 
 Who calls it: `__main__`. The supervisor does not import torch or mooncake; rank processes report to it over
-one queue (readiness, metrics, responses, exit reasons), and member 0's supervisor forwards client requests
-to the leader rank over another. When any rank process ends, the supervisor ends the pod with that rank's
-exit code (the pod is the unit the operator replaces).
+one queue (typed events, `events.py`: readiness, metrics, responses, exit reasons; `Supervisor.dispatch`
+handles each kind), and member 0's supervisor forwards client requests to the leader rank over another. When
+any rank process ends, the supervisor ends the pod with that rank's exit code (the pod is the unit the
+operator replaces).
 
 HTTP (docs/dev/interfaces.md): GET /ready (200 once every rank of the pod has joined and holds the metadata),
 GET /healthz, GET /metrics, and on member 0 POST /v1/infer.
@@ -20,14 +21,42 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import ValidationError
 
+from eep_contract.exitcodes import ExitCode
+from eep_contract.wire import (
+    INFER_PATH,
+    MODEL_PATH,
+    READY_PATH,
+    VOCAB_SIZE,
+    ErrorReply,
+    InferReply,
+    InferRequest,
+    ReadyReply,
+)
+from eep_worker.events import (
+    LEADER_LOST,
+    Exiting,
+    Joining,
+    MembershipGauge,
+    PhaseDuration,
+    RankEvent,
+    Ready,
+    Recovered,
+    RecoveryCount,
+    Response,
+    ServingState,
+    StepCounts,
+    Untrusted,
+)
 from eep_worker.metrics import WorkerMetrics
 from eep_worker.ports import RendezvousService
-from eep_worker.protocol import EXIT_LEADER_LOST, Request
+from eep_worker.protocol import Request
 from eep_worker.settings import Settings
 
 __all__ = ["Supervisor"]
@@ -66,6 +95,7 @@ class Supervisor:
         self._pending: dict[str, _Pending] = {}
         self._lock = threading.Lock()
         self.procs: list[Any] = []
+        self._handlers = self.handlers()
 
     # ------------------------------------------------------------------ ranks
 
@@ -84,40 +114,73 @@ class Supervisor:
     def _pump(self) -> None:
         while True:
             try:
-                msg = self.events.get()
+                event = self.events.get()
             except (EOFError, OSError):
                 return
-            kind = msg[0]
-            if kind == "ready":
-                self.ready.add(msg[1])
-                log.info("rank %d ready (%d/%d)", msg[1], len(self.ready), self.s.cluster.rank_count)
-            elif kind == "response":
-                _, rid, output, epoch, active, degraded = msg
-                with self._lock:
-                    pending = self._pending.get(rid)
-                if pending is not None:
-                    pending.reply = {
-                        "request_id": rid,
-                        "output": output,
-                        "epoch": epoch,
-                        "active_ranks": active,
-                        "degraded": degraded,
-                    }
-                    pending.done.set()
-            elif kind == "state":
-                self.epoch, self.active = msg[1], msg[2]
-            elif kind == "exit":
-                if self.exit_code is None:
-                    self.exit_code, self.exit_reason = msg[2], msg[3]
-            elif kind == "joining":
-                self.ready.discard(msg[1])
-            elif kind == "recovered":
-                _, epoch, ok, seconds, reason = msg
-                log.info(
-                    "recovery at epoch %d: %s in %.3fs %s", epoch, "ok" if ok else "FAILED", seconds, reason
-                )
-            else:
-                self.metrics.apply(msg)
+            self.dispatch(event)
+
+    def handlers(self) -> dict[type[RankEvent], Callable[[Any], None]]:
+        """The handler of every kind of `events.RankEvent` (a test checks that none is missing)."""
+        metric = self.metrics.apply
+        return {
+            Ready: self._on_ready,
+            Joining: self._on_joining,
+            Exiting: self._on_exiting,
+            Response: self._on_response,
+            ServingState: self._on_serving_state,
+            Recovered: self._on_recovered,
+            # Deliberately dropped: the rank has logged the step (with the ranks it saw fail) and counted it
+            # in `rerun_steps` (`StepCounts`); the event exists for the benchmark's detection time.
+            Untrusted: lambda event: None,
+            RecoveryCount: metric,
+            PhaseDuration: metric,
+            StepCounts: metric,
+            MembershipGauge: metric,
+        }
+
+    def dispatch(self, event: RankEvent) -> None:
+        """Handle one event from a rank; anything else on the queue is logged and dropped."""
+        handler = self._handlers.get(type(event))
+        if handler is None:
+            log.warning("dropping an unknown event from a rank: %r", event)
+            return
+        handler(event)
+
+    def _on_ready(self, event: Ready) -> None:
+        self.ready.add(event.rank)
+        log.info("rank %d ready (%d/%d)", event.rank, len(self.ready), self.s.cluster.rank_count)
+
+    def _on_joining(self, event: Joining) -> None:
+        self.ready.discard(event.rank)
+
+    def _on_exiting(self, event: Exiting) -> None:
+        if self.exit_code is None:
+            self.exit_code, self.exit_reason = event.code, event.reason
+
+    def _on_response(self, event: Response) -> None:
+        with self._lock:
+            pending = self._pending.get(event.request_id)
+        if pending is not None:
+            pending.reply = InferReply(
+                request_id=event.request_id,
+                output=event.output,
+                epoch=event.epoch,
+                active_ranks=event.active_ranks,
+                degraded=event.degraded,
+            ).model_dump()
+            pending.done.set()
+
+    def _on_serving_state(self, event: ServingState) -> None:
+        self.epoch, self.active = event.epoch, event.active_ranks
+
+    def _on_recovered(self, event: Recovered) -> None:
+        log.info(
+            "recovery at epoch %d: %s in %.3fs %s",
+            event.epoch,
+            "ok" if event.ok else "FAILED",
+            event.seconds,
+            event.reason,
+        )
 
     def wait(self) -> int:
         """Block until a rank process ends; stop the others; return the pod's exit code."""
@@ -135,8 +198,8 @@ class Supervisor:
                         # Mooncake 0.3.13 aborts a survivor ("syncAfterFailure failed", SIGABRT) when rank 0
                         # dies, before the rank can report it; the coordinator port tells us why.
                         self.exit_code, self.exit_reason = (
-                            EXIT_LEADER_LOST,
-                            (f"member 0 (rank 0) is gone: not recoverable in place (rank exit {code})"),
+                            ExitCode.LEADER_LOST,
+                            f"{LEADER_LOST} (rank exit {code})",
                         )
                     if self.exit_code is not None:
                         code = self.exit_code
@@ -160,38 +223,42 @@ class Supervisor:
     # ------------------------------------------------------------------ client API (member 0)
 
     def infer(self, body: Any) -> tuple[int, dict[str, Any]]:
+        """`POST /v1/infer` on a decoded body: (HTTP status, reply), in the contract's wire form."""
         if self.requests is None:
-            return 404, {"error": "only member 0 serves clients"}
-        if not isinstance(body, dict):
-            return 400, {"error": "body must be a JSON object"}
-        rid = body.get("request_id") or str(uuid.uuid4())
-        tokens = body.get("tokens")
+            return 404, ErrorReply(error="only member 0 serves clients").model_dump()
         m = self.s.model
+        if isinstance(body, dict) and not body.get("request_id"):
+            body = {**body, "request_id": str(uuid.uuid4())}
+        try:
+            req = InferRequest.model_validate(body)
+        except ValidationError:
+            req = None
         if (
-            not isinstance(rid, str)
-            or not isinstance(tokens, list)
-            or not tokens
-            or len(tokens) > m.max_batch_tokens
-            or any(not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < 1024 for t in tokens)
+            req is None
+            or len(req.tokens) > m.max_batch_tokens
+            or any(not 0 <= t < VOCAB_SIZE for t in req.tokens)
         ):
-            return 400, {"error": f"need request_id (str) and 1..{m.max_batch_tokens} tokens in [0, 1024)"}
+            return 400, ErrorReply(
+                error=f"need request_id (str) and 1..{m.max_batch_tokens} tokens in [0, {VOCAB_SIZE})"
+            ).model_dump()
         if len(self.ready) < self.s.cluster.rank_count:
-            return 503, {"error": "not ready"}
+            return 503, ErrorReply(error="not ready").model_dump()
         pending = _Pending()
         with self._lock:
-            self._pending[rid] = pending
+            self._pending[req.request_id] = pending
         try:
-            self.requests.put(Request(rid, tokens))
+            self.requests.put(Request(req.request_id, req.tokens))
             if not pending.done.wait(REQUEST_TIMEOUT_S):
-                return 504, {"error": "timed out"}
+                return 504, ErrorReply(error="timed out").model_dump()
             return 200, pending.reply
         finally:
             with self._lock:
-                self._pending.pop(rid, None)
+                self._pending.pop(req.request_id, None)
 
     def model_info(self) -> dict[str, Any]:
         """`GET /v1/model`: the ModelConfig fields (dtype as a string), so a client can build the float64
-        reference. Mirrors how the rank builds its config (`rank.py`); ModelConfig defaults fill the rest."""
+        reference. Mirrors how the rank builds its config (`rank.RankRuntime.start`); ModelConfig defaults
+        fill the rest."""
         m = self.s.model
         return {
             "config": {
@@ -201,7 +268,7 @@ class Supervisor:
                 "top_k": m.top_k,
                 "seed": m.seed,
                 "ffn_size": 128,
-                "vocab_size": 1024,
+                "vocab_size": VOCAB_SIZE,
                 "dtype": "float32",
             },
             "max_batch_tokens": m.max_batch_tokens,
@@ -235,10 +302,11 @@ class Supervisor:
             def do_GET(self) -> None:
                 if self.path == "/healthz":
                     self._send(200, b'{"ok": true}')
-                elif self.path == "/ready":
+                elif self.path == READY_PATH:
                     ok = len(sup.ready) >= sup.s.cluster.rank_count
-                    self._send(200 if ok else 503, json.dumps({"ready": sorted(sup.ready)}).encode())
-                elif self.path == "/v1/model" and sup.requests is not None:
+                    reply = ReadyReply(ready=sorted(sup.ready))
+                    self._send(200 if ok else 503, reply.model_dump_json().encode())
+                elif self.path == MODEL_PATH and sup.requests is not None:
                     self._send(200, json.dumps(sup.model_info()).encode())
                 elif self.path == "/metrics":
                     self._send(200, generate_latest(sup.registry), CONTENT_TYPE_LATEST)
@@ -246,7 +314,7 @@ class Supervisor:
                     self._send(404, b'{"error": "not found"}')
 
             def do_POST(self) -> None:
-                if self.path != "/v1/infer":
+                if self.path != INFER_PATH:
                     self._send(404, b'{"error": "not found"}')
                     return
                 length = int(self.headers.get("Content-Length") or 0)

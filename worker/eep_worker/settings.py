@@ -1,6 +1,6 @@
 """Worker settings: one frozen dataclass, parsed once in `__main__` from flags with environment defaults.
 
-The environment names are the contract in docs/dev/interfaces.md ("Member pods"); flags beat env. Library
+The environment names are the contract's (`eep_contract.env`); flags beat env. Library
 code receives a `Settings`; it never reads the environment itself.
 """
 
@@ -10,8 +10,30 @@ import argparse
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
-__all__ = ["ClusterSettings", "ModelSettings", "Settings", "TimeoutSettings", "parse"]
+from eep_contract.env import POD_IP, DataPath, EnvError, MemberEnv, TuningEnv
+from eep_contract.pause import DEFAULT_TAIL_TIMEOUT_S, RecoveryPause, combine_timeout, recovery_pause
+
+__all__ = ["PROBE_COLLECTIVES", "ClusterSettings", "ModelSettings", "Settings", "TimeoutSettings", "parse"]
+
+_MEMBER_DEFAULTS: dict[str, Any] = {
+    "namespace": "default",
+    "cluster": "eep",
+    "member_index": 0,
+    "first_rank": 0,
+    "rank_count": 1,
+    "world_size": 1,
+    "coordinator_addr": "127.0.0.1:29500",
+    "backend": "mooncake-cpu",
+    "collective_timeout_s": 10.0,
+    "reconcile_window_s": 5.0,
+    "http_port": 8000,
+}
+"""Outside a member pod (tests, benchmarks, a hand-run worker) every `MemberEnv` value has a default."""
+PROBE_COLLECTIVES = 6
+"""All-reduces of one data-path probe at most: 3 sizes x 2 repeats (`datapath.probe_sizes`,
+`datapath.PROBE_REPEATS`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +62,13 @@ class TimeoutSettings:
     """Mooncake fault-reconciliation window, seconds: how long survivors wait to agree on a failed rank."""
     join_timeout_s: float
     """Survivors: how long to wait for joining ranks to be ready. Joiners: how long a join may take."""
+    tail_timeout_s: float = DEFAULT_TAIL_TIMEOUT_S
+    """Collective timeout for the rest of a step after this rank saw a collective fail, seconds, until the
+    fence has passed (`execution.StepExecutor.enter_tail`; `eep_contract.pause`)."""
+    device_timeout_s: float = 0.0
+    """GPU device groups only: the collective timeout they are created with, seconds; 0: the collective
+    timeout. Mooncake's V2 device collectives fix it at creation and count a timeout as a failure (no
+    liveness probe), so a value below the ranks' normal skew fails steps: experimental."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,15 +104,40 @@ class Settings:
     """Build the column subgroups besides the world (see `groups.py` for why mooncake-cpu defaults to off)."""
     warmup_delay_s: float = 0.0
     """Simulated weight-load time before a rank joins or reports Ready (benchmarks of time to capacity)."""
+    data_path: DataPath = DataPath.AUTO
+    """How the combines travel: `Auto` probes the device route and falls back to `Staged` (`datapath.py`)."""
+
+    @property
+    def combine_timeout_s(self) -> float | None:
+        """What a combine costs after a failure where the tail timeout does not reach it, seconds: the device
+        groups' creation-time timeout on GPUs with the device data path (`Auto` may choose it); None where
+        the combines run on Mooncake's CPU path (mooncake-cpu, or `Staged`)."""
+        t = self.timeouts
+        return combine_timeout(
+            backend=self.backend,
+            data_path=self.data_path,
+            collective_timeout_s=t.collective_timeout_s,
+            device_timeout_s=t.device_timeout_s,
+        )
+
+    @property
+    def pause(self) -> RecoveryPause:
+        """The recovery's bounds for these settings (`eep_contract.pause.recovery_pause`, the formula the
+        operator's check shares)."""
+        t = self.timeouts
+        return recovery_pause(
+            layers=self.model.num_layers,
+            collective_timeout_s=t.collective_timeout_s,
+            reconcile_window_s=t.reconcile_window_s,
+            tail_timeout_s=t.tail_timeout_s,
+            combine_timeout_s=self.combine_timeout_s,
+        )
 
     @property
     def fence_window_s(self) -> float:
         """The reconciliation window Mooncake's coordinator gets: the configured one, raised where needed so
-        that the leader reaches its step fence before the window closes. After a death each collective that
-        still includes the dead rank can take a collective timeout, and the leader sees the failure at the
-        end of a step (1 plan broadcast + one combine per layer), then broadcasts the FENCE plan."""
-        t = self.timeouts
-        return max(t.reconcile_window_s, (self.model.num_layers + 2) * t.collective_timeout_s + 1.0)
+        that the leader reaches its step fence before the window closes (`pause`)."""
+        return self.pause.window_s
 
     @property
     def fence_settle_s(self) -> float:
@@ -92,13 +146,35 @@ class Settings:
         return self.fence_window_s + 2 * self.timeouts.collective_timeout_s + 2.0
 
     @property
+    def probe_timeout_s(self) -> float:
+        """How long one start-up probe of a data path may take on a rank, seconds (`datapath.probe`): each of
+        its collectives (at most `PROBE_COLLECTIVES`) may take a collective timeout before Mooncake fails it,
+        plus 10 s for the first connections to the peers. Past it, the route counts as failed."""
+        return PROBE_COLLECTIVES * self.timeouts.collective_timeout_s + 10.0
+
+    @property
+    def probe_drain_s(self) -> float:
+        """After a device probe outlived its bound: how long a rank waits for that collective to return
+        before it probes the staged route on the same stream, seconds. Mooncake's transfer engine drops a TCP
+        transfer that makes no progress for 30 s (`MC_TCP_PROGRESS_TIMEOUT_SEC`), which releases a failed
+        device collective (45 s measured on H200s, docs/known-issues.md): 60 s, or the probe's bound if
+        longer."""
+        return max(60.0, self.probe_timeout_s)
+
+    @property
     def ranks(self) -> range:
         return range(self.cluster.first_rank, self.cluster.first_rank + self.cluster.rank_count)
 
 
 def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
-    def e(name: str, default: str) -> str:
-        return env.get(name, default)
+    """Flags whose defaults come from the contract's environment (`eep_contract.env`); raises EnvError on a
+    variable that does not parse."""
+    member = MemberEnv.from_env(env, **_MEMBER_DEFAULTS)
+    tune = TuningEnv.from_env(env)
+    names = {**MemberEnv.names(), **TuningEnv.names()}
+
+    def h(field: str, text: str = "") -> str:
+        return f"{text} (env {names[field]})".strip()
 
     p = argparse.ArgumentParser(prog="eep-worker")
     sub = p.add_subparsers(dest="command", required=True)
@@ -106,65 +182,107 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     s.add_argument(
         "--rejoin", action="store_true", help="start as a replacement that joins running survivors"
     )
-    s.add_argument("--namespace", default=e("EEP_CLUSTER_NAMESPACE", "default"))
-    s.add_argument("--cluster", default=e("EEP_CLUSTER_NAME", "eep"))
-    s.add_argument("--member-index", type=int, default=int(e("EEP_MEMBER_INDEX", "0")))
-    s.add_argument("--first-rank", type=int, default=int(e("EEP_FIRST_RANK", "0")))
-    s.add_argument("--rank-count", type=int, default=int(e("EEP_RANK_COUNT", "1")))
-    s.add_argument("--world-size", type=int, default=int(e("EEP_WORLD_SIZE", "1")))
-    s.add_argument("--coordinator", default=e("EEP_COORDINATOR_ADDR", "127.0.0.1:29500"), help="host:port")
+    s.add_argument("--namespace", default=member.namespace, help=h("namespace"))
+    s.add_argument("--cluster", default=member.cluster, help=h("cluster"))
+    s.add_argument("--member-index", type=int, default=member.member_index, help=h("member_index"))
+    s.add_argument("--first-rank", type=int, default=member.first_rank, help=h("first_rank"))
+    s.add_argument("--rank-count", type=int, default=member.rank_count, help=h("rank_count"))
+    s.add_argument("--world-size", type=int, default=member.world_size, help=h("world_size"))
+    s.add_argument("--coordinator", default=member.coordinator_addr, help=h("coordinator_addr", "host:port"))
     s.add_argument(
-        "--rendezvous-port", type=int, default=int(e("EEP_RENDEZVOUS_PORT", "0")), help="0: port+1"
+        "--rendezvous-port", type=int, default=tune.rendezvous_port, help=h("rendezvous_port", "0: port+1")
     )
     s.add_argument(
-        "--backend", default=e("EEP_BACKEND", "mooncake-cpu"), choices=["mooncake", "mooncake-cpu"]
+        "--backend", default=member.backend, choices=["mooncake", "mooncake-cpu"], help=h("backend")
     )
-    s.add_argument("--collective-timeout-s", type=float, default=float(e("EEP_COLLECTIVE_TIMEOUT_S", "10")))
-    s.add_argument("--reconcile-window-s", type=float, default=float(e("EEP_RECONCILE_WINDOW_S", "5")))
-    s.add_argument("--join-timeout-s", type=float, default=float(e("EEP_JOIN_TIMEOUT_S", "120")))
-    s.add_argument("--pod-ip", default=e("EEP_POD_IP", "127.0.0.1"))
-    s.add_argument("--http-port", type=int, default=int(e("EEP_HTTP_PORT", "8000")))
+    s.add_argument(
+        "--collective-timeout-s",
+        type=float,
+        default=member.collective_timeout_s,
+        help=h("collective_timeout_s"),
+    )
+    s.add_argument(
+        "--reconcile-window-s", type=float, default=member.reconcile_window_s, help=h("reconcile_window_s")
+    )
+    s.add_argument("--join-timeout-s", type=float, default=tune.join_timeout_s, help=h("join_timeout_s"))
+    s.add_argument(
+        "--tail-timeout-s",
+        type=float,
+        default=tune.tail_timeout_s,
+        help=h("tail_timeout_s", "collective timeout for the rest of a step after a failure"),
+    )
+    s.add_argument(
+        "--device-timeout-s",
+        type=float,
+        default=tune.device_timeout_s,
+        help=h(
+            "device_timeout_s", "GPU device groups' creation-time timeout, experimental; 0: the collective's"
+        ),
+    )
+    s.add_argument("--pod-ip", default=env.get(POD_IP, "127.0.0.1"), help=f"(env {POD_IP})")
+    s.add_argument("--http-port", type=int, default=member.http_port, help=h("http_port"))
     default_source = "kube" if "KUBERNETES_SERVICE_HOST" in env else "file"
     s.add_argument(
         "--membership-source",
-        default=e("EEP_MEMBERSHIP_SOURCE", default_source),
+        default=tune.membership_source or default_source,
         choices=["kube", "file", "zmq"],
+        help=h("membership_source"),
     )
-    s.add_argument("--membership-file", default=e("EEP_MEMBERSHIP_FILE", ""))
+    s.add_argument("--membership-file", default=tune.membership_file, help=h("membership_file"))
     s.add_argument(
-        "--membership-zmq", default=e("EEP_MEMBERSHIP_ZMQ", ""), help="tcp://host:port of a PUB feed"
+        "--membership-zmq",
+        default=tune.membership_zmq,
+        help=h("membership_zmq", "tcp://host:port of a PUB feed"),
     )
-    s.add_argument("--layers", type=int, default=int(e("EEP_MODEL_LAYERS", "4")))
-    s.add_argument("--experts", type=int, default=int(e("EEP_MODEL_EXPERTS", "8")))
-    s.add_argument("--top-k", type=int, default=int(e("EEP_MODEL_TOP_K", "2")))
-    s.add_argument("--hidden", type=int, default=int(e("EEP_MODEL_HIDDEN", "64")))
-    s.add_argument("--seed", type=int, default=int(e("EEP_MODEL_SEED", "0")))
+    s.add_argument("--layers", type=int, default=tune.layers, help=h("layers"))
+    s.add_argument("--experts", type=int, default=tune.experts, help=h("experts"))
+    s.add_argument("--top-k", type=int, default=tune.top_k, help=h("top_k"))
+    s.add_argument("--hidden", type=int, default=tune.hidden, help=h("hidden"))
+    s.add_argument("--seed", type=int, default=tune.seed, help=h("seed"))
     s.add_argument(
         "--physical-per-rank",
         type=int,
-        default=int(e("EEP_PHYSICAL_PER_RANK", "0")),
-        help="0: enough for member 0 to hold every expert",
+        default=tune.physical_per_rank,
+        help=h("physical_per_rank", "0: enough for member 0 to hold every expert"),
     )
-    s.add_argument("--max-batch-tokens", type=int, default=int(e("EEP_MAX_BATCH_TOKENS", "64")))
-    s.add_argument("--idle-step-s", type=float, default=float(e("EEP_IDLE_STEP_S", "0.05")))
+    s.add_argument("--max-batch-tokens", type=int, default=tune.max_batch_tokens, help=h("max_batch_tokens"))
+    s.add_argument("--idle-step-s", type=float, default=tune.idle_step_s, help=h("idle_step_s"))
     s.add_argument(
         "--subgroups",
-        default=e("EEP_SUBGROUPS", "auto"),
+        default=tune.subgroups,
         choices=["auto", "column", "none"],
-        help="column subgroups besides the world; auto: column on GPUs, none on mooncake-cpu",
+        help=h("subgroups", "column subgroups besides the world; auto: column on GPUs, none on mooncake-cpu"),
     )
     s.add_argument(
         "--warmup-delay-s",
         type=float,
-        default=float(e("EEP_WARMUP_DELAY_S", "0")),
-        help="simulated weight-load time before a rank joins or reports Ready",
+        default=tune.warmup_delay_s,
+        help=h("warmup_delay_s", "simulated weight-load time before a rank joins or reports Ready"),
+    )
+    s.add_argument(
+        "--data-path",
+        type=_data_path,
+        default=member.data_path,
+        metavar="{" + ",".join(m.value for m in DataPath) + "}",
+        help=h("data_path", "how the combines travel; Auto: probe the device route, else Staged"),
     )
     return p
 
 
+def _data_path(text: str) -> DataPath:
+    """`--data-path`: a `DataPath` value, any case (`staged` as well as `Staged`)."""
+    for mode in DataPath:
+        if text.lower() == mode.value.lower():
+            return mode
+    raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(m.value for m in DataPath)}")
+
+
 def parse(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
-    """Flags beat env. Raises SystemExit (argparse) on bad input."""
-    p = _parser(env)
+    """Flags beat env. Raises SystemExit (argparse) on bad input, a bad environment variable included."""
+    try:
+        p = _parser(env)
+    except EnvError as e:
+        raise SystemExit(f"eep-worker: {e}") from e
     a = p.parse_args(list(argv))
     host, _, port_s = str(a.coordinator).rpartition(":")
     if not host or not port_s.isdigit():
@@ -185,7 +303,13 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
             coordinator_port=port,
             rendezvous_port=a.rendezvous_port or port + 1,
         ),
-        timeouts=TimeoutSettings(a.collective_timeout_s, a.reconcile_window_s, a.join_timeout_s),
+        timeouts=TimeoutSettings(
+            a.collective_timeout_s,
+            a.reconcile_window_s,
+            a.join_timeout_s,
+            a.tail_timeout_s,
+            a.device_timeout_s,
+        ),
         model=ModelSettings(a.layers, a.experts, a.top_k, a.hidden, a.seed, ppr, a.max_batch_tokens),
         backend=a.backend,
         pod_ip=a.pod_ip,
@@ -196,5 +320,6 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
         membership_zmq=a.membership_zmq,
         idle_step_s=a.idle_step_s,
         warmup_delay_s=a.warmup_delay_s,
+        data_path=a.data_path,
         subgroups=a.subgroups == "column" or (a.subgroups == "auto" and a.backend == "mooncake"),
     )

@@ -12,7 +12,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from eep_operator.api.v1alpha1 import (
+from eep_contract.v1alpha1 import (
     Condition,
     ConditionStatus,
     ConditionType,
@@ -39,8 +39,8 @@ STATE_STYLE: dict[MemberState, str] = {
     MemberState.JOINING: "cyan",
 }
 
-# A True Degraded/Recovering condition is news; a True Ready condition is the good case.
-_GOOD_WHEN_TRUE = {ConditionType.READY}
+# A True Degraded/Recovering condition is news; True Ready or RecoveryPauseBounded is the good case.
+_GOOD_WHEN_TRUE = {ConditionType.READY, ConditionType.RECOVERY_PAUSE_BOUNDED}
 
 
 def rank_range(first: int, count: int) -> str:
@@ -114,8 +114,8 @@ def members_table(cluster: ElasticEPCluster, now: datetime) -> Table:
     for m in sorted(cluster.status.members, key=lambda m: m.index):
         table.add_row(
             str(m.index),
-            m.pod_name or "-",
-            m.node or "-",
+            Text(m.pod_name or "-"),
+            Text(m.node or "-"),
             rank_range(m.first_rank, m.rank_count),
             Text(m.state.value, style=STATE_STYLE[m.state]),
             age(m.state_since, now),
@@ -141,9 +141,10 @@ def conditions_table(cluster: ElasticEPCluster, now: datetime) -> Table:
         table.add_row(
             c.type.value,
             Text(c.status.value, style=condition_style(c)),
-            c.reason or "-",
+            Text(c.reason or "-"),
             age(c.last_transition_time, now),
-            c.message or "",
+            # Text, not str: rich would read "[member 1] ..." in a message as markup and drop it.
+            Text(c.message or ""),
         )
     return table
 

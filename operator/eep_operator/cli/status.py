@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.live import Live
 
-from eep_operator.api.v1alpha1 import GROUP, PLURAL, VERSION, ElasticEPCluster
+from eep_contract.v1alpha1 import GROUP, PLURAL, VERSION, ElasticEPCluster
 from eep_operator.cli.render import render_status
 
 # The kubernetes client's functions carry no annotations; one Any-typed handle keeps mypy --strict quiet.

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from eep_operator.api.v1alpha1 import ElasticEPClusterStatus
+from eep_contract.v1alpha1 import ElasticEPClusterStatus
+from eep_operator.core.members import Move
 
 
 @dataclass(frozen=True)
@@ -113,3 +114,6 @@ class Plan:
     actions: tuple[Action, ...]
     status: ElasticEPClusterStatus
     requeue_after: float | None
+    moves: tuple[Move, ...] = ()
+    """The member state changes this plan made, in order, each checked against the transition table when it
+    was made (`eep_operator.core.members.move`); `status` holds their result."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from eep_operator.api.v1alpha1 import Condition, ConditionStatus, ConditionType
+from eep_contract.v1alpha1 import Condition, ConditionType
 
 
 def set_condition(conditions: Sequence[Condition], new: Condition, now: datetime) -> list[Condition]:
@@ -36,9 +36,3 @@ def set_condition(conditions: Sequence[Condition], new: Condition, now: datetime
 def get_condition(conditions: Sequence[Condition], ctype: ConditionType) -> Condition | None:
     """The condition of type `ctype`, or None."""
     return next((c for c in conditions if c.type == ctype), None)
-
-
-def is_true(conditions: Sequence[Condition], ctype: ConditionType) -> bool:
-    """Whether the condition of type `ctype` exists and is True."""
-    cond = get_condition(conditions, ctype)
-    return cond is not None and cond.status == ConditionStatus.TRUE

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from eep_operator.api.v1alpha1 import Annotations, Labels
+from eep_contract.v1alpha1 import Annotations, Labels
 
 Obj = Mapping[str, Any]
 
@@ -51,6 +51,8 @@ class PodObs:
     message: str = ""
     node: str | None = None
     created: datetime | None = None
+    ip: str | None = None
+    """`status.podIP`, once the pod has one (the SGLang admission trigger's target on member 0)."""
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,7 @@ def observe_pod(pod: Obj) -> PodObs | None:
         message=status.get("message") or "",
         node=spec.get("nodeName") or None,
         created=_time(meta.get("creationTimestamp")),
+        ip=status.get("podIP") or None,
     )
 
 

@@ -33,12 +33,14 @@ Decisions, per member (state machine in `eep_operator.core.members`):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
-from eep_operator.api.v1alpha1 import (
+from eep_contract.exitcodes import describe
+from eep_contract.reasons import FailureReason, GroupRestartReason
+from eep_contract.v1alpha1 import (
     Condition,
     ConditionStatus,
     ConditionType,
@@ -51,7 +53,7 @@ from eep_operator.api.v1alpha1 import (
     Phase,
     RecoveryMode,
 )
-from eep_operator.core import podspec
+from eep_operator.core import members, pause, podspec
 from eep_operator.core.actions import (
     Action,
     CreatePod,
@@ -65,30 +67,11 @@ from eep_operator.core.actions import (
     RecordMemberRestart,
     RecordRecovery,
 )
-from eep_operator.core.conditions import set_condition
-from eep_operator.core.members import DOWN, transition
+from eep_operator.core.conditions import get_condition, set_condition
+from eep_operator.core.members import DOWN, Move
 from eep_operator.core.observe import Observed, PodObs
 
 S = MemberState
-
-
-class FailureReason:
-    """Values of `elasticep_rank_failures_total{reason}` (docs/dev/interfaces.md)."""
-
-    CONTAINER_EXIT = "ContainerExit"
-    POD_FAILED = "PodFailed"
-    POD_DELETED = "PodDeleted"
-    EVICTED = "Evicted"
-    NODE_LOST = "NodeLost"
-    JOIN_TIMEOUT = "JoinTimeout"
-
-
-class GroupRestartReason:
-    """Values of `elasticep_group_restarts_total{reason}`."""
-
-    MEMBER_ZERO_LOST = "MemberZeroLost"
-    TOO_MANY_UNAVAILABLE = "TooManyUnavailable"
-    GROUP_RESTART_MODE = "GroupRestartMode"
 
 
 @dataclass(frozen=True)
@@ -132,21 +115,30 @@ def detect_failure(
     if pod is None:
         if m.pod_uid is not None:
             return fail(
-                FailureReason.POD_DELETED, "PodDeleted", f"pod {m.pod_name} ({m.pod_uid}) disappeared"
+                FailureReason.POD_DELETED,
+                FailureReason.POD_DELETED,
+                f"pod {m.pod_name} ({m.pod_uid}) disappeared",
             )
         return None
     if pod.evicted:
-        return fail(FailureReason.EVICTED, "Evicted", pod.message or f"pod {pod.name} was evicted")
+        return fail(
+            FailureReason.EVICTED, FailureReason.EVICTED, pod.message or f"pod {pod.name} was evicted"
+        )
     if pod.deleting:
         # Deleted by someone else (we delete only pods we no longer count as current). The kubelet's SIGTERM
         # may already show as a terminated container: the deletion is the cause, the exit code is evidence.
         code = pod.terminated.exit_code if pod.terminated is not None else None
         return fail(
-            FailureReason.POD_DELETED, "PodDeleted", f"pod {pod.name} was deleted by someone else", code
+            FailureReason.POD_DELETED,
+            FailureReason.POD_DELETED,
+            f"pod {pod.name} was deleted by someone else",
+            code,
         )
     if pod.terminated is not None:
         t = pod.terminated
-        return fail(FailureReason.CONTAINER_EXIT, t.reason or "Terminated", t.message, t.exit_code)
+        meaning = describe(t.exit_code)
+        message = t.message if meaning is None else f"worker exit {meaning}. {t.message}".strip()
+        return fail(FailureReason.CONTAINER_EXIT, t.reason or "Terminated", message, t.exit_code)
     if pod.phase in ("Failed", "Succeeded"):
         return fail(
             FailureReason.POD_FAILED, pod.reason or pod.phase, pod.message or f"pod phase {pod.phase}"
@@ -155,7 +147,7 @@ def detect_failure(
         node = observed.nodes.get(pod.node)
         if node is None or not node.ready:
             what = "was deleted" if node is None else "is not Ready"
-            return fail(FailureReason.NODE_LOST, "NodeLost", f"node {pod.node} {what}")
+            return fail(FailureReason.NODE_LOST, FailureReason.NODE_LOST, f"node {pod.node} {what}")
     if (
         not pod.ready
         and m.state != S.HEALTHY
@@ -164,7 +156,7 @@ def detect_failure(
     ):
         return fail(
             FailureReason.JOIN_TIMEOUT,
-            "JoinTimeout",
+            FailureReason.JOIN_TIMEOUT,
             f"pod {pod.name} not Ready within {spec.recovery.rejoin_timeout_seconds:g}s",
         )
     return None
@@ -181,6 +173,7 @@ class _Ctx:
     actions: list[Action] = field(default_factory=list)
     bump_epoch: bool = False
     wakeups: list[float] = field(default_factory=list)
+    moves: list[Move] = field(default_factory=list)
 
     def event(
         self, type_: Literal["Normal", "Warning"], reason: str, message: str, member: int | None = None
@@ -195,8 +188,8 @@ class _Ctx:
         self.wakeups.append(max(0.0, (when - self.now).total_seconds()))
 
     def move(self, m: MemberStatus, target: MemberState) -> None:
-        m.state = transition(m.state, target)
-        m.state_since = self.now
+        """Change `m`'s state through the transition table (the planner writes states nowhere else)."""
+        self.moves.append(members.move(m, target, self.now))
 
 
 def _init_members(spec: ElasticEPClusterSpec, now: datetime) -> list[MemberStatus]:
@@ -206,7 +199,7 @@ def _init_members(spec: ElasticEPClusterSpec, now: datetime) -> list[MemberStatu
             index=i,
             first_rank=i * rpn,
             rank_count=rpn,
-            state=S.PENDING,
+            state=members.INITIAL,
             state_since=now,
             incarnation=1,
         )
@@ -236,13 +229,12 @@ def plan(
     if st.phase == Phase.FAILED:
         if observed.generation <= (st.observed_generation or 0):
             # Budget exhausted: stop acting, keep reporting. A spec change is the way out.
-            return Plan(actions=tuple(ctx.actions), status=st, requeue_after=None)
+            return Plan(actions=tuple(ctx.actions), status=st, requeue_after=None, moves=tuple(ctx.moves))
         st.phase = Phase.RESTARTING
         st.group_restart_times = []
         for m in st.members:
             m.restart_times = []
-            if m.state == S.FAILED:
-                m.state = S.HEALTHY  # only to enter the group restart through a legal transition
+        # Every member goes to Pending, Failed ones included (Failed -> Pending is in the table).
         ctx.event("Normal", "SpecChanged", "spec changed after the cluster failed: restarting the group")
         _group_restart(ctx, None)
 
@@ -252,6 +244,7 @@ def plan(
         for m in st.members
         if (f := detect_failure(m, _current_pod(observed, m), observed, spec, now)) is not None
     ]
+    failures += _lost_before_seen(st, observed, now)
     if failures:
         _handle_failures(ctx, failures)
     if st.phase != Phase.FAILED:
@@ -261,7 +254,40 @@ def plan(
     epoch = st.membership.epoch
     ctx.actions = [replace(a, epoch=epoch) if isinstance(a, EmitEvent) else a for a in ctx.actions]
     requeue = min(ctx.wakeups) if ctx.wakeups else None
-    return Plan(actions=tuple(ctx.actions), status=st, requeue_after=requeue)
+    return Plan(actions=tuple(ctx.actions), status=st, requeue_after=requeue, moves=tuple(ctx.moves))
+
+
+def _lost_before_seen(st: ElasticEPClusterStatus, observed: Observed, now: datetime) -> list[Failure]:
+    """Pending members whose pod was created and is gone before the operator ever saw it, while another
+    member already serves (or is Ready and will serve in this plan). A pod that was never seen has no uid in
+    the status, so `detect_failure` cannot tell it from one not created yet; but the pods of a start are
+    created together, so beside a serving member a missing one was lost. Creating it again would put a
+    fresh-start pod (no join flag) beside serving members: it counts as a failure during the start instead,
+    and the group restarts."""
+    serving = [
+        m.index
+        for m in st.members
+        if m.state == S.HEALTHY or (m.state == S.PENDING and (p := _current_pod(observed, m)) and p.ready)
+    ]
+    if not serving:
+        return []
+    return [
+        Failure(
+            member=m.index,
+            reason=FailureReason.POD_DELETED,
+            exit=ExitRecord(
+                reason=FailureReason.POD_DELETED,
+                message=f"pod {m.pod_name} is gone before it was seen, while other members serve",
+                time=now,
+            ),
+        )
+        for m in st.members
+        if m.state == S.PENDING
+        and m.pod_name
+        and m.pod_uid is None
+        and not observed.pods_of(m.index)
+        and serving != [m.index]
+    ]
 
 
 def _current_pod(observed: Observed, m: MemberStatus) -> PodObs | None:
@@ -412,9 +438,25 @@ def _remove_pod(ctx: _Ctx, m: MemberStatus, pod: PodObs, why: str) -> None:
         ctx.wake_at(deadline)
 
 
+@dataclass(frozen=True)
+class _Seen:
+    """What a member's step in `_progress` knows about its pods."""
+
+    pod: PodObs | None
+    """The member's current pod (the one of its incarnation), if it exists."""
+    any_pod: bool
+    """Some pod of the member exists, of any incarnation (its name is taken until it is gone)."""
+    quiet: bool
+    """No pod of an older incarnation is left anywhere: a fresh (group) start may create pods."""
+
+
 def _progress(ctx: _Ctx) -> None:
-    st, now, observed = ctx.status, ctx.now, ctx.observed
-    start_of_state = {m.index: m.state for m in st.members}
+    """Move every member one step forward (`_STEPS`), after removing the pods nobody should keep.
+
+    One step per member per plan: a member that moved is written (published) before it can move again, so
+    the survivors read a member's `joiningRanks` before it can become Healthy.
+    """
+    st, observed = ctx.status, ctx.observed
     # Old pods: a pod whose incarnation is not the member's, and the pod of a failed member.
     for m in st.members:
         for old in observed.pods_of(m.index):
@@ -424,50 +466,77 @@ def _progress(ctx: _Ctx) -> None:
     # meet ranks of the previous group.
     quiet = all(p.incarnation == by.incarnation for by in st.members for p in observed.pods_of(by.index))
     for m in st.members:
-        pods = observed.pods_of(m.index)
-        pod = _current_pod(observed, m)
-        if m.state == S.FAILED:
-            assert m.next_restart_time is not None
-            if now < m.next_restart_time:
-                ctx.wake_at(m.next_restart_time)
-            elif not pods:
-                _start_replacement(ctx, m)
-        elif m.state == S.RESTARTING:
-            if pod is None and m.pod_uid is None and not pods:
-                ctx.actions.append(_create(ctx, m, join=True))  # write-ahead intent not yet carried out
-            elif pod is not None and (pod.running or pod.phase == "Running"):
-                ctx.move(m, S.JOINING)
-                ctx.event(
-                    "Normal", "MemberJoining", f"member {m.index} running; survivors admit ranks", m.index
-                )
-            _wake_for_timeout(ctx, pod)
-        elif m.state == S.JOINING:
-            # Healthy only if Joining was already published (survivors must have seen joiningRanks).
-            if pod is not None and pod.ready and start_of_state[m.index] == S.JOINING:
-                ctx.move(m, S.HEALTHY)
-                if m.failed_time is not None:
-                    m.last_recovery_seconds = (now - m.failed_time).total_seconds()
-                m.failed_time = None
-                m.next_restart_time = None
-                ctx.event(
-                    "Normal",
-                    "MemberRecovered",
-                    f"member {m.index} joined; recovered in {m.last_recovery_seconds or 0:.2f}s",
-                    m.index,
-                )
-            _wake_for_timeout(ctx, pod)
-        elif m.state == S.PENDING:
-            if pod is None and m.pod_uid is None and quiet:
-                if m.next_restart_time is not None and now < m.next_restart_time:
-                    ctx.wake_at(m.next_restart_time)
-                else:
-                    ctx.actions.append(_create(ctx, m, join=False))
-            elif pod is not None and pod.ready:
-                ctx.move(m, S.HEALTHY)
-                m.failed_time = None
-                m.next_restart_time = None
-                ctx.event("Normal", "MemberHealthy", f"member {m.index} Ready", m.index)
-            _wake_for_timeout(ctx, pod)
+        seen = _Seen(pod=_current_pod(observed, m), any_pod=bool(observed.pods_of(m.index)), quiet=quiet)
+        _STEPS[m.state](ctx, m, seen)
+
+
+def _step_pending(ctx: _Ctx, m: MemberStatus, seen: _Seen) -> None:
+    """Fresh start: create the pod (no join flag) once the start is quiet and the backoff is over; Healthy
+    when it is Ready."""
+    pod = seen.pod
+    if pod is None and m.pod_uid is None and seen.quiet:
+        if m.next_restart_time is not None and ctx.now < m.next_restart_time:
+            ctx.wake_at(m.next_restart_time)
+        else:
+            ctx.actions.append(_create(ctx, m, join=False))
+    elif pod is not None and pod.ready:
+        ctx.move(m, S.HEALTHY)
+        m.failed_time = None
+        m.next_restart_time = None
+        ctx.event("Normal", "MemberHealthy", f"member {m.index} Ready", m.index)
+    _wake_for_timeout(ctx, pod)
+
+
+def _step_healthy(ctx: _Ctx, m: MemberStatus, seen: _Seen) -> None:
+    """Nothing to do: a Healthy member leaves only by failing (`detect_failure`) or with its group."""
+
+
+def _step_failed(ctx: _Ctx, m: MemberStatus, seen: _Seen) -> None:
+    """Wait out the backoff, then, once the old pod's name is free, create the replacement (Restarting)."""
+    assert m.next_restart_time is not None
+    if ctx.now < m.next_restart_time:
+        ctx.wake_at(m.next_restart_time)
+    elif not seen.any_pod:
+        _start_replacement(ctx, m)
+
+
+def _step_restarting(ctx: _Ctx, m: MemberStatus, seen: _Seen) -> None:
+    """Create the replacement if the write-ahead intent was not carried out; Joining once it runs."""
+    pod = seen.pod
+    if pod is None and m.pod_uid is None and not seen.any_pod:
+        ctx.actions.append(_create(ctx, m, join=True))  # write-ahead intent not yet carried out
+    elif pod is not None and (pod.running or pod.phase == "Running"):
+        ctx.move(m, S.JOINING)
+        ctx.event("Normal", "MemberJoining", f"member {m.index} running; survivors admit ranks", m.index)
+    _wake_for_timeout(ctx, pod)
+
+
+def _step_joining(ctx: _Ctx, m: MemberStatus, seen: _Seen) -> None:
+    """Healthy once the replacement is Ready (the survivors admitted its ranks)."""
+    pod = seen.pod
+    if pod is not None and pod.ready:
+        ctx.move(m, S.HEALTHY)
+        if m.failed_time is not None:
+            m.last_recovery_seconds = (ctx.now - m.failed_time).total_seconds()
+        m.failed_time = None
+        m.next_restart_time = None
+        ctx.event(
+            "Normal",
+            "MemberRecovered",
+            f"member {m.index} joined; recovered in {m.last_recovery_seconds or 0:.2f}s",
+            m.index,
+        )
+    _wake_for_timeout(ctx, pod)
+
+
+_STEPS: Mapping[MemberState, Callable[[_Ctx, MemberStatus, _Seen], None]] = {
+    S.PENDING: _step_pending,
+    S.HEALTHY: _step_healthy,
+    S.FAILED: _step_failed,
+    S.RESTARTING: _step_restarting,
+    S.JOINING: _step_joining,
+}
+"""A member's step in `_progress`, by its state: one move along the table (`eep_operator.core.members`)."""
 
 
 def _wake_for_timeout(ctx: _Ctx, pod: PodObs | None) -> None:
@@ -519,6 +588,8 @@ def _finish(ctx: _Ctx, before: ElasticEPClusterStatus) -> None:
     epoch = old.epoch + 1 if changed or ctx.bump_epoch else old.epoch
     st.membership = Membership(epoch=epoch, active_ranks=active, joining_ranks=joining)
     st.active_rank_count = len(active)
+    st.joining_rank_count = len(joining)
+    st.failed_member_count = sum(m.state in (S.FAILED, S.RESTARTING) for m in st.members)
     st.observed_generation = ctx.observed.generation
     all_healthy = all(m.state == S.HEALTHY for m in st.members)
     if all_healthy and st.recovery_start_time is not None and st.phase != Phase.FAILED:
@@ -567,3 +638,23 @@ def _set_conditions(ctx: _Ctx) -> None:
     cond(ConditionType.READY, st.phase == Phase.RUNNING, phase)
     cond(ConditionType.DEGRADED, st.phase not in (Phase.PENDING, Phase.RUNNING), phase)
     cond(ConditionType.RECOVERING, st.recovery_start_time is not None and st.phase != Phase.FAILED, phase)
+    _pause_condition(ctx)
+
+
+def _pause_condition(ctx: _Ctx) -> None:
+    """`RecoveryPauseBounded`: the recovery pause the spec implies against `maxRecoveryPauseSeconds`
+    (`core.pause`). A Warning Event when it turns False, and again for each new spec generation above it."""
+    st, gen = ctx.status, ctx.observed.generation
+    v = pause.verdict(ctx.spec)
+    before = get_condition(st.conditions, ConditionType.RECOVERY_PAUSE_BOUNDED)
+    new = Condition(
+        type=ConditionType.RECOVERY_PAUSE_BOUNDED,
+        status=v.status,
+        reason=v.reason,
+        message=v.message,
+        observed_generation=gen,
+    )
+    st.conditions = set_condition(st.conditions, new, ctx.now)
+    above = v.status == ConditionStatus.FALSE
+    if above and (before is None or before.status != v.status or before.observed_generation != gen):
+        ctx.event("Warning", pause.ABOVE, v.message)

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from eep_operator.api.v1alpha1 import (
+from eep_contract.env import FIELD_REFS, MemberEnv
+from eep_contract.v1alpha1 import (
     API_VERSION,
     KIND,
     MANAGED_BY_VALUE,
     Annotations,
     ElasticEPClusterSpec,
     EngineName,
+    EngineSpec,
     Labels,
     SGLangJoinFlag,
+    SGLangOptions,
+    SGLangReleases,
 )
 
 Manifest = dict[str, Any]
@@ -57,7 +61,8 @@ def engine_command(
     """The engine's command line for member `index`; `join` adds the join flag (replacements only)."""
     engine = spec.engine
     if engine.name == EngineName.EEP_WORKER:
-        return ["eep-worker", "serve", *(["--rejoin"] if join else []), *engine.args]
+        depth = ["--layers", str(engine.model_layers)] if engine.model_layers else []
+        return ["eep-worker", "serve", *(["--rejoin"] if join else []), *depth, *engine.args]
     sg = engine.sglang
     if sg is None:  # the CRD's CEL rule rejects this; keep the renderer total anyway
         raise ValueError("engine.sglang is required when engine.name is sglang")
@@ -76,33 +81,118 @@ def engine_command(
         cmd += ["--mooncake-ib-device", ",".join(spec.elastic_ep.ib_devices)]
     cmd += ["--host", "0.0.0.0", "--port", str(engine.port)]
     if join:
-        if sg.join_flag == SGLangJoinFlag.REJOIN:
-            cmd.append("--elastic-ep-rejoin")
-        else:
-            cmd += ["--elastic-ep-join-mode", "recover"]
+        cmd += sglang_join_args(sg)
     return cmd + list(sg.extra_args) + list(engine.args)
 
 
-def _env(spec: ElasticEPClusterSpec, cluster: str, namespace: str, index: int) -> list[Manifest]:
-    rpn = spec.ranks_per_node
-    plain = {
-        "EEP_CLUSTER_NAMESPACE": namespace,
-        "EEP_CLUSTER_NAME": cluster,
-        "EEP_MEMBER_INDEX": str(index),
-        "EEP_FIRST_RANK": str(index * rpn),
-        "EEP_RANK_COUNT": str(rpn),
-        "EEP_WORLD_SIZE": str(spec.world_size),
-        "EEP_COORDINATOR_ADDR": coordinator_addr(cluster, namespace, spec),
-        "EEP_BACKEND": spec.elastic_ep.backend.value,
-        "EEP_COLLECTIVE_TIMEOUT_S": str(spec.elastic_ep.collective_timeout_seconds),
-        "EEP_RECONCILE_WINDOW_S": str(spec.elastic_ep.reconciliation_window_seconds),
-        "EEP_HTTP_PORT": str(spec.engine.port),
+def sglang_join_args(sg: SGLangOptions) -> list[str]:
+    """The join flag of a replacement, as the stated release spells it (`v1alpha1.SGLangReleases`).
+
+    Raises ValueError for 0.5.10, which has none: the CRD admits that release only with recovery mode
+    GroupRestart, which never creates a replacement."""
+    flag = sg.replacement_join_flag()
+    if flag == SGLangJoinFlag.JOIN_MODE_RECOVER:
+        return ["--elastic-ep-join-mode", "recover"]
+    if flag == SGLangJoinFlag.REJOIN:
+        return ["--elastic-ep-rejoin"]
+    raise ValueError(SGLangReleases.NO_JOIN_FLAG_MESSAGE)
+
+
+SGLANG_HEALTH_PATH = "/health"
+"""SGLang's health endpoint; the readiness path of SGLang members while `engine.readinessPath` keeps the
+eep-worker default `/ready`, which SGLang does not serve."""
+
+SGLANG_SCHEDULER_TITLE = "sglang::scheduler"
+"""Process-title prefix of SGLang's schedulers, one per GPU rank (`setproctitle`, 0.5.10 to 0.5.23)."""
+
+
+def sglang_scheduler_check(ranks: int) -> list[str]:
+    """An exec probe command that fails when fewer than `ranks` SGLang scheduler processes live in the
+    container (counted in the probe's own mount namespace, so pods that share a host's process table, like
+    the local process node's, or a pod's process namespace, do not count each other's). It passes while no
+    scheduler has its title yet, or while a multiprocessing child has not yet taken its title (startup); a
+    member whose schedulers all died exits on its own (SGLang joins them and returns)."""
+    # The probe skips itself, and spells the patterns in two halves: its own command line holds this text.
+    title = SGLANG_SCHEDULER_TITLE.split("::")
+    script = (
+        "import os,sys\n"
+        "me=os.readlink('/proc/self/ns/mnt');up=st=0\n"
+        f"t=b'{title[0]}::'+b'{title[1]}';f=b'--multiprocessing'+b'-fork'\n"
+        "for p in os.listdir('/proc'):\n"
+        " if not p.isdigit() or int(p)==os.getpid():continue\n"
+        " try:\n"
+        "  if os.readlink(f'/proc/{p}/ns/mnt')!=me:continue\n"
+        "  c=open(f'/proc/{p}/cmdline','rb').read()\n"
+        " except OSError:continue\n"
+        " if c.startswith(t):up+=1\n"
+        " elif f in c:st+=1\n"
+        f"sys.exit(0 if up==0 or up>={ranks} or st else 1)"
+    )
+    return ["python3", "-c", script]
+
+
+def _probes(spec: ElasticEPClusterSpec, index: int) -> Manifest:
+    """The container's probes. eep-worker: readiness on `engine.readinessPath`, polled every second (how the
+    operator learns a join completed).
+
+    SGLang (docs/sglang.md, "Health"): member 0's `/health` runs a one-token generation and answers 503 when
+    nothing comes back within about 20 s, which happens while the survivors admit a joiner; its readiness
+    waits 25 s per probe and turns false only after 6 failures in a row, so an admission does not take the
+    only frontend out of its Service (for Healthy members readiness is never a failure signal anyway).
+    Members >= 1 answer only once they joined, from a stand-in server that says 200 whatever happens to the
+    ranks behind it: their readiness stays fast, and every member gets a liveness probe that counts its
+    scheduler processes, so a scheduler that died without taking the pod along ends the container (exit 137,
+    a ContainerExit failure the operator recovers from)."""
+    engine = spec.engine
+    if engine.name != EngineName.SGLANG:
+        return {
+            "readinessProbe": {
+                "httpGet": {"path": engine.readiness_path, "port": engine.port},
+                "periodSeconds": 1,
+                "failureThreshold": 1,
+            }
+        }
+    default_path = EngineSpec.model_fields["readiness_path"].default
+    path = SGLANG_HEALTH_PATH if engine.readiness_path == default_path else engine.readiness_path
+    readiness: Manifest = {"httpGet": {"path": path, "port": engine.port}}
+    if index == 0:
+        readiness |= {"periodSeconds": 5, "timeoutSeconds": 25, "failureThreshold": 6}
+    else:
+        readiness |= {"periodSeconds": 1, "failureThreshold": 1}
+    liveness: Manifest = {
+        "exec": {"command": sglang_scheduler_check(spec.ranks_per_node)},
+        "periodSeconds": 10,
+        "timeoutSeconds": 10,
+        "failureThreshold": 3,
     }
+    return {"readinessProbe": readiness, "livenessProbe": liveness}
+
+
+def member_env(spec: ElasticEPClusterSpec, cluster: str, namespace: str, index: int) -> MemberEnv:
+    """What member `index` is told through its environment (the contract's `MemberEnv`)."""
+    rpn = spec.ranks_per_node
+    return MemberEnv(
+        namespace=namespace,
+        cluster=cluster,
+        member_index=index,
+        first_rank=index * rpn,
+        rank_count=rpn,
+        world_size=spec.world_size,
+        coordinator_addr=coordinator_addr(cluster, namespace, spec),
+        backend=spec.elastic_ep.backend.value,
+        collective_timeout_s=spec.elastic_ep.collective_timeout_seconds,
+        reconcile_window_s=spec.elastic_ep.reconciliation_window_seconds,
+        http_port=spec.engine.port,
+        data_path=spec.elastic_ep.data_path,
+    )
+
+
+def _env(spec: ElasticEPClusterSpec, cluster: str, namespace: str, index: int) -> list[Manifest]:
+    plain = member_env(spec, cluster, namespace, index).to_env()
     env: list[Manifest] = [{"name": k, "value": v} for k, v in plain.items()]
     if spec.elastic_ep.force_tcp:
         env.append({"name": "MC_FORCE_TCP", "value": "true"})
-    env.append({"name": "EEP_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
-    env.append({"name": "EEP_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
+    env += [{"name": k, "valueFrom": {"fieldRef": {"fieldPath": path}}} for k, path in FIELD_REFS.items()]
     ours = {e["name"] for e in env}
     # The overlay may add variables but not replace the contract's: the worker relies on them.
     env += [e.to_wire() for e in spec.template.env if e.name not in ours]
@@ -141,11 +231,7 @@ def render_pod(
         "command": list(tpl.command) if tpl.command else engine,
         "env": _env(spec, cluster, namespace, index),
         "ports": [{"name": "http", "containerPort": spec.engine.port, "protocol": "TCP"}],
-        "readinessProbe": {
-            "httpGet": {"path": spec.engine.readiness_path, "port": spec.engine.port},
-            "periodSeconds": 1,
-            "failureThreshold": 1,
-        },
+        **_probes(spec, index),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if tpl.command:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from eep_operator.api.v1alpha1 import API_VERSION, KIND
+from eep_contract.v1alpha1 import API_VERSION, KIND
 from eep_operator.core.actions import EmitEvent
 from eep_operator.io.kube import KubeClient, KubeError
 

@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from eep_operator.api.v1alpha1 import GROUP, PLURAL, VERSION
+from eep_contract.v1alpha1 import GROUP, PLURAL, VERSION
 
 Obj = dict[str, Any]
 T = TypeVar("T")

@@ -11,13 +11,11 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-from collections.abc import Sequence
 
 import torch
 
 __all__ = [
     "ModelConfig",
-    "check_token_ids",
     "embedding_weight",
     "expert_weights",
     "rms_norm",
@@ -63,20 +61,6 @@ class ModelConfig:
             raise ValueError(f"top_k {self.top_k} exceeds num_experts {self.num_experts}")
         if not self.dtype.is_floating_point:
             raise ValueError(f"dtype must be floating point, got {self.dtype}")
-
-
-def check_token_ids(token_ids: Sequence[int], config: ModelConfig) -> None:
-    """Host-side validation of client input before it becomes a tensor (an out-of-range id on a GPU is a
-    device assert, not an exception). Raises ValueError."""
-    if not token_ids:
-        raise ValueError("no tokens")
-    bad = [
-        t
-        for t in token_ids
-        if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < config.vocab_size
-    ]
-    if bad:
-        raise ValueError(f"token ids outside [0, {config.vocab_size}): {bad[:8]}")
 
 
 class _Kind(enum.IntEnum):

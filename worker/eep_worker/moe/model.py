@@ -103,7 +103,8 @@ class ShardedMoEModel:
     # ------------------------------------------------------------ hot path: tensor ops only, no host sync
 
     def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
-        """``[T]`` int64 token ids (validated by the caller, see `check_token_ids`) -> ``[T, hidden]``."""
+        """``[T]`` int64 token ids (in ``[0, vocab_size)``: the supervisor validates client input) ->
+        ``[T, hidden]``."""
         return torch.nn.functional.embedding(token_ids.to(self.device), self.embedding)
 
     def route(self, layer: int, normed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,30 +1,31 @@
-"""A real Prometheus (Debian's `prometheus` binary) scraping the operator, with the project's alert rules.
+"""A real Prometheus (Debian's `prometheus` binary) scraping one target every second, with the project's alert
+rules evaluated every second.
 
-Called by `eep_demo.scenario`. It scrapes the operator pod's `/metrics` at its pod IP every second and
-evaluates `deploy/prometheus/elasticep-rules.yaml` every second. The rules' look-back windows (5m, 10m, ...)
-would keep an alert firing for minutes after a failure; the demo can shorten them (`scale_windows`) so it
-sees the alert resolve within its run. The summary says which windows were used.
+The rules' look-back windows (5m, 10m, ...) would keep an alert firing for minutes after a failure;
+`scale_windows` shortens them, so a run sees the alert resolve. Who uses it: the demo
+(`eep_demo.scenario`: the rank-failure alert fires and resolves), tests/alerts/test_alerts_e2e.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import re
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
-import urllib.request
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from eep_testkit.http_client import HTTPError, get_json
+from eep_testkit.ports import free_port
+
 __all__ = ["AlertState", "Prometheus", "scale_windows"]
 
+JOB = "elastic-ep-operator"
 _DURATION = re.compile(r"(\[|offset\s+)(\d+)([smh])(\])?")
 
 
@@ -42,12 +43,6 @@ def scale_windows(rules_text: str, window: str) -> str:
     return str(yaml.safe_dump(doc, sort_keys=False))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass(frozen=True)
 class AlertState:
     name: str
@@ -57,6 +52,9 @@ class AlertState:
 
 
 class Prometheus:
+    """One Prometheus process in `workdir` (config, rules, data, log). `window`: scale the rules' windows to
+    it (None: the rules file unchanged)."""
+
     def __init__(
         self, workdir: Path, rules_file: Path, window: str | None, binary: str = "prometheus"
     ) -> None:
@@ -64,13 +62,16 @@ class Prometheus:
         self.rules_file = rules_file
         self.window = window
         self.binary = shutil.which(binary) or binary
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = workdir / "prometheus.log"
 
-    def start(self, target: str) -> None:
-        """`target`: host:port of the operator's metrics. Raises RuntimeError if Prometheus fails to start."""
+    def start(
+        self, target: str, timeout_s: float = 60.0, extra_jobs: Sequence[Mapping[str, Any]] = ()
+    ) -> None:
+        """`target`: host:port of the operator's metrics; `extra_jobs`: more scrape configs (e.g. the workers
+        from a `file_sd_configs` file). Raises RuntimeError if Prometheus fails to start."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         rules = self.rules_file.read_text()
         if self.window:
@@ -80,7 +81,8 @@ class Prometheus:
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
             "rule_files": [str(self.workdir / "rules.yaml")],
             "scrape_configs": [
-                {"job_name": "elastic-ep-operator", "static_configs": [{"targets": [target]}]}
+                {"job_name": JOB, "static_configs": [{"targets": [target]}]},
+                *(dict(job) for job in extra_jobs),
             ],
         }
         (self.workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
@@ -93,15 +95,16 @@ class Prometheus:
         ]
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"prometheus exited {self.proc.returncode}: {self.tail()}")
-            with contextlib.suppress(OSError):
-                urllib.request.urlopen(f"{self.url}/-/ready", timeout=2).read()
+            try:
+                self.query("up")
                 return
-            time.sleep(0.5)
-        raise RuntimeError(f"prometheus not ready after 60 s: {self.tail()}")
+            except (OSError, HTTPError, ValueError, RuntimeError):
+                time.sleep(0.5)
+        raise RuntimeError(f"prometheus not ready after {timeout_s:g} s: {self.tail()}")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -117,19 +120,27 @@ class Prometheus:
         return "\n".join(text.splitlines()[-lines:])
 
     def _get(self, path: str, **params: str) -> Any:
+        """The `data` of an API answer. Raises OSError/HTTPError/ValueError (no answer) or RuntimeError (an
+        answer that is not a success)."""
         query = f"?{urllib.parse.urlencode(params)}" if params else ""
-        with urllib.request.urlopen(f"{self.url}{path}{query}", timeout=5) as resp:
-            doc = json.loads(resp.read())
+        doc = get_json(self.url, f"{path}{query}", timeout_s=5)
         if doc.get("status") != "success":
             raise RuntimeError(f"prometheus {path}: {doc}")
         return doc["data"]
 
     def query(self, expr: str) -> list[dict[str, Any]]:
+        """An instant query's result vector."""
         result: list[dict[str, Any]] = self._get("/api/v1/query", query=expr)["result"]
         return result
 
+    def query_range(self, expr: str, start: float, end: float, step_s: float = 1.0) -> list[dict[str, Any]]:
+        """A range query's result matrix over [start, end] (Unix seconds)."""
+        params = {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step_s:g}"}
+        result: list[dict[str, Any]] = self._get("/api/v1/query_range", **params)["result"]
+        return result
+
     def target_up(self) -> bool:
-        return any(r["value"][1] == "1" for r in self.query('up{job="elastic-ep-operator"}'))
+        return any(r["value"][1] == "1" for r in self.query(f'up{{job="{JOB}"}}'))
 
     def alert(self, name: str, **labels: str) -> AlertState:
         """The named alert's state (from /api/v1/alerts), narrowed to series carrying `labels`."""

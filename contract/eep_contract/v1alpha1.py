@@ -2,10 +2,11 @@
 
 This module is the single definition of the custom resource. The CRD's OpenAPI schema
 (`crds/elasticep.io_elasticepclusters.yaml`) and the configuration reference (`docs/reference.md`)
-are generated from these models by `eep_operator.api.crd`; tests fail when the committed files differ.
+are generated from these models by `eep_contract.crd`; tests fail when the committed files differ.
 
 Who reads it: the operator (writes status), the worker runtime (reads `status.membership`),
-the status CLI, the chart tests. It imports nothing from the rest of the project.
+the status CLI, the chart tests. It imports nothing from the rest of the project but the contract's
+`env.DataPath` (defined there without pydantic, for the worker's settings).
 
 Field names are camelCase on the wire (Kubernetes convention) and snake_case in Python.
 """
@@ -16,8 +17,10 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
+
+from eep_contract.env import DataPath
 
 GROUP = "elasticep.io"
 VERSION = "v1alpha1"
@@ -91,13 +94,131 @@ class EngineName(StrEnum):
     """SGLang's `launch_server` with Elastic EP on the Mooncake backend."""
 
 
-class SGLangJoinFlag(StrEnum):
-    """How a replacement SGLang member is told to join a running group."""
+class SGLangReleases:
+    """SGLang's Elastic EP flags by release (docs/sglang.md, "Compatibility"); all in the 0.5 series.
 
+    The operator renders only the flags that the release stated in `engine.sglang.version` accepts. The
+    CRD's CEL rules and the models' own checks (`SGLangOptions`, `ElasticEPClusterSpec`) reject the
+    combinations that cannot work, with the messages below. `make test` parses the rendered command lines
+    with the parsers of the releases in `TESTED` (tests/operator/test_sglang_parser.py).
+    """
+
+    FIRST = 10
+    """0.5.10: the first release with `--elastic-ep-backend mooncake`; it has no join flag."""
+    REJOIN_FIRST = 11
+    """0.5.11: `--elastic-ep-rejoin` appears."""
+    JOIN_MODE_FIRST = 16
+    """0.5.16: `--elastic-ep-join-mode {scale,recover}` appears; `--elastic-ep-rejoin` becomes its deprecated
+    alias."""
+    REJOIN_LAST = 20
+    """0.5.20: the last release that accepts `--elastic-ep-rejoin` (0.5.21's parser rejects it)."""
+    TESTED = ("0.5.20", "0.5.23")
+    """Releases whose own argument parser reads the rendered command lines in `make test`."""
+
+    VERSION_MESSAGE = (
+        "SGLang's Elastic EP on Mooncake starts at 0.5.10 and the operator knows the flags of the 0.5 series "
+        "only: state a release 0.5.10 or later 0.5.x, such as 0.5.23"
+    )
+    REJOIN_MESSAGE = (
+        "joinFlag Rejoin (--elastic-ep-rejoin) is accepted by SGLang 0.5.11 to 0.5.20 only (0.5.21 and later "
+        "reject it): use Auto or JoinModeRecover"
+    )
+    JOIN_MODE_MESSAGE = (
+        "joinFlag JoinModeRecover (--elastic-ep-join-mode recover) needs SGLang 0.5.16 or later "
+        "(0.5.11 to 0.5.15: use Auto or Rejoin)"
+    )
+    NO_JOIN_FLAG_MESSAGE = (
+        "SGLang 0.5.10 has no join flag (--elastic-ep-rejoin arrives in 0.5.11), so a failed member cannot "
+        "rejoin: set recovery.mode GroupRestart, or run 0.5.11 or later"
+    )
+
+
+def sglang_patch(version: str) -> int | None:
+    """N of an SGLang release `0.5.N` (or `0.5.N.postM`); None for a release outside the 0.5 series."""
+    parts = version.split(".")
+    if len(parts) < 3 or parts[:2] != ["0", "5"] or not parts[2].isdigit():
+        return None
+    return int(parts[2])
+
+
+_CEL_PATCH = "int(self.version.split('.')[2])"
+"""CEL for `sglang_patch(self.version)` inside `engine.sglang` (the version rule vouches for the series)."""
+
+
+class SGLangJoinFlag(StrEnum):
+    """How a replacement SGLang member is told to join a running group (`SGLangReleases` has the table)."""
+
+    AUTO = "Auto"
+    """The flag the stated `version` accepts: `--elastic-ep-join-mode recover` from 0.5.16,
+    `--elastic-ep-rejoin` in 0.5.11 to 0.5.15 (the default)."""
     JOIN_MODE_RECOVER = "JoinModeRecover"
-    """`--elastic-ep-join-mode recover` (current SGLang)."""
+    """`--elastic-ep-join-mode recover`: SGLang 0.5.16 and later."""
     REJOIN = "Rejoin"
-    """`--elastic-ep-rejoin` (older SGLang; later an alias, no longer accepted by sglang 0.5.23's parser)."""
+    """`--elastic-ep-rejoin`: SGLang 0.5.11 to 0.5.20 (from 0.5.16 a deprecated alias; 0.5.21's parser rejects
+    it)."""
+
+
+def sglang_join_flag(version: str, flag: SGLangJoinFlag) -> SGLangJoinFlag | None:
+    """The flag a replacement of an SGLang `version` member gets: `flag`, or for `Auto` the one the release
+    accepts; None for 0.5.10, which has none. Raises ValueError (with the schema's message) for a release
+    outside the known range or a flag the release rejects."""
+    patch = sglang_patch(version)
+    if patch is None or patch < SGLangReleases.FIRST:
+        raise ValueError(SGLangReleases.VERSION_MESSAGE)
+    if flag == SGLangJoinFlag.REJOIN and not (
+        SGLangReleases.REJOIN_FIRST <= patch <= SGLangReleases.REJOIN_LAST
+    ):
+        raise ValueError(SGLangReleases.REJOIN_MESSAGE)
+    if flag == SGLangJoinFlag.JOIN_MODE_RECOVER and patch < SGLangReleases.JOIN_MODE_FIRST:
+        raise ValueError(SGLangReleases.JOIN_MODE_MESSAGE)
+    if flag != SGLangJoinFlag.AUTO:
+        return flag
+    if patch >= SGLangReleases.JOIN_MODE_FIRST:
+        return SGLangJoinFlag.JOIN_MODE_RECOVER
+    return SGLangJoinFlag.REJOIN if patch >= SGLangReleases.REJOIN_FIRST else None
+
+
+DEFAULT_ADMISSION_BODY: dict[str, Any] = {
+    "input_ids": [0],
+    "sampling_params": {"max_new_tokens": 1, "temperature": 0},
+}
+"""One token from token id 0, like SGLang's own `/health` generation: needs no tokenizer, fits any model."""
+
+
+class SGLangAdmissionTrigger(_Model):
+    """Small generation requests to member 0 while a replacement joins.
+
+    SGLang's survivors look for joiners only at the end of a forward pass: a group with no traffic never
+    admits a replacement, which then waits in `join_group` until it gives up. While a member is Joining, the
+    operator POSTs `body` to `path` on member 0's engine port, one request at a time, one start per
+    `intervalSeconds` at most, until the member is Ready or the rejoin times out
+    (`elasticep_admission_trigger_requests_total`).
+    """
+
+    enabled: bool = Field(default=True, description="Send the requests while a member is Joining.")
+    interval_seconds: float = Field(
+        default=2.0,
+        ge=0.1,
+        le=300,
+        description="Seconds between the starts of two requests (one is in flight at a time).",
+    )
+    timeout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="Seconds one request may take; the survivors answer only after they admitted the joiner.",
+    )
+    path: str = Field(
+        default="/generate",
+        pattern=r"^/.*",
+        max_length=256,
+        description="HTTP path on member 0's `engine.port` (SGLang's native generate endpoint).",
+    )
+    body: dict[str, Any] = Field(
+        default=DEFAULT_ADMISSION_BODY,
+        description="JSON body of each request; the default asks for one token from token id 0.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
 
 
 class SGLangOptions(_Model):
@@ -105,6 +226,22 @@ class SGLangOptions(_Model):
 
     model_path: str = Field(
         min_length=1, description="Model to serve (`--model-path`): a local path or hub id."
+    )
+    version: str = Field(
+        pattern=r"^[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}(\.post[0-9]{1,3})?$",
+        max_length=24,
+        description="SGLang release the image runs, such as `0.5.23`: the operator renders only the flags "
+        "this release accepts (0.5.10 and later 0.5.x; `make test` parses the command lines with the "
+        "parsers of 0.5.20 and 0.5.23).",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.split('.')[0] == '0' && self.split('.')[1] == '5' && "
+                    f"int(self.split('.')[2]) >= {SGLangReleases.FIRST}",
+                    "message": SGLangReleases.VERSION_MESSAGE,
+                }
+            ]
+        },
     )
     tp_size: int | None = Field(
         default=None,
@@ -119,15 +256,46 @@ class SGLangOptions(_Model):
         description="Expert-parallel size (`--ep-size`). Defaults to the world size.",
     )
     join_flag: SGLangJoinFlag = Field(
-        default=SGLangJoinFlag.JOIN_MODE_RECOVER,
-        description="Flag that starts a replacement member in join mode; `Rejoin` for SGLang releases "
-        "that predate `--elastic-ep-join-mode`.",
+        default=SGLangJoinFlag.AUTO,
+        description="Flag that starts a replacement member in join mode; one the `version` accepts.",
+    )
+    admission_trigger: SGLangAdmissionTrigger = Field(
+        default_factory=SGLangAdmissionTrigger,
+        description="Generation requests to member 0 that let the survivors admit a joining replacement.",
     )
     extra_args: list[str] = Field(
         default_factory=list,
         max_length=128,
         description="Further `launch_server` arguments, appended verbatim.",
     )
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.joinFlag) || self.joinFlag != 'Rejoin' || "
+                    f"({_CEL_PATCH} >= {SGLangReleases.REJOIN_FIRST} && "
+                    f"{_CEL_PATCH} <= {SGLangReleases.REJOIN_LAST})",
+                    "message": SGLangReleases.REJOIN_MESSAGE,
+                },
+                {
+                    "rule": "!has(self.joinFlag) || self.joinFlag != 'JoinModeRecover' || "
+                    f"{_CEL_PATCH} >= {SGLangReleases.JOIN_MODE_FIRST}",
+                    "message": SGLangReleases.JOIN_MODE_MESSAGE,
+                },
+            ]
+        }
+    )
+
+    @model_validator(mode="after")
+    def _release_accepts_the_flag(self) -> SGLangOptions:
+        """The CEL rules above, for whoever builds the model without the API server (the operator's reads)."""
+        sglang_join_flag(self.version, self.join_flag)
+        return self
+
+    def replacement_join_flag(self) -> SGLangJoinFlag | None:
+        """The join flag a replacement gets (`sglang_join_flag`); None for 0.5.10."""
+        return sglang_join_flag(self.version, self.join_flag)
 
 
 class EngineSpec(_Model):
@@ -146,10 +314,20 @@ class EngineSpec(_Model):
         default="/ready",
         pattern=r"^/.*",
         description="HTTP path the pod's readiness probe calls. A member is Ready only after its ranks "
-        "have joined the group, so readiness is how the operator learns a join completed.",
+        "have joined the group, so readiness is how the operator learns a join completed. With engine "
+        "`sglang` the default `/ready`, which SGLang does not serve, becomes SGLang's `/health`.",
     )
     sglang: SGLangOptions | None = Field(
         default=None, description="SGLang options; required when `name` is `sglang`."
+    )
+    model_layers: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="Layers of the served model that each end in a combine collective (MoE layers). The "
+        "operator computes from it the recovery pause the settings imply (condition RecoveryPauseBounded, "
+        "`recovery.maxRecoveryPauseSeconds`); the reference worker is also started with it (`--layers`). "
+        "Unset: the pause cannot be bounded.",
     )
 
 
@@ -195,6 +373,11 @@ class ElasticEPSpec(_Model):
         ge=1024,
         le=65535,
         description="TCP port of the rendezvous store on member 0 (`--dist-init-addr` host:port).",
+    )
+    data_path: DataPath = Field(
+        default=DataPath.AUTO,
+        description="How the ranks carry the model's combine all-reduces, chosen once at the group's start "
+        "by a probe that checks the sums on every rank (`EEP_DATA_PATH`; the reference worker).",
     )
 
 
@@ -250,6 +433,15 @@ class RecoverySpec(_Model):
         gt=0,
         le=3600,
         description="Seconds a pod may stay Terminating on a lost node before it is force-deleted.",
+    )
+    max_recovery_pause_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=86400,
+        description="Longest recovery pause (a member lost mid-step -> the survivors serve again) the "
+        "settings may imply; above it the RecoveryPauseBounded condition is False and a Warning Event says "
+        "what the settings imply. Computed from `engine.modelLayers`, `elasticEP.collectiveTimeoutSeconds` "
+        "and `elasticEP.reconciliationWindowSeconds` (docs/runbook.md).",
     )
 
 
@@ -366,9 +558,30 @@ class ElasticEPClusterSpec(_Model):
                     "has(self.engine.sglang)",
                     "message": "engine.sglang (with modelPath) is required when engine.name is sglang",
                 },
+                {
+                    "rule": "!has(self.engine) || !has(self.engine.name) || self.engine.name != 'sglang' || "
+                    "!has(self.engine.sglang) || "
+                    f"int(self.engine.sglang.version.split('.')[2]) < {SGLangReleases.FIRST} || "
+                    f"int(self.engine.sglang.version.split('.')[2]) >= {SGLangReleases.REJOIN_FIRST} || "
+                    "(has(self.recovery) && has(self.recovery.mode) && self.recovery.mode == 'GroupRestart')",
+                    "message": SGLangReleases.NO_JOIN_FLAG_MESSAGE,
+                },
             ]
         }
     )
+
+    @model_validator(mode="after")
+    def _sglang_release_can_rejoin(self) -> ElasticEPClusterSpec:
+        """The CEL rule on SGLang 0.5.10 above, for whoever builds the model without the API server."""
+        sg = self.engine.sglang
+        if (
+            self.engine.name == EngineName.SGLANG
+            and sg is not None
+            and sg.replacement_join_flag() is None
+            and self.recovery.mode != RecoveryMode.GROUP_RESTART
+        ):
+            raise ValueError(SGLangReleases.NO_JOIN_FLAG_MESSAGE)
+        return self
 
     @property
     def world_size(self) -> int:
@@ -430,6 +643,12 @@ class ConditionType(StrEnum):
     """True while fewer ranks than the world size are active."""
     RECOVERING = "Recovering"
     """True while a member or group restart is in progress."""
+    RECOVERY_PAUSE_BOUNDED = "RecoveryPauseBounded"
+    """True when the recovery pause the spec implies (a member lost mid-step -> the survivors serve again,
+    `eep_contract.pause`) is at most `recovery.maxRecoveryPauseSeconds`; False above it (with a Warning Event
+    `RecoveryPauseAboveBound`); Unknown when it cannot be computed (`engine.modelLayers` unset, engine
+    `sglang`, or an unreadable tuning variable in `template.env`). It describes the settings, not a
+    measurement."""
 
 
 class ConditionStatus(StrEnum):
@@ -523,10 +742,21 @@ class ElasticEPClusterStatus(_StatusModel):
     """Observed state. The workers' membership signal and the operator's memory."""
 
     phase: Phase = Field(default=Phase.PENDING, description="Overall phase.")
-    conditions: list[Condition] = Field(default_factory=list, description="Ready, Degraded, Recovering.")
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Ready, Degraded, Recovering, RecoveryPauseBounded."
+    )
     observed_generation: int | None = Field(default=None, ge=0, description="Spec generation last acted on.")
     world_size: int = Field(default=0, ge=0, description="nodes x ranksPerNode.")
     active_rank_count: int = Field(default=0, ge=0, description="len(membership.activeRanks), for printing.")
+    joining_rank_count: int = Field(
+        default=0, ge=0, description="len(membership.joiningRanks), for printing (`kubectl get eep -o wide`)."
+    )
+    failed_member_count: int = Field(
+        default=0,
+        ge=0,
+        description="Members that are down with no replacement running yet (state Failed or Restarting), "
+        "for printing (`kubectl get eep -o wide`).",
+    )
     membership: Membership = Field(
         default_factory=Membership, description="Which ranks serve and which join."
     )

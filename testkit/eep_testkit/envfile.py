@@ -1,0 +1,45 @@
+"""Shell-style `KEY=VALUE` files: `hack/versions.env` (pinned tool versions) and `<venv>/mooncake-cpu.env`
+(the loader environment `hack/setup-mooncake-cpu.sh` writes for the mooncake-cpu backend).
+
+Who uses it: tests/chart/test_chart.py (the pinned Kubernetes version), bench/gpu_recovery.py (the
+mooncake-cpu environment of its rank processes). The worker applies the same file itself
+(`eep_worker.__main__.loader_env`) and the local cluster reads versions.env itself (`eep_localcluster`):
+neither may import a development-only kit.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+__all__ = ["mooncake_cpu_env", "parse_env", "read_env_file", "versions"]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def parse_env(text: str) -> dict[str, str]:
+    """The assignments of an env file. Blank lines and `#` comments are skipped, whitespace around the key and
+    the value is stripped, values are literal (no quotes removed, no `$` expansion). Pure."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key and not key.startswith("#"):
+            out[key.strip()] = value.strip()
+    return out
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """`parse_env` of a file. Raises OSError when it cannot be read."""
+    return parse_env(path.read_text())
+
+
+def versions(repo: Path = REPO) -> dict[str, str]:
+    """The pins of `hack/versions.env` (KUBE_VERSION, ETCD_VERSION, ...). Raises OSError."""
+    return read_env_file(repo / "hack" / "versions.env")
+
+
+def mooncake_cpu_env(prefix: Path | None = None) -> dict[str, str]:
+    """What `hack/setup-mooncake-cpu.sh` wrote into `<prefix>/mooncake-cpu.env` (default: this interpreter's
+    virtualenv); empty when the backend was never set up there."""
+    path = Path(sys.prefix if prefix is None else prefix) / "mooncake-cpu.env"
+    return read_env_file(path) if path.is_file() else {}

@@ -1,0 +1,407 @@
+"""The data path: how a rank's combine all-reduces travel, and the start-up probe that chooses it.
+
+Who calls it: the rank (`rank.RankRuntime.start`) calls `select` once, after its groups and model exist and
+before it serves; the step executor (`execution.StepExecutor.combine`) sends every combine through the chosen
+`CombinePath`. The GPU benchmark reports the choice (`Choice.mode`).
+
+Two paths (the contract's `DataPath`, `spec.elasticEP.dataPath`):
+- `DevicePath`: Mooncake's device collectives on the device world group. On one host they take the
+  peer-to-peer (CUDA IPC) route; between hosts RDMA or, without RDMA, the host-proxy route over the transfer
+  engine's TCP, where a 16-float all-reduce on two H200s took 45 s and left rank 0 with its own value
+  (docs/known-issues.md, "Members on different hosts").
+- `StagedPath`: device tensor -> pinned host buffer (a non-blocking copy, then a sync of the current stream:
+  one host sync per combine, which `torch.cuda.set_sync_debug_mode` sees) -> all-reduce on the CPU world group
+  (Mooncake's CPU backend, which already carries the plan and the recovery metadata) -> back to the device
+  (non-blocking, ordered on the same stream before the next copy out). On mooncake-cpu the "device" tensors
+  are CPU tensors: a copy and the same CPU collective.
+
+The probe (`probe`) checks values, not only completion: every rank all-reduces a known pattern (`pattern`:
+rank + 1 times 1..7 cycling along the elements, float32, exact for any world of the contract) at the sizes of
+`probe_sizes` up to the combine's, `PROBE_REPEATS` times each; each result must equal the exact sum and each
+work must report Mooncake's `local_success`. It runs on a helper thread, bounded by
+`Settings.probe_timeout_s`: past the bound the route counts as failed. Every rank's verdict goes to an
+all-or-nothing vote through the TCPStore (`agreement.StoreAgreement.vote`), so every rank picks the same path,
+and a route that one rank saw fail is not used by any. Ranks meet at a barrier before each probe, so a late
+rank does not fail a device collective by its lateness alone (a device collective's timeout is a failure, not
+a liveness check).
+
+Selection (`probe_order`, `select`): `Device` probes the device route only; `Staged` the staged route only;
+`Auto` the device route, then, if any rank failed it, the staged route. Before probing the staged route after
+a device probe that outlived its bound, a rank waits (`Settings.probe_drain_s`) for that collective to return:
+the staged copies queue on the same stream. When no route passes, `select` raises `NoDataPath` naming the
+routes and what this rank saw; the rank exits with `ExitCode.NO_DATA_PATH`. A joiner does not probe (the
+survivors serve meanwhile): it takes the mode rank 0 published in the TCPStore (`MODE_KEY`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+
+from eep_contract.env import DataPath
+
+__all__ = [
+    "MODE_KEY",
+    "PROBE_REPEATS",
+    "Choice",
+    "CombinePath",
+    "DevicePath",
+    "NoDataPath",
+    "ProbeResult",
+    "StagedPath",
+    "check_values",
+    "pattern",
+    "probe",
+    "probe_order",
+    "probe_sizes",
+    "select",
+]
+
+log = logging.getLogger(__name__)
+
+MODE_KEY = "eep/data-path"
+"""TCPStore key under which rank 0 publishes the chosen mode (`DataPath` value) for joiners."""
+PROBE_REPEATS = 2
+"""All-reduces per probe size: the first pays for connection set-up, the second is a steady one."""
+PATTERN_PERIOD = 7
+"""`pattern` cycles through 1..7 along the elements, so a misplaced chunk shows too."""
+SMALL_SIZES = (16, 4096)
+"""Probe sizes (elements) below the combine's own."""
+
+Success = Callable[[Any], bool]
+"""Mooncake's `local_success` of a work (`mooncake.Mooncake.local_success`)."""
+
+
+class CombinePath(Protocol):
+    """How one combine all-reduce (SUM over the world) travels. `all_reduce` raises what torch.distributed
+    raises; a peer that failed during it is not an exception but a work whose `local_success` is False."""
+
+    @property
+    def mode(self) -> DataPath: ...
+    @property
+    def route(self) -> str:
+        """The route in words, for logs and exit messages."""
+        ...
+
+    def all_reduce(self, t: torch.Tensor) -> dist.Work:
+        """All-reduce ``t`` in place, waited as the next kernel needs it (on GPU: ordered on the current
+        stream); returns the work, for `local_success`."""
+        ...
+
+
+class Agreement(Protocol):
+    """The part of `agreement.StoreAgreement` the selection uses (raises as documented there)."""
+
+    def barrier(self, key: str, parties: int) -> None: ...
+    def vote(self, name: str, voters: list[int], vote: bool) -> bool: ...
+
+
+class ModeStore(Protocol):
+    """The part of the TCPStore where the chosen mode is published. `get` waits for the key up to the
+    store's timeout and raises RuntimeError (torch's DistError family) past it or when the store is gone."""
+
+    def set(self, key: str, value: str, /) -> None: ...
+    def get(self, key: str, /) -> bytes: ...
+
+
+class DevicePath:
+    """Mooncake's device collectives on the device world group (no host sync)."""
+
+    mode = DataPath.DEVICE
+
+    def __init__(self, group: dist.ProcessGroup, backend: str) -> None:
+        self.group = group
+        self.route = f"device route (Mooncake's collectives on the {backend} world group)"
+
+    def all_reduce(self, t: torch.Tensor) -> dist.Work:
+        work: dist.Work | None = dist.all_reduce(t, group=self.group, async_op=True)
+        assert work is not None
+        work.wait()
+        return work
+
+
+class StagedPath:
+    """Each combine staged through one pinned host buffer and all-reduced on the CPU world group (module doc).
+
+    The buffer holds ``numel`` elements of ``dtype`` (the combine's shape) and grows if a larger tensor comes.
+    One buffer is enough: the copy back to the device and the next copy out are ordered on the same stream,
+    and the host collective writes the buffer only after the stream sync that follows the copy out."""
+
+    mode = DataPath.STAGED
+
+    def __init__(
+        self, group: dist.ProcessGroup, device: torch.device, *, numel: int, dtype: torch.dtype
+    ) -> None:
+        self.group, self.device = group, device
+        self.on_gpu = device.type == "cuda"
+        self.host = torch.empty(numel, dtype=dtype, pin_memory=self.on_gpu)
+        self.route = "staged route (pinned host memory, the all-reduce on the mooncake-cpu world group)"
+        self.host_syncs = 0
+        """Host syncs so far (one per combine on GPU; none on CPU), for benchmarks."""
+
+    def all_reduce(self, t: torch.Tensor) -> dist.Work:
+        n = t.numel()
+        if n > self.host.numel() or t.dtype != self.host.dtype:
+            self.host = torch.empty(n, dtype=t.dtype, pin_memory=self.on_gpu)
+        host = self.host[:n].view(t.shape)
+        if self.on_gpu:
+            host.copy_(t, non_blocking=True)
+            # The host sync of this path, deliberately through the stream (not an event) so that
+            # torch.cuda.set_sync_debug_mode counts it: the benchmark's per-step sync count must show it.
+            torch.cuda.current_stream(self.device).synchronize()
+            self.host_syncs += 1
+        else:
+            host.copy_(t)
+        work: dist.Work | None = dist.all_reduce(host, group=self.group, async_op=True)
+        assert work is not None
+        work.wait()
+        t.copy_(host, non_blocking=self.on_gpu)
+        return work
+
+
+# ---------------------------------------------------------------------------------------------- the probe
+
+
+def probe_order(requested: DataPath) -> tuple[DataPath, ...]:
+    """The routes to probe, in order, for a requested mode; the first that every rank passes is used. Pure."""
+    if requested is DataPath.AUTO:
+        return (DataPath.DEVICE, DataPath.STAGED)
+    return (requested,)
+
+
+def probe_sizes(combine_numel: int) -> tuple[int, ...]:
+    """Elements per probe all-reduce: `SMALL_SIZES` below the combine's size, and the combine's size. Pure."""
+    if combine_numel < 1:
+        raise ValueError(f"combine size must be positive, got {combine_numel}")
+    return tuple(sorted({min(s, combine_numel) for s in SMALL_SIZES} | {combine_numel}))
+
+
+def pattern(rank: int, size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """What ``rank`` contributes: ``(rank + 1) * (1 + i % 7)`` at element ``i``, float32."""
+    steps = torch.arange(size, dtype=torch.int64, device=device) % PATTERN_PERIOD + 1
+    return (steps * (rank + 1)).to(torch.float32)
+
+
+def check_values(got: torch.Tensor, world_size: int) -> str | None:
+    """None when ``got`` (on the host) is the exact all-reduce of `pattern` over ranks 0..world_size-1, else
+    what is wrong. Exact in float32: at most 1024 x 1025 / 2 x 7 < 2**24."""
+    total = world_size * (world_size + 1) // 2  # the sum of rank + 1 over the world
+    steps = torch.arange(got.numel(), dtype=torch.int64) % PATTERN_PERIOD + 1
+    want = (steps * total).to(torch.float32)
+    flat = got.reshape(-1)
+    if torch.equal(flat, want):
+        return None
+    bad = (flat != want).nonzero().reshape(-1)
+    i = int(bad[0])
+    return (
+        f"{bad.numel()} of {flat.numel()} elements wrong (element {i}: {float(flat[i])}, "
+        f"expected {float(want[i])})"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeResult:
+    """One rank's probe of one route."""
+
+    ok: bool
+    detail: str
+    """What was seen: the sizes and time when it passed; the first problem when not."""
+    seconds: float
+    pending: threading.Thread | None = None
+    """The probe's thread when it outlived the bound (its collective may still be in flight), else None."""
+
+
+def _read_back(x: torch.Tensor) -> torch.Tensor:
+    if x.device.type == "cuda":
+        # Nothing may be in flight when a pageable copy waits (docs/known-issues.md, H2): sync first.
+        torch.cuda.current_stream(x.device).synchronize()
+    return x.cpu()
+
+
+def _ops(
+    path: CombinePath,
+    *,
+    sizes: Sequence[int],
+    rank: int,
+    world_size: int,
+    device: torch.device,
+    success: Success,
+) -> str | None:
+    for size in sizes:
+        for i in range(PROBE_REPEATS):
+            x = pattern(rank, size, device)
+            work = path.all_reduce(x)
+            got = _read_back(x)
+            wrong = check_values(got, world_size)
+            reported = success(work)
+            if wrong is not None or not reported:
+                what = wrong if wrong is not None else "right values"
+                how = (
+                    "reported as a success" if reported else "Mooncake saw a peer fail (local_success False)"
+                )
+                return f"all-reduce of {size} elements (repeat {i}): {what}; {how}"
+    return None
+
+
+def probe(
+    path: CombinePath,
+    *,
+    rank: int,
+    world_size: int,
+    sizes: Sequence[int],
+    device: torch.device,
+    success: Success,
+    bound_s: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> ProbeResult:
+    """This rank's probe of ``path`` (module doc): collective, every rank of the world calls it together with
+    the same ``sizes``. Never raises: an exception, a wrong value, a failed work or the bound passing make a
+    failed result. The collectives run on a helper thread (same device and stream as the caller's), so a
+    hung route costs ``bound_s``, not the rank."""
+    problems: list[str | None] = []
+    stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
+
+    def body() -> None:
+        try:
+            if stream is not None:
+                torch.cuda.set_device(device)
+                with torch.cuda.stream(stream):
+                    problems.append(
+                        _ops(
+                            path,
+                            sizes=sizes,
+                            rank=rank,
+                            world_size=world_size,
+                            device=device,
+                            success=success,
+                        )
+                    )
+            else:
+                problems.append(
+                    _ops(path, sizes=sizes, rank=rank, world_size=world_size, device=device, success=success)
+                )
+        except Exception as e:
+            problems.append(f"{type(e).__name__}: {e}")
+
+    t0 = clock()
+    thread = threading.Thread(target=body, name=f"probe-{path.mode.value.lower()}", daemon=True)
+    thread.start()
+    thread.join(bound_s)
+    seconds = clock() - t0
+    if thread.is_alive():
+        return ProbeResult(False, f"not finished within its bound of {bound_s:.1f}s", seconds, thread)
+    problem = problems[0] if problems else "the probe thread ended without a verdict"
+    if problem is not None:
+        return ProbeResult(False, problem, seconds)
+    ops = len(sizes) * PROBE_REPEATS
+    return ProbeResult(True, f"{ops} all-reduces of {min(sizes)}..{max(sizes)} elements exact", seconds)
+
+
+# ---------------------------------------------------------------------------------------------- selection
+
+
+class NoDataPath(RuntimeError):
+    """No route allowed by the requested mode passed its probe on every rank (the message names them)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """The path this rank serves with, and how it was chosen."""
+
+    path: CombinePath
+    requested: DataPath
+    probes: tuple[tuple[DataPath, ProbeResult, bool], ...]
+    """(route, this rank's result, whether every rank passed it), in probe order; empty for a joiner."""
+
+    @property
+    def mode(self) -> DataPath:
+        return self.path.mode
+
+    def describe(self) -> str:
+        if not self.probes:
+            return f"{self.mode.value}: {self.path.route}, the group's choice (joined)"
+        seen = "; ".join(
+            f"{m.value} {'passed' if agreed else 'failed'} ({r.detail}, {r.seconds:.3f}s here)"
+            for m, r, agreed in self.probes
+        )
+        return f"{self.mode.value}: {self.path.route} (requested {self.requested.value}; {seen})"
+
+
+def select(
+    requested: DataPath,
+    *,
+    build: Mapping[DataPath, Callable[[], CombinePath]],
+    rank: int,
+    world_size: int,
+    rejoin: bool,
+    sizes: Sequence[int],
+    device: torch.device,
+    success: Success,
+    agreement: Agreement,
+    store: ModeStore,
+    bound_s: float,
+    drain_s: float,
+) -> Choice:
+    """Choose the path (module doc). Collective for the ranks of a fresh group (every rank calls it, with the
+    same arguments but ``rank``); a joiner (``rejoin``) reads the group's choice from ``store`` instead.
+    ``build`` makes each route's path (on demand: a staged path pins a buffer). Raises `NoDataPath` when no
+    allowed route passes, ValueError on a mode in the store that is not a `DataPath`, and what ``agreement``
+    and ``store`` raise (an absent rank, an unreachable store)."""
+    if rejoin:
+        mode = DataPath(bytes(store.get(MODE_KEY)).decode())
+        return Choice(build[mode](), requested, ())
+    voters = list(range(world_size))
+    probes: list[tuple[DataPath, ProbeResult, bool]] = []
+    routes: list[str] = []
+    for mode in probe_order(requested):
+        earlier = probes[-1][1] if probes else None
+        if earlier is not None and earlier.pending is not None:
+            # The staged copies would queue behind a device collective still on the stream: let it return.
+            earlier.pending.join(drain_s)
+        agreement.barrier(f"{MODE_KEY}/{mode.value}/start", world_size)
+        if earlier is not None and earlier.pending is not None and earlier.pending.is_alive():
+            # Still blocked: this rank cannot use the stream, but it votes, so every rank decides alike.
+            path: CombinePath | None = None
+            wait = f"the earlier probe's collective had not returned {drain_s:.0f}s after its bound"
+            result = ProbeResult(False, f"not probed: {wait}", 0.0, earlier.pending)
+        else:
+            path = build[mode]()
+            result = probe(
+                path,
+                rank=rank,
+                world_size=world_size,
+                sizes=sizes,
+                device=device,
+                success=success,
+                bound_s=bound_s,
+            )
+        agreed = agreement.vote(f"data-path-{mode.value}", voters, result.ok)
+        probes.append((mode, result, agreed))
+        log.log(
+            logging.INFO if agreed else logging.WARNING,
+            "rank %d: data path %s probe %s here (%s, %.3fs); %s",
+            rank,
+            mode.value,
+            "passed" if result.ok else "FAILED",
+            result.detail,
+            result.seconds,
+            "every rank passed" if agreed else "not every rank passed: not used",
+        )
+        if agreed and path is not None:
+            if rank == 0:
+                store.set(MODE_KEY, mode.value)
+            return Choice(path, requested, tuple(probes))
+        route = path.route if path is not None else f"{mode.value.lower()} route"
+        routes.append(
+            f"{route}: " + (f"failed here: {result.detail}" if not result.ok else "failed on another rank")
+        )
+    raise NoDataPath(
+        f"no data path passed its start-up probe (dataPath {requested.value}): " + "; ".join(routes)
+    )

@@ -1,0 +1,346 @@
+"""The step executor: one step on this rank, exactly as the step plan says, and the watchdog over it.
+
+Who calls it: every rank's loop. The leader (`leader.Leader`) passes the plan it sends to `StepExecutor.run`;
+a follower (`rank.RankRuntime.follow`) passes None and executes the plan it receives. The GPU benchmark drives
+it through `rank.RankRuntime.step` and this class's public methods (`begin`, `combine`, `all_succeeded`,
+`variant`).
+
+Per step, on every rank: the plan broadcast (CPU world group), then one combine all-reduce per layer over
+``max_batch_tokens`` padded rows for a BATCH plan, through the data path chosen at start-up
+(`datapath.py`: the device world group, or staged through host memory on the CPU world group); the recovery
+sequence for a RECOVER plan (`admission.Admission.admit`); nothing until Mooncake's new view for a FENCE plan
+(`fence.pass_fence`). Only the world group is used in the hot path: a failure is then detected on one group
+only. A BATCH step on the device path adds no host-device sync on GPU: this rank's success is asked only after
+the leader read its output back; the staged path syncs the host once per combine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Protocol
+
+import torch
+import torch.distributed as dist
+
+from eep_contract.env import DataPath
+from eep_contract.exitcodes import ExitCode
+from eep_worker import expert_location as el
+from eep_worker import protocol as P
+from eep_worker.datapath import CombinePath, DevicePath
+from eep_worker.events import LEADER_LOST, Exit, Outbox, ServingState
+from eep_worker.fence import pass_fence
+from eep_worker.groups import GroupRegistry
+from eep_worker.metrics import MetricsSink
+from eep_worker.moe import ShardedMoEModel
+from eep_worker.plan_ring import PlanRing
+from eep_worker.protocol import StepPlan
+from eep_worker.settings import Settings
+
+if TYPE_CHECKING:
+    from eep_worker.admission import Admission
+    from eep_worker.mooncake import Mooncake
+
+__all__ = ["PlanCodec", "StepExecutor", "StepResult", "StepWatchdog"]
+
+log = logging.getLogger(__name__)
+
+
+class StepResult(NamedTuple):
+    """What one step gave this rank (a named tuple: built on every step's critical path)."""
+
+    plan: StepPlan | None
+    """The plan executed; None when the received one was bad (this rank then contributed zeros)."""
+    output: torch.Tensor | None
+    """BATCH: the output rows ``[max_batch_tokens, hidden]`` on this rank's device, not read back (the first
+    ``len(plan.tokens)`` rows are the batch's). None for RECOVER, FENCE and a bad plan."""
+
+
+class PlanCodec(Protocol):
+    """How the plan goes into and comes out of the broadcast buffer: the `protocol` module itself, or a
+    stand-in for a benchmark's attribution (`StepExecutor.variant`)."""
+
+    def encode_into(self, plan: StepPlan, out: P.IntBuffer) -> None: ...
+    def decode_header(
+        self, header: Sequence[int], *, capacity: int, world_size: int, min_epoch: int, after_step: int
+    ) -> StepPlan: ...
+
+
+class StepWatchdog:
+    """Turns a hung step into a clear exit. Nothing in-process can unblock a collective, so when a step has
+    run longer than its limit the rank exits with `ExitCode.STALLED` and the pod ends; the operator's group
+    restart handles it (docs/known-issues.md: a view that lands before the fence can still split the
+    survivors). The executor arms it (`started`, `limit_s`) at the start of every step; a fence disarms it
+    (the fence is bounded by `Settings.fence_settle_s`)."""
+
+    def __init__(self, exit_rank: Exit, period_s: float = 1.0) -> None:
+        self.started: float | None = None
+        """`time.monotonic()` when the current step started (None: no step is timed)."""
+        self.limit_s = 0.0
+        """How long the current step may take, seconds."""
+        self._exit, self._period_s = exit_rank, period_s
+
+    def start(self) -> None:
+        """Start watching, from the next step on (an arm left by earlier, unwatched steps is dropped)."""
+        self.started = None
+        threading.Thread(target=self._watch, name="step-watchdog", daemon=True).start()
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(self._period_s)
+            started, limit = self.started, self.limit_s
+            if started is not None and time.monotonic() - started > limit:
+                self._exit(ExitCode.STALLED, f"a step did not finish within {limit:.0f}s (collective hung)")
+
+
+class StepExecutor:
+    """This rank's step state: the plan buffers, the collectives of the current step, the epoch and step it
+    acts on, and the expert dispatch map over the live ranks of the last plan."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        rank: int,
+        *,
+        mc: Mooncake,
+        registry: GroupRegistry,
+        model: ShardedMoEModel,
+        metadata: el.ExpertLocationMetadata,
+        admission: Admission,
+        sink: MetricsSink,
+        outbox: Outbox,
+        exit_rank: Exit,
+        path: CombinePath | None = None,
+    ) -> None:
+        m, t = settings.model, settings.timeouts
+        self.settings, self.rank = settings, rank
+        self.world_size = settings.cluster.world_size
+        self.is_leader = rank == 0
+        self.on_gpu = settings.backend == "mooncake"
+        self.mc, self.registry, self.world = mc, registry, registry.world
+        self.model, self.device = model, model.device
+        self.metadata, self.metadata_cpu = metadata, metadata.to_cpu()
+        self.admission, self.sink, self.outbox, self._exit = admission, sink, outbox, exit_rank
+        assert registry.world.device is not None
+        self.path: CombinePath = path or DevicePath(registry.world.device, settings.backend)
+        """How the combines travel (`datapath.select` chose it; the device world group by default)."""
+        self.tail = False
+        """This rank saw a collective fail and runs on the tail timeout (`enter_tail`) until a fence
+        passes."""
+        self.check_combines = not self.on_gpu or self.path.mode is DataPath.STAGED
+        """Each combine's success is a host read (a CPU work): `_note` checks every one. Device combines on
+        GPU are not checked (it would sync the host); their timeout is the device groups' (`mooncake.py`)."""
+        self.epoch = 0
+        self.step_no = 0
+        self.dispatch_live: frozenset[int] = frozenset(range(self.world_size))
+        """The live set the dispatch map was built for (that of the last BATCH plan)."""
+        self.codec: PlanCodec = P
+        width = P.HEADER + m.max_batch_tokens
+        self.ring = PlanRing(
+            width,
+            pin=self.on_gpu,
+            event=torch.cuda.Event if self.on_gpu else None,
+            # Passed to `Event.record` explicitly: without it, every record looks the stream up in Python.
+            stream=torch.cuda.current_stream() if self.on_gpu else None,
+        )
+        # The whole received plan goes to the device in one copy from the start of its pinned buffer, and the
+        # model reads the tokens through a view made once (cheaper on the host than a slice copy per step).
+        self.dev_plan = torch.zeros(width, dtype=torch.int64, device=self.device)
+        self.tokens = self.dev_plan[P.HEADER :]
+        self.zeros = torch.zeros(
+            m.max_batch_tokens, m.hidden_size, dtype=model.config.dtype, device=self.device
+        )
+        self._works: list[dist.Work] = []
+        self.stall_limit_s = max(30.0, 10 * (t.collective_timeout_s + t.reconcile_window_s))
+        """A step (never a recovery) that takes longer than this has hung."""
+        self.watchdog = StepWatchdog(exit_rank)
+
+    @property
+    def dispatch_map(self) -> torch.Tensor:
+        """``[layers, experts]``: the physical replica each logical expert's tokens go to (on the device)."""
+        return self.metadata.logical_to_rank_dispatch_physical_map
+
+    def warm_up(self) -> None:
+        """One forward without collectives, so the first served step does not pay for first-call setup."""
+        self.model.forward(self.tokens, self.dispatch_map, lambda t: t)
+
+    def adopt(self, metadata: el.ExpertLocationMetadata, epoch: int, step: int) -> None:
+        """A joiner, once admitted: the metadata it received and the epoch and step the group is at. The next
+        plan's live set rebuilds the dispatch map."""
+        self.metadata, self.metadata_cpu = metadata, metadata.to_cpu()
+        self.epoch, self.step_no = epoch, step
+        self.dispatch_live = frozenset()
+
+    # ------------------------------------------------------------------ one step
+
+    def run(self, sent: StepPlan | None) -> StepResult:
+        """One step on this rank: the plan broadcast (rank 0 passes the plan it sends; the others None), then
+        what it says. Collective: every rank calls it once per step."""
+        wd = self.watchdog
+        wd.started, wd.limit_s = time.monotonic(), self.stall_limit_s
+        buf, array = self.ring.next()
+        if sent is not None:
+            self.codec.encode_into(sent, array)
+        self._works = []
+        work = dist.broadcast(buf, src=0, group=self.world.cpu, async_op=True)
+        assert work is not None
+        work.wait()
+        self._works.append(work)
+        self._note(work)
+        try:
+            plan = (
+                sent
+                if sent is not None
+                else self.codec.decode_header(
+                    array[: P.HEADER].tolist(),
+                    capacity=len(array) - P.HEADER,
+                    world_size=self.world_size,
+                    min_epoch=self.epoch,
+                    after_step=self.step_no,
+                )
+            )
+        except P.PlanError as e:
+            # A plan broadcast that failed leaves the buffer's old plan (a stale step) or a torn one. Asked
+            # here, not every step: the check is a call into Mooncake on every follower's critical path.
+            lost = not self.mc.local_success(work) and 0 in self.mc.failed_ranks(work)
+            if lost or not bool(self.world.cpu_mirror[0]):
+                # Rank 0 hosts Mooncake's coordinator as well as the leader: no view change will ever come.
+                self._exit(ExitCode.LEADER_LOST, LEADER_LOST)
+            # Keep the group in step: the same combines as a BATCH plan, contributing nothing.
+            log.warning("rank %d: ignoring a bad plan after step %d: %s", self.rank, self.step_no, e)
+            for _ in range(self.model.config.num_layers):
+                self.combine(self.zeros.clone())
+            return StepResult(None, None)
+        self.step_no = plan.step
+        if plan.epoch != self.epoch:
+            self.epoch = plan.epoch
+            self.sink.membership(len(plan.live), plan.epoch)
+            if self.is_leader:
+                self.outbox.put(ServingState(plan.epoch, sorted(plan.live)))
+        if plan.kind is P.Kind.RECOVER:
+            # Waits for joiners up to the join timeout, then Mooncake's admission and the metadata broadcast.
+            wd.limit_s = self.stall_limit_s + 2 * self.settings.timeouts.join_timeout_s
+            self.admission.admit(plan, self.metadata, self.metadata_cpu)
+            return StepResult(plan, None)
+        if plan.kind is P.Kind.FENCE:
+            wd.started = None  # bounded by Settings.fence_settle_s
+            pass_fence(
+                plan,
+                registry=self.registry,
+                rank=self.rank,
+                settle_s=self.settings.fence_settle_s,
+                sink=self.sink,
+                exit_rank=self._exit,
+            )
+            self.leave_tail()
+            return StepResult(plan, None)
+        self._set_live(plan.live)
+        self.dev_plan.copy_(buf, non_blocking=self.on_gpu)
+        out = self.model.forward(
+            self.tokens, self.metadata.logical_to_rank_dispatch_physical_map, self.combine
+        )
+        if self.tail and self.check_combines and self.mc.all_succeeded(self._works):
+            self.leave_tail()  # a whole step without a failure: no dead rank is left in the view
+        return StepResult(plan, out)
+
+    def _set_live(self, live: frozenset[int]) -> None:
+        """Rebuild the dispatch map for `live` (the plan's view). Runs only when the live set changes."""
+        if live == self.dispatch_live:
+            return
+        flags = [1 if r in live else 0 for r in range(self.world_size)]
+        uncovered = el.uncovered_experts(self.metadata_cpu, flags)
+        if uncovered:
+            self._exit(ExitCode.UNCOVERED, f"experts without a live replica: {uncovered[:8]}")
+        active = torch.tensor(flags, dtype=torch.int32, device=self.device)
+        el.rebalance(self.metadata, active, out=self.metadata.logical_to_rank_dispatch_physical_map)
+        self.metadata_cpu = self.metadata.to_cpu()
+        self.dispatch_live = live
+        self.sink.membership(len(live), self.epoch)
+        log.info("rank %d epoch %d: dispatch over live ranks %s", self.rank, self.epoch, sorted(live))
+        if self.is_leader:
+            self.outbox.put(ServingState(self.epoch, sorted(live)))
+
+    # ------------------------------------------------------------------ this step's collectives
+
+    def begin(self, work: dist.Work) -> None:
+        """Start tracking a step whose first collective is ``work`` (`run` does this itself; a benchmark's
+        plain step that broadcasts on its own calls it)."""
+        self._works = [work]
+
+    def combine(self, t: torch.Tensor) -> torch.Tensor:
+        """The model's combine: all-reduce (SUM) ``t`` in place through the data path chosen at start-up
+        (`datapath.CombinePath`: the device world group, or staged through host memory on the CPU world
+        group), tracked for `all_succeeded`."""
+        work = self.path.all_reduce(t)
+        self._works.append(work)
+        if self.check_combines:  # issue #14: after a failure, the rest of the step at the tail timeout
+            self._note(work)
+        return t
+
+    # ------------------------------------------------------------------ after a failure: the tail
+
+    def _note(self, work: dist.Work) -> None:
+        """The first failed collective (a CPU work: its success is a host read) puts this rank on the tail."""
+        if not self.tail and not self.mc.local_success(work):
+            self.enter_tail()
+
+    def enter_tail(self) -> None:
+        """Put this process on the tail timeout (`TimeoutSettings.tail_timeout_s`) for the rest of the step
+        and the fence plan's broadcast: every later collective that still includes a dead rank then costs the
+        tail and one refused liveness probe instead of a collective timeout, so the leader reaches its fence
+        in a time that hardly grows with the model's depth (`eep_contract.pause`). Safe because Mooncake's
+        timeout is only a liveness probe on the CPU path: a live rank that is late is waited for, never
+        condemned. Every collective is still issued, so Mooncake's per-op counters stay aligned on every
+        rank. The leader also calls it before a fence plan (on GPU its device combines are not checked)."""
+        if self.tail:
+            return
+        t = self.settings.timeouts
+        self.mc.set_collective_timeout(t.tail_timeout_s)
+        self.tail = True
+        log.warning(
+            "rank %d step %d: a collective failed; the rest of the step on a %.3fs timeout (was %.3fs)",
+            self.rank,
+            self.step_no,
+            t.tail_timeout_s,
+            t.collective_timeout_s,
+        )
+
+    def leave_tail(self) -> None:
+        """Back to the collective timeout: after a fence, or after a step whose every collective succeeded."""
+        if not self.tail:
+            return
+        self.mc.set_collective_timeout(self.settings.timeouts.collective_timeout_s)
+        self.tail = False
+        log.info(
+            "rank %d step %d: collective timeout back to %.3fs",
+            self.rank,
+            self.step_no,
+            self.settings.timeouts.collective_timeout_s,
+        )
+
+    def all_succeeded(self) -> bool:
+        """Whether every collective of this step succeeded here. On GPU call it only after the step's output
+        was read back (the works are complete then; asking earlier could wait on the device)."""
+        return self.mc.all_succeeded(self._works)
+
+    def failed_ranks(self) -> frozenset[int]:
+        """Global ranks this rank saw fail in this step's collectives (all on the world group, whose local
+        ranks are the global ones). Only for a step already known to have failed."""
+        return frozenset(
+            r for w in self._works if not self.mc.local_success(w) for r in self.mc.failed_ranks(w)
+        )
+
+    @contextlib.contextmanager
+    def variant(self, *, ring: PlanRing | None = None, codec: PlanCodec | None = None) -> Iterator[None]:
+        """Within the block, steps use ``ring`` and/or ``codec`` instead of this executor's own (a benchmark's
+        attribution variants: what the copy events or the protocol's Python cost). Every rank must use the
+        same variant for the same steps."""
+        saved = self.ring, self.codec
+        self.ring, self.codec = ring or self.ring, codec or self.codec
+        try:
+            yield
+        finally:
+            self.ring, self.codec = saved
