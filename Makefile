@@ -65,7 +65,7 @@ test-recovery: $(VENV)/.worker tools control-plane ## only the rank-kill tests o
 	$(PY) -m pytest -m mooncake_faults
 
 test-unit: $(VENV)/.base ## fast unit tests only
-	$(PY) -m pytest -m 'not cluster and not mooncake'
+	$(PY) -m pytest -m 'not cluster and not mooncake and not sglang'
 
 demo: $(VENV)/.worker tools control-plane ## the whole loop on the local control plane: kill a member, watch it come back
 	$(PY) -m eep_demo --state $(STATE)

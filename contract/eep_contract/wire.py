@@ -9,13 +9,12 @@ the same models.
 
 HTTP (member 0 serves clients; every member serves readiness and metrics):
 
-| method, path | body | answer |
-| --- | --- | --- |
-| GET `/ready` | | 200 once every rank of the pod joined and holds the metadata, else 503; `ReadyReply` |
-| GET `/healthz` | | 200 `{"ok": true}` while the pod's supervisor runs |
-| GET `/metrics` | | Prometheus text |
-| GET `/v1/model` (member 0) | | `{"config": {...}, "max_batch_tokens": int}`: the reference model's settings |
-| POST `/v1/infer` (member 0) | `InferRequest` | 200 `InferReply`; 400/413 bad input; 503 not ready; 504 timed out; `ErrorReply` |
+- GET `/ready`: 200 once every rank of the pod joined and holds the metadata, else 503; `ReadyReply`.
+- GET `/healthz`: 200 `{"ok": true}` while the pod's supervisor runs.
+- GET `/metrics`: Prometheus text.
+- GET `/v1/model` (member 0): `{"config": {...}, "max_batch_tokens": int}`, the reference model's settings.
+- POST `/v1/infer` (member 0), body `InferRequest`: 200 `InferReply`; 400/413 bad input, 503 not ready,
+  504 timed out, each with an `ErrorReply`.
 """
 
 from __future__ import annotations

@@ -6,15 +6,17 @@ local cluster (its `free_port`) and test tools; nothing in operator/, worker/ or
 Modules (what each holds -> who uses it):
 
 - `standin`: `OperatorStandIn` with the sinks `MembershipFile` and `MembershipFeed` (ZMQ): membership
-  snapshots in the contract's wire form, epochs that only grow -> `pods`, tests/worker, bench/cpu_recovery.py.
+  snapshots in the contract's wire form, epochs that only grow -> `pods`, tests/worker, bench/cpu_recovery.py,
+  bench/gpu_recovery.py.
 - `pods`: `LocalPods` / `Pod`: `eep-worker serve` pods as local processes, configured by the contract's
-  environment; replacements with `--rejoin`; kill -> tests/worker, bench/cpu_recovery.py.
+  environment; replacements with `--rejoin`; kill; `kill_and_replace` (a lost member's whole round)
+  -> tests/worker, bench/cpu_recovery.py.
 - `reference`: `ReferenceChecker` (the float64 reference check), `fetch_model_config` (`GET /v1/model`)
-  -> `client`, the demo's load client.
+  -> `client`, the demo's load client, bench/gpu_recovery.py (`check_rows`).
 - `client`: `post_infer` (`InferRequest` -> `InferReply`, or `NoAnswer` / `WrongAnswer`), `CheckingClient`
   -> `stream`, tests/worker, bench/cpu_recovery.py, the demo.
-- `stream`: `Stream`, one thread of checked requests with timed answers and kept errors
-  -> bench/cpu_recovery.py, tests/worker.
+- `stream`: `Stream`, one thread of checked requests with timed answers and kept errors; `tokens_for`
+  (the i-th request's tokens) -> bench/cpu_recovery.py, tests/worker, bench/gpu_recovery.py (`tokens_for`).
 - `crs`: ElasticEPCluster objects: `cluster` (bare, for stand-in or fake pods), `from_example` (the CPU
   example) -> tests/operator, bench/operator_scale.py, the demo, bench/mttr.py, bench/soak.py, tests/chart,
   tests/alerts, tests/cli.
@@ -23,10 +25,12 @@ Modules (what each holds -> who uses it):
 - `pump`: `Pump` (a step repeated in a thread until stopped), `QueuePump` (queued typed events, by type)
   -> `stream`, `standin`, the demo, bench/operator_scale.py, bench/gpu_recovery.py.
 - `wait`: `wait_until` (polling, with a message that says what was awaited) -> `pods`, `stream`,
-  tests/conftest.py, bench/operator_scale.py.
+  tests/conftest.py, tests/worker, bench/operator_scale.py, bench/gpu_recovery.py.
 - `ports`: `free_port`, re-exported (its one home is `eep_localcluster.procs`) -> `pods`, `standin`,
-  `prometheus`, tests.
-- `envfile`: `parse_env`, `versions` (hack/versions.env), `mooncake_cpu_env` -> tests/chart.
+  `prometheus`, tests, bench/gpu_recovery.py.
+- `envfile`: `parse_env`, `versions` (hack/versions.env), `mooncake_cpu_env` -> tests/chart,
+  bench/gpu_recovery.py.
+- `stats`: `bootstrap_median_ci` (standard library only) -> bench/gpu_recovery.py, bench/pooled_step_ratio.py.
 - `prometheus`: `Prometheus` (a real one with the alert rules), `scale_windows` -> the demo, tests/alerts.
 - `tools`: `Tools`, the pinned kubectl and helm with one kubeconfig (`install_chart`: the operator's chart),
   `OperatorPorts` -> the demo, tests/conftest.py, tests/chart, tests/alerts.

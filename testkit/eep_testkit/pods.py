@@ -5,6 +5,7 @@ A pod is configured the way the operator configures it: the contract's environme
 `MemberEnv` as the operator renders it, `TuningEnv` for the knobs, the downward-API `EEP_POD_IP`), and the
 join flag `--rejoin` for a replacement. Each pod runs in its own session, so `kill()` SIGKILLs the whole pod
 (its rank processes too), as a lost node would. Logs go to `<workdir>/member-<index>-<incarnation>.log`.
+`kill_and_replace` plays a lost member's whole round against a request stream (`eep_testkit.stream`).
 
 Who uses it: tests/worker (the Mooncake recovery tests), bench/cpu_recovery.py.
 """
@@ -20,6 +21,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from eep_contract.env import POD_IP, POD_NAME, DataPath, MemberEnv, TuningEnv
 from eep_contract.wire import READY_PATH
@@ -27,6 +29,9 @@ from eep_testkit.http_client import HTTPError, request
 from eep_testkit.ports import free_port
 from eep_testkit.standin import MembershipFile, OperatorStandIn
 from eep_testkit.wait import wait_until
+
+if TYPE_CHECKING:  # the stream is the caller's; its client imports torch, which a pod launcher does not need
+    from eep_testkit.stream import Stream
 
 __all__ = ["LocalPods", "Pod", "worker_command"]
 
@@ -211,6 +216,27 @@ class LocalPods:
 
     def kill(self, member: int) -> None:
         self.pods[member].kill()
+
+    def kill_and_replace(
+        self, member: int, stream: Stream, answer_timeout_s: float = 30.0, ready_timeout_s: float = 90.0
+    ) -> Pod:
+        """One lost member and its replacement, the operator's part played by the stand-in: SIGKILL the
+        member's pod and publish the others active; once `stream` has an answer from them, start a
+        replacement (`--rejoin`) and publish its ranks joining; once it is ready, publish every rank active
+        and wait for an answer from all of them. Returns the replacement. Raises WaitTimeout, or
+        AssertionError when the replacement exits."""
+        lost = self.ranks_of(member)
+        everyone = list(range(self.world))
+        survivors = [r for r in everyone if r not in lost]
+        self.kill(member)
+        self.write_membership(survivors, [])
+        stream.wait_answer(lambda a: a["active_ranks"] == survivors, answer_timeout_s)
+        pod = self.start(member, rejoin=True)
+        self.write_membership(survivors, lost)
+        self.wait_ready([member], ready_timeout_s)
+        self.write_membership(everyone, [])
+        stream.wait_answer(lambda a: a["active_ranks"] == everyone, answer_timeout_s)
+        return pod
 
     def stop(self) -> None:
         """Kill every pod and close the stand-in."""

@@ -1,7 +1,7 @@
 """Polling until a condition holds, with a message that says what was awaited and what was seen.
 
 Who uses it: `eep_testkit.pods` (pods Ready), `eep_testkit.stream` (a matching answer), tests/conftest.py's
-`wait_for` fixture, bench/operator_scale.py.
+`wait_for` fixture, tests/worker, bench/operator_scale.py, bench/gpu_recovery.py.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The Dockerfile, checked statically (no Docker engine runs here): pinned bases, both targets, non-root
-users, no build tools in the final stages, OCI labels, install steps that carry only the distributions that run in each image."""
+users, no build tools in the final stages, OCI labels, install steps that carry only the distributions that
+run in each image."""
 
 from __future__ import annotations
 

@@ -126,9 +126,10 @@ def test_start_from_nothing_reaches_running(spec: Any, data: st.DataObject) -> N
 
 def test_a_pod_lost_before_it_was_seen_is_not_recreated_beside_serving_members() -> None:
     """Found by the property test above. Two members start; member 0's pod is deleted before the operator
-    ever saw it (no uid in the status) while member 1's pod becomes Ready. Before the fix the planner created a
-    fresh member-0 pod beside the serving member 1: `InvariantError: fresh pod for member 0 while others
-    serve: Pending epoch=1 0:Pending/i1 1:Healthy/i1`. Now the start counts as failed and the group restarts."""
+    ever saw it (no uid in the status) while member 1's pod becomes Ready. Before the fix the planner created
+    a fresh member-0 pod beside the serving member 1: `InvariantError: fresh pod for member 0 while others
+    serve: Pending epoch=1 0:Pending/i1 1:Healthy/i1`. Now the start counts as failed and the group
+    restarts."""
     spec = make_spec(
         nodes=2,
         rpn=2,

@@ -40,14 +40,7 @@ def test_staged_path_serves_through_a_kill_and_a_rejoin(tmp_path: Path) -> None:
         client = CheckingClient(cluster.pods[0])
         with Stream(client, pause_s=0.02) as stream:
             stream.wait_answer(lambda a: not a["degraded"], 30)
-            cluster.kill(2)
-            cluster.write_membership([0, 1], [])
-            stream.wait_answer(lambda a: a["active_ranks"] == [0, 1], 30)
-            cluster.start(2, rejoin=True)
-            cluster.write_membership([0, 1], [2])
-            cluster.wait_ready([2], 90)
-            cluster.write_membership([0, 1, 2], [])
-            stream.wait_answer(lambda a: a["active_ranks"] == [0, 1, 2], 30)
+            cluster.kill_and_replace(2, stream)
             stream.wait_answer(lambda a: a["active_ranks"] == [0, 1, 2], 30)  # and one more after it
         assert not stream.errors, stream.errors[:5]
         assert len(stream.answered) >= 3

@@ -67,14 +67,7 @@ def test_kill_and_rejoin_twice(tmp_path: Path) -> None:
     with fault_pods(tmp_path, members=3) as cluster:
         with serving(cluster) as stream:
             for _ in range(2):
-                cluster.pods[2].kill()
-                cluster.write_membership([0, 1], [])
-                stream.wait_answer(lambda a: a["active_ranks"] == [0, 1], 30)
-                cluster.start(2, rejoin=True)
-                cluster.write_membership([0, 1], [2])
-                cluster.wait_ready([2], 90)
-                cluster.write_membership([0, 1, 2], [])
-                stream.wait_answer(lambda a: a["active_ranks"] == [0, 1, 2], 30)
+                cluster.kill_and_replace(2, stream)
         assert not stream.errors, stream.errors[:5]
         logs = cluster.pods[0].logs()
         assert logs.count("recovery succeeded") == 2, logs[-3000:]

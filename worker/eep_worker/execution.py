@@ -12,6 +12,12 @@ sequence for a RECOVER plan (`admission.Admission.admit`); nothing until Mooncak
 (`fence.pass_fence`). Only the world group is used in the hot path: a failure is then detected on one group
 only. A BATCH step on the device path adds no host-device sync on GPU: this rank's success is asked only after
 the leader read its output back; the staged path syncs the host once per combine.
+
+After a failure (issue #14): the first collective that fails on a rank puts the process on the tail timeout
+(`enter_tail`), so the rest of the step costs milliseconds per collective instead of a collective timeout
+each, while every collective is still issued; the timeout is restored once the fence has passed
+(`leave_tail`). Which collectives are checked: the plan broadcast, and the combines where they are CPU works
+(mooncake-cpu, the staged path); a GPU device combine would need a host sync.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ class Requests(Protocol):
 
 
 class SnapshotSource(Protocol):
-    """The leader's membership source (`membership.MembershipSource`, or the GPU benchmark's own)."""
+    """The leader's membership source (a `membership.MembershipSource`; the GPU benchmark's: `FileSource`)."""
 
     def start(self) -> None: ...
     def latest(self) -> Snapshot | None: ...

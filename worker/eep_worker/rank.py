@@ -122,6 +122,11 @@ class RankRuntime:
         if self.on_gpu:
             torch.cuda.set_device(self.rank % torch.cuda.device_count())
             self.device = torch.device("cuda", torch.cuda.current_device())
+            # All of this rank's GPU work on a non-blocking stream of its own, never torch's legacy default
+            # stream: off the peer-to-peer route Mooncake's TCP transport copies GPU memory with cudaMemcpy
+            # on the legacy stream, which then waits behind this rank's own spinning collective kernel (a
+            # wrong sum after 7-45 s; docs/known-issues.md, "Members on different hosts").
+            torch.cuda.set_stream(torch.cuda.Stream())  # type: ignore[no-untyped-call]
         else:
             self.device = torch.device("cpu")
         if s.rejoin and self.rendezvous is not None:
