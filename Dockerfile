@@ -3,8 +3,9 @@
 #   docker build --target operator -t ghcr.io/elastic-ep-operator/operator:0.1.0 .
 #   docker build --target worker   -t ghcr.io/elastic-ep-operator/worker:0.1.0 .
 # Bases are pinned by tag and multi-platform index digest. Each image installs only the distributions that run in
-# it (docs/architecture.md, "Packages"): the operator image contract + operator, the worker image contract +
-# worker[gpu]; neither carries the local-cluster tooling, the test kit or the demo.
+# it (docs/architecture.md, "Map: folders, what each owns, what it may import"): the operator image contract +
+# operator, the worker image contract + worker[gpu]; neither carries the local-cluster tooling, the test kit or
+# the demo.
 # tests/chart/test_dockerfile.py keeps this in step with the folders' pyproject files.
 
 ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm@sha256:86adf8dbadc3d6e82ee5dd2c74bec2e1c2467cdad47886280501df722372d2e1

@@ -7,7 +7,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STATE ?= .local/cluster
-# One distribution per folder (docs/architecture.md, "Packages"); all installed editable into one virtualenv.
+# One distribution per folder (docs/architecture.md, "Map: folders, what each owns, what it may import"); all
+# installed editable into one virtualenv.
 DISTS := contract operator worker hack testkit demo
 PYDIRS := contract/eep_contract operator/eep_operator worker/eep_worker hack/eep_localcluster testkit/eep_testkit demo/eep_demo
 
@@ -26,7 +27,7 @@ $(VENV)/.worker: $(VENV)/.base hack/setup-mooncake-cpu.sh
 	VENV=$(VENV) bash hack/setup-mooncake-cpu.sh
 	touch $@
 
-venv: $(VENV)/.base ## the project virtualenv (operator + dev tools)
+venv: $(VENV)/.base ## the project virtualenv: all six distributions editable (worker without torch) + dev tools
 
 venv-worker: $(VENV)/.worker ## add torch + mooncake (CPU) to the virtualenv
 

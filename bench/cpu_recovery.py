@@ -26,26 +26,16 @@ import sys
 import tempfile
 import time
 import traceback
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from eep_contract.env import TuningEnv
 from eep_testkit.client import CheckingClient
+from eep_testkit.logs import log_lines
 from eep_testkit.pods import LocalPods
 from eep_testkit.stream import Stream
 
 REPO = Path(__file__).resolve().parent.parent
-_TS = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) (\S+) \w+ [\w.]+: (.*)$")
-
-
-def log_lines(text: str) -> list[tuple[float, str]]:
-    out = []
-    for line in text.splitlines():
-        m = _TS.match(line)
-        if m:
-            out.append((datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp(), m.group(3)))
-    return out
 
 
 def phase(text: str, name: str, epoch: int | None = None) -> float | None:

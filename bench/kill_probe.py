@@ -24,34 +24,28 @@ import argparse
 import dataclasses
 import json
 import random
-import re
 import shutil
 import sys
 import tempfile
 import time
 import traceback
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from eep_contract.env import TuningEnv
 from eep_contract.pause import recovery_pause
 from eep_testkit.client import CheckingClient
+from eep_testkit.logs import logged_at as log_lines_at
 from eep_testkit.pods import LocalPods, Pod
 from eep_testkit.stream import Stream
 from eep_testkit.wait import WaitTimeout
 
 REPO = Path(__file__).resolve().parent.parent
-_STAMP = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*"
 
 
 def logged_at(pod: Pod, text: str, after: float) -> list[float]:
     """Wall times of the pod's log lines that contain `text`, at or after `after`."""
-    times = (
-        datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
-        for m in re.finditer(_STAMP + re.escape(text), pod.logs(), re.MULTILINE)
-    )
-    return [t for t in times if t >= after - 0.05]
+    return log_lines_at(pod.logs(), text, after)
 
 
 def one_run(a: argparse.Namespace, workdir: Path, rng: random.Random, hang_after_s: float) -> dict[str, Any]:

@@ -1,9 +1,9 @@
 """Exit codes of a worker pod, and what each tells the operator.
 
 Who uses it: the worker ends a rank (and so its pod) with one of these (`eep_worker`); the operator names the
-meaning of a member's exit code in its Event and in the member's `lastExit.reason`
-(`eep_operator.core.planner`). Codes 1 and 2 stay Python's own (an exception, a usage error); 128+N is a
-signal.
+meaning of a member's exit code in its Event and in the member's `lastExit.message`
+(`eep_operator.core.planner`); `lastExit.reason` keeps the container's own reason. Codes 1 and 2 stay
+Python's own (an exception, a usage error); 128+N is a signal.
 """
 
 from __future__ import annotations

@@ -348,7 +348,7 @@ class ElasticEPSpec(_Model):
         default_factory=list,
         max_length=32,
         description="InfiniBand devices Mooncake may use (`--mooncake-ib-device`). "
-        "Empty: let Mooncake choose.",
+        "Empty: let Mooncake choose. Reaches engine `sglang` only; the reference worker ignores it.",
     )
     force_tcp: bool = Field(
         default=False,
@@ -359,14 +359,16 @@ class ElasticEPSpec(_Model):
         default=10.0,
         gt=0,
         le=3600,
-        description="Seconds a collective waits for a peer before Mooncake suspects it (detection, part 1).",
+        description="Seconds a collective waits for a peer before Mooncake suspects it (detection, part 1). "
+        "Reaches engine `eep-worker` only (`EEP_COLLECTIVE_TIMEOUT_S`); SGLang does not read it.",
     )
     reconciliation_window_seconds: float = Field(
         default=30.0,
         gt=0,
         le=3600,
         description="Seconds Mooncake waits for ranks to agree on a failure before deactivating the "
-        "suspected rank (detection, part 2).",
+        "suspected rank (detection, part 2). Reaches engine `eep-worker` only (`EEP_RECONCILE_WINDOW_S`); "
+        "SGLang does not read it.",
     )
     coordinator_port: int = Field(
         default=29500,
@@ -377,7 +379,7 @@ class ElasticEPSpec(_Model):
     data_path: DataPath = Field(
         default=DataPath.AUTO,
         description="How the ranks carry the model's combine all-reduces, chosen once at the group's start "
-        "by a probe that checks the sums on every rank (`EEP_DATA_PATH`; the reference worker).",
+        "by a probe that checks the sums on every rank (`EEP_DATA_PATH`). Reaches engine `eep-worker` only.",
     )
 
 

@@ -2,9 +2,10 @@
 (the loader environment `hack/setup-mooncake-cpu.sh` writes for the mooncake-cpu backend).
 
 Who uses it: tests/chart/test_chart.py (the pinned Kubernetes version), bench/gpu_recovery.py (the
-mooncake-cpu environment of its rank processes). The worker applies the same file itself
-(`eep_worker.__main__.loader_env`) and the local cluster reads versions.env itself (`eep_localcluster`):
-neither may import a development-only kit.
+mooncake-cpu environment of its rank processes). The parser is the worker's own
+(`eep_worker.loader.parse_env`, with which `eep-worker` applies the mooncake-cpu file in every pod); the
+local cluster reads versions.env with its own few lines, since it imports nothing of the project
+(`.importlinter`).
 """
 
 from __future__ import annotations
@@ -12,20 +13,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from eep_worker.loader import parse_env
+
 __all__ = ["mooncake_cpu_env", "parse_env", "read_env_file", "versions"]
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def parse_env(text: str) -> dict[str, str]:
-    """The assignments of an env file. Blank lines and `#` comments are skipped, whitespace around the key and
-    the value is stripped, values are literal (no quotes removed, no `$` expansion). Pure."""
-    out: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.strip().partition("=")
-        if sep and key and not key.startswith("#"):
-            out[key.strip()] = value.strip()
-    return out
 
 
 def read_env_file(path: Path) -> dict[str, str]:

@@ -39,8 +39,8 @@ HOST = "127.0.0.1"
 
 
 def worker_command(rejoin: bool = False) -> list[str]:
-    """`eep-worker serve` with this interpreter (so it runs from a checkout with PYTHONPATH as well as from
-    the installed console script), `--rejoin` for a replacement."""
+    """`eep-worker serve` with this interpreter's environment (`python -m eep_worker`), `--rejoin` for a
+    replacement."""
     return [sys.executable, "-m", "eep_worker", "serve", *(["--rejoin"] if rejoin else [])]
 
 

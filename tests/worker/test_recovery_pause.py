@@ -14,9 +14,7 @@ Before the tail timeout (`eep_worker.execution.StepExecutor.enter_tail`), the sa
 from __future__ import annotations
 
 import random
-import re
 import time
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ import pytest
 from eep_contract.env import TuningEnv
 from eep_contract.pause import recovery_pause
 from eep_testkit.client import CheckingClient
+from eep_testkit.logs import logged_at as log_lines_at
 from eep_testkit.pods import LocalPods, Pod
 from eep_testkit.stream import Stream
 
@@ -34,16 +33,11 @@ TIMEOUT_S = 0.5
 WINDOW_S = 1.0
 MARGIN_S = 2 * TIMEOUT_S + 1.5
 """What a measured time may exceed its bound by: log and poll latency, and scheduling on a loaded host."""
-_STAMP = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*"
 
 
 def logged_at(pod: Pod, text: str, after: float) -> list[float]:
     """Wall times of the pod's log lines that contain `text`, at or after `after`."""
-    times = (
-        datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
-        for m in re.finditer(_STAMP + re.escape(text), pod.logs(), re.MULTILINE)
-    )
-    return [t for t in times if t >= after - 0.05]
+    return log_lines_at(pod.logs(), text, after)
 
 
 def test_pause_after_a_random_kill_does_not_grow_with_depth(tmp_path: Path) -> None:

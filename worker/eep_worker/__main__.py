@@ -9,29 +9,8 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from eep_worker.loader import loader_env
 from eep_worker.settings import Settings, parse
-
-
-def loader_env(prefix: Path, environ: dict[str, str]) -> dict[str, str]:
-    """The variables to add for mooncake-cpu: `hack/setup-mooncake-cpu.sh` writes `<venv>/mooncake-cpu.env`
-    (the CUDA stub libraries on LD_LIBRARY_PATH, MC_FORCE_TCP). Rank processes are spawned fresh
-    interpreters, so setting them in the supervisor's environment before spawning is enough. Pure."""
-    path = prefix / "mooncake-cpu.env"
-    if not path.is_file():
-        return {}
-    out: dict[str, str] = {}
-    for line in path.read_text().splitlines():
-        key, sep, value = line.strip().partition("=")
-        if not sep or key.startswith("#"):
-            continue
-        if key == "LD_LIBRARY_PATH":
-            have = environ.get(key, "")
-            missing = [p for p in value.split(":") if p and p not in have.split(":")]
-            if missing:
-                out[key] = ":".join([*missing, *([have] if have else [])])
-        elif key not in environ:
-            out[key] = value
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
