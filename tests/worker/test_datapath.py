@@ -48,12 +48,9 @@ class FakePath:
         values: str = "right",
         reported: bool = True,
         hang: threading.Event | None = None,
-        good_calls: int | None = None,
     ) -> None:
         self.mode, self.rank, self.world = mode, rank, world
         self.values, self.reported, self.hang = values, reported, hang
-        self.good_calls = good_calls
-        """Right values for this many calls, then `values` (a route that fails under a stream of combines)."""
         self.route = f"fake {mode.value.lower()} route"
         self.calls = 0
 
@@ -61,16 +58,15 @@ class FakePath:
         self.calls += 1
         if self.hang is not None:
             self.hang.wait()
-        values = "right" if self.good_calls is not None and self.calls <= self.good_calls else self.values
-        if values == "raise":
+        if self.values == "raise":
             raise RuntimeError("transport closed")
-        if values == "right":
+        if self.values == "right":
             t.mul_(self.world * (self.world + 1) // 2).div_(self.rank + 1)
-        elif values == "one-element":
+        elif self.values == "one-element":
             t.mul_(self.world * (self.world + 1) // 2).div_(self.rank + 1)
             t[-1] += 1
         # "own": the rank's own contribution stays (the host-proxy run: rank 0 read 1.0 instead of 3.0)
-        return Work(self.reported or (values == "right" and self.good_calls is not None))
+        return Work(self.reported)
 
 
 # ------------------------------------------------------------------------------------------------- pure parts
@@ -126,18 +122,7 @@ def test_a_right_route_passes_every_size_twice() -> None:
     path = FakePath(DataPath.DEVICE, 1, 3)
     result = _probe(path)
     assert result.ok, result.detail
-    assert path.calls == len(SIZES) * D.PROBE_REPEATS + D.PROBE_BURST
-
-
-@pytest.mark.parametrize("reported", [True, False])
-def test_a_route_that_goes_wrong_under_a_stream_of_combines_fails_the_probe(reported: bool) -> None:
-    """Seen on 2 H200s off the peer-to-peer route (2026-11-30): the single checked all-reduces were exact,
-    then a steady stream of combines failed. Before the burst the probe passed such a route:
-    `assert not True`."""
-    good = len(SIZES) * D.PROBE_REPEATS + 120
-    result = _probe(FakePath(DataPath.DEVICE, 0, 2, values="own", reported=reported, good_calls=good))
-    assert not result.ok
-    assert "burst" in result.detail
+    assert path.calls == len(SIZES) * D.PROBE_REPEATS
 
 
 @pytest.mark.parametrize(

@@ -74,12 +74,6 @@ PATTERN_PERIOD = 7
 """`pattern` cycles through 1..7 along the elements, so a misplaced chunk shows too."""
 SMALL_SIZES = (16, 4096)
 """Probe sizes (elements) below the combine's own."""
-PROBE_BURST = 400
-"""Back-to-back all-reduces at the combine's size after the single checked ones, every `BURST_CHECK_EVERY`-th
-read back and checked, every work's success checked. Off the peer-to-peer route the device route passed the
-single checks and failed some seconds into a steady stream of combines (bench/README.md, 2026-11-30)."""
-BURST_CHECK_EVERY = 50
-"""In the burst, one all-reduce in this many is read back and its values checked (a host sync each)."""
 
 Success = Callable[[Any], bool]
 """Mooncake's `local_success` of a work (`mooncake.Mooncake.local_success`)."""
@@ -240,29 +234,19 @@ def _ops(
     device: torch.device,
     success: Success,
 ) -> str | None:
-    def problem(size: int, what: str, x: torch.Tensor, works: Sequence[Any]) -> str | None:
-        wrong = check_values(_read_back(x), world_size)
-        # Success only after the read-back: asking earlier could wait on the device.
-        reported = all(success(w) for w in works)
-        if wrong is None and reported:
-            return None
-        how = "reported as a success" if reported else "Mooncake saw a peer fail (local_success False)"
-        return f"all-reduce of {size} elements ({what}): {wrong or 'right values'}; {how}"
-
     for size in sizes:
         for i in range(PROBE_REPEATS):
             x = pattern(rank, size, device)
-            if (p := problem(size, f"repeat {i}", x, [path.all_reduce(x)])) is not None:
-                return p
-    size = max(sizes)
-    works: list[Any] = []
-    for i in range(PROBE_BURST):
-        x = pattern(rank, size, device)
-        works.append(path.all_reduce(x))
-        if (i + 1) % BURST_CHECK_EVERY == 0 or i == PROBE_BURST - 1:
-            if (p := problem(size, f"burst {i + 1} of {PROBE_BURST}", x, works)) is not None:
-                return p
-            works = []
+            work = path.all_reduce(x)
+            got = _read_back(x)
+            wrong = check_values(got, world_size)
+            reported = success(work)
+            if wrong is not None or not reported:
+                what = wrong if wrong is not None else "right values"
+                how = (
+                    "reported as a success" if reported else "Mooncake saw a peer fail (local_success False)"
+                )
+                return f"all-reduce of {size} elements (repeat {i}): {what}; {how}"
     return None
 
 
@@ -316,7 +300,7 @@ def probe(
     problem = problems[0] if problems else "the probe thread ended without a verdict"
     if problem is not None:
         return ProbeResult(False, problem, seconds)
-    ops = len(sizes) * PROBE_REPEATS + PROBE_BURST
+    ops = len(sizes) * PROBE_REPEATS
     return ProbeResult(True, f"{ops} all-reduces of {min(sizes)}..{max(sizes)} elements exact", seconds)
 
 
