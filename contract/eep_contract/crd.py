@@ -15,6 +15,7 @@ import enum
 import inspect
 import itertools
 import sys
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -300,16 +301,23 @@ def main(argv: list[str] | None = None) -> int:
         args.root / CHART_CRD_FILE: manifest,
         args.root / REFERENCE_FILE: reference_markdown(),
     }
+    return write_or_check(wanted, check=args.check, remedy="make generate")
+
+
+def write_or_check(wanted: Mapping[Path, str], *, check: bool, remedy: str) -> int:
+    """Write each generated file, or with ``check`` compare it with what is committed. Returns the exit
+    status: 1 (and a line naming the stale files and ``remedy`` on stderr) when a file differs or is missing.
+    Also used by the dashboard generator (`deploy/grafana/dashboard.py`)."""
     stale = []
     for path, text in wanted.items():
-        if args.check:
+        if check:
             if not path.exists() or path.read_text() != text:
                 stale.append(str(path))
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
     if stale:
-        print("out of date (run `make generate`): " + ", ".join(stale), file=sys.stderr)
+        print(f"out of date (run `{remedy}`): " + ", ".join(stale), file=sys.stderr)
         return 1
     return 0
 

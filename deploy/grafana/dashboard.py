@@ -38,6 +38,7 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common as mc
 from grafana_foundation_sdk.models import dashboard as md
 
+from eep_contract.crd import write_or_check
 from eep_contract.reasons import RecoveryPhase
 from eep_contract.v1alpha1 import Phase
 
@@ -547,18 +548,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=ROOT, help="repository root")
     args = parser.parse_args(argv)
     text = dashboard_text()
-    stale = []
-    for path in (args.root / DASHBOARD_FILE, args.root / CHART_FILE):
-        if args.check:
-            if not path.exists() or path.read_text() != text:
-                stale.append(str(path))
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-    if stale:
-        print("out of date (run `python deploy/grafana/dashboard.py`): " + ", ".join(stale), file=sys.stderr)
-        return 1
-    return 0
+    wanted = {args.root / DASHBOARD_FILE: text, args.root / CHART_FILE: text}
+    return write_or_check(wanted, check=args.check, remedy="python deploy/grafana/dashboard.py")
 
 
 if __name__ == "__main__":
