@@ -24,7 +24,7 @@ from typing import Any
 
 from kubernetes import client, config
 
-from eep_localcluster import controlplane, pki, procs
+from eep_localcluster import controlplane, ipam, pki, procs
 from eep_localcluster.kubeconfig import write_kubeconfig
 from eep_localcluster.layout import COMPONENTS, Layout
 from eep_localcluster.processnode import Agent
@@ -153,6 +153,7 @@ def cmd_down(a: argparse.Namespace, layout: Layout, quiet: bool = False) -> int:
         _stop_agent(layout, name)
     controlplane.stop(layout)
     killed = procs.sweep(layout.root)
+    ipam.release_all(layout.ips)
     shutil.rmtree(layout.ips, ignore_errors=True)
     if not quiet:
         _say(f"stopped (swept {len(killed)} leftover process(es))")

@@ -6,7 +6,7 @@
 <state>/etcd/                 etcd data
 <state>/logs/<component>.log  control-plane logs
 <state>/run/<component>.pid   control-plane pids
-<state>/ips/<ip>              pod IP leases shared by every agent (content: pod uid)
+<state>/ips/<uid>             this cluster's pod IP leases (the leases themselves are machine-wide: ipam.py)
 <state>/nodes/<node>/         one agent: agent.pid, agent.log, kubeconfig, pods/<uid>/...
 """
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import shutil
 from pathlib import Path
 
 import pytest
@@ -127,13 +128,33 @@ def test_ready_condition_keeps_transition_time() -> None:
 
 
 def test_ipam_unique_sticky_and_released(tmp_path: Path) -> None:
-    ips = [ipam.allocate(tmp_path, f"uid-{i}") for i in range(300)]
+    leases, mine = tmp_path / "leases", tmp_path / "a" / "ips"
+    ips = [ipam.allocate(mine, f"uid-{i}", leases) for i in range(300)]
     assert len(set(ips)) == 300 and all(
         ip.startswith("127.0.") and not ip.startswith("127.0.0.") for ip in ips
     )
-    assert ipam.allocate(tmp_path, "uid-7") == ips[7]
-    ipam.release(tmp_path, ips[7], "uid-7")
-    ipam.release(tmp_path, ips[8], "someone-else")  # not the owner: kept
-    again = ipam.allocate(tmp_path, "uid-new")
+    assert ipam.allocate(mine, "uid-7", leases) == ips[7]
+    ipam.release(mine, ips[7], "uid-7", leases)
+    ipam.release(mine, ips[8], "someone-else", leases)  # not the owner: kept
+    again = ipam.allocate(mine, "uid-new", leases)
     assert again not in set(ips) - {ips[7]}
-    assert ipam.allocate(tmp_path, "uid-8") == ips[8]
+    assert ipam.allocate(mine, "uid-8", leases) == ips[8]
+
+
+def test_ipam_two_clusters_never_share_an_address(tmp_path: Path) -> None:
+    """Two local clusters on one machine (two test sessions) used to hand out the same 127.0.1.1."""
+    leases = tmp_path / "leases"
+    a, b = tmp_path / "a" / "ips", tmp_path / "b" / "ips"
+    first = [ipam.allocate(a, f"uid-{i}", leases) for i in range(5)]
+    second = [ipam.allocate(b, f"uid-{i}", leases) for i in range(5)]  # same pod uids, other cluster
+    assert not set(first) & set(second)
+    ipam.release_all(a, leases)
+    assert not list(a.iterdir())
+    assert ipam.allocate(b, "uid-0", leases) == second[0]
+    # A cluster whose state directory is gone without `down`: its leases are stale and taken over.
+    fresh = tmp_path / "fresh-leases"
+    c = tmp_path / "c" / "ips"
+    taken = ipam.allocate(c, "uid-c", fresh)
+    assert ipam.allocate(b, "uid-b", fresh) != taken  # c still exists: its lease holds
+    shutil.rmtree(tmp_path / "c")
+    assert ipam.allocate(b, "uid-later", fresh) == taken
