@@ -155,6 +155,8 @@ def test_ipam_two_clusters_never_share_an_address(tmp_path: Path) -> None:
     fresh = tmp_path / "fresh-leases"
     c = tmp_path / "c" / "ips"
     taken = ipam.allocate(c, "uid-c", fresh)
-    assert ipam.allocate(b, "uid-b", fresh) != taken  # c still exists: its lease holds
+    other = ipam.allocate(b, "uid-b", fresh)
+    assert other != taken  # c still exists: its lease holds
+    ipam.release(b, other, "uid-b", fresh)
     shutil.rmtree(tmp_path / "c")
     assert ipam.allocate(b, "uid-later", fresh) == taken
