@@ -30,9 +30,10 @@ SINGULAR = "elasticepcluster"
 SHORT_NAMES = ("eep",)
 API_VERSION = f"{GROUP}/{VERSION}"
 
-MAX_MEMBERS = 256
+MAX_MEMBERS = 64
 MAX_RANKS_PER_MEMBER = 16
-MAX_WORLD_SIZE = 1024
+MAX_WORLD_SIZE = 64
+"""Mooncake's limit on global ranks in one group (both backends are Mooncake's)."""
 
 
 class Labels:
@@ -434,7 +435,26 @@ class RecoverySpec(_Model):
         default=30.0,
         gt=0,
         le=3600,
-        description="Seconds a pod may stay Terminating on a lost node before it is force-deleted.",
+        description="Seconds a pod may stay Terminating before the operator acts: on a node that is gone "
+        "or out of service it is force-deleted; anywhere else (a finalizer, a hung runtime) a Warning Event "
+        "`PodStuckTerminating` and the `Stalled` condition name the pod and what holds it.",
+    )
+    node_lost_grace_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        le=86400,
+        description="Seconds a member's node may be NotReady or Unknown before the member is reported "
+        "Unreachable (a Warning Event and the `MembersUnreachable` condition). Unreachable is not failed: "
+        "the operator replaces the member only with evidence that its ranks are gone (the node deleted, "
+        "the node tainted `node.kubernetes.io/out-of-service`, or member 0 reporting those ranks not "
+        "live), so a node blip or a control-plane partition never restarts anything.",
+    )
+    max_evictions_per_member: int = Field(
+        default=10,
+        ge=0,
+        le=1000,
+        description="Evictions (a drain, a preemption) one member may take within `restartWindowSeconds` "
+        "without spending its crash budget (`maxRestartsPerMember`); further evictions count as crashes.",
     )
     max_recovery_pause_seconds: float = Field(
         default=10.0,
@@ -540,8 +560,9 @@ class ElasticEPClusterSpec(_Model):
         json_schema_extra={
             "x-kubernetes-validations": [
                 {
-                    "rule": "self.nodes * self.ranksPerNode <= 1024",
-                    "message": "world size (nodes x ranksPerNode) must be at most 1024",
+                    "rule": f"self.nodes * self.ranksPerNode <= {MAX_WORLD_SIZE}",
+                    "message": f"world size (nodes x ranksPerNode) must be at most {MAX_WORLD_SIZE}: "
+                    "Mooncake's limit on the global ranks of one group",
                 },
                 {
                     "rule": "!has(self.recovery) || !has(self.recovery.maxUnavailableMembers) || "
@@ -651,6 +672,14 @@ class ConditionType(StrEnum):
     `RecoveryPauseAboveBound`); Unknown when it cannot be computed (`engine.modelLayers` unset, engine
     `sglang`, or an unreadable tuning variable in `template.env`). It describes the settings, not a
     measurement."""
+    MEMBERS_UNREACHABLE = "MembersUnreachable"
+    """True while a member's node has been NotReady/Unknown for `recovery.nodeLostGraceSeconds` and the
+    operator has no evidence that its ranks are gone; the message names the members, nodes and what evidence
+    would let the operator act."""
+    STALLED = "Stalled"
+    """True while the operator cannot make progress without help (kstatus' meaning): a pod stuck
+    Terminating past `recovery.terminatingTimeoutSeconds`, an API request refused for good (403, 422),
+    pods of a previous cluster of the same name still present. The reason and message say which."""
 
 
 class ConditionStatus(StrEnum):
@@ -737,6 +766,25 @@ class MemberStatus(_StatusModel):
     last_exit: ExitRecord | None = Field(default=None, description="How the last pod of this member ended.")
     last_recovery_seconds: float | None = Field(
         default=None, ge=0, description="Seconds from the last failure to this member Healthy again."
+    )
+    unreachable_since: datetime | None = Field(
+        default=None,
+        description="When the member's node was first seen NotReady/Unknown while its pod still exists; "
+        "cleared once the node is Ready again or the member failed.",
+    )
+    waiting_reason: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="Why the member's current pod does not run yet: a container's waiting reason "
+        "(ErrImagePull, ImagePullBackOff, CreateContainerConfigError...) or Unschedulable.",
+    )
+    waiting_message: str = Field(
+        default="", max_length=4096, description="The message that goes with `waitingReason`."
+    )
+    eviction_times: list[datetime] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="When each recent eviction of this member was observed (`maxEvictionsPerMember`).",
     )
 
 
