@@ -52,7 +52,7 @@ class Labels:
 
 
 class Annotations:
-    """Annotation keys on member pods."""
+    """Annotation keys on member pods (and, for `EPOCH_FLOOR`, on the ElasticEPCluster itself)."""
 
     JOIN = "elasticep.io/join"
     """`"true"` on a replacement pod started in join (recover) mode."""
@@ -60,6 +60,10 @@ class Annotations:
     """Membership epoch at which the pod was created."""
     INCARNATION = "elasticep.io/incarnation"
     """How many times this member's pod has been created (1 for the first pod)."""
+    EPOCH_FLOOR = "elasticep.io/epoch-floor"
+    """On the ElasticEPCluster: the highest membership epoch the operator has published. Written before the
+    status that raises the epoch, so a lost status (a `status: null` patch, a backup restored without its
+    status) never makes the epoch go back."""
 
 
 MANAGED_BY_VALUE = "elastic-ep-operator"

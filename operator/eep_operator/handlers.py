@@ -1,9 +1,14 @@
 """kopf wiring: every event becomes the same level-triggered `Reconciler.reconcile(namespace, name)`.
 
-- CR: `on.event` (covers create, update and resume: kopf lists every CR when it starts) and a `timer` every
-  `resync_seconds` (safety net). `on.event` rather than `on.create/update/resume` because those persist
-  handler progress in kopf annotations; ours lives in the status only.
-- Pods with our managed-by label: mapped back to their CR by the `elasticep.io/cluster` label.
+- CR: `on.event` (covers create, update and resume: kopf lists every CR when it starts) and our own resync
+  loop (`Runtime.resync_forever`: every CR every `resync_seconds` while leader, a safety net). `on.event`
+  rather than `on.create/update/resume` because those persist handler progress in kopf annotations; ours
+  lives in the status only. No handler may need kopf's finalizer (kopf's `requires_finalizer`: timers,
+  daemons and non-optional `on.delete` do): with the operator uninstalled, a CR carrying it could never be
+  deleted. The one that older versions left (their `kopf.timer`) is removed by `kick_all`.
+- Pods with our managed-by label, selected by the API server (`settings.watching.label_selectors`; the
+  handler's `labels=` alone filters in kopf, after every pod of the watched namespaces was listed, parsed
+  and kept): mapped back to their CR by the `elasticep.io/cluster` label.
 - Nodes: a node's readiness change or deletion reconciles every CR with a pod on that node (an index built
   from pod events).
 - Leader election: a Lease (see `eep_operator.io.lease` for why not kopf peering); non-leaders watch but do
@@ -34,6 +39,11 @@ from eep_operator.settings import Settings
 
 log = logging.getLogger("eep_operator.handlers")
 Key = tuple[str, str]
+
+KOPF_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
+"""kopf's default `settings.persistence.finalizer`, put on every CR by versions that had a `kopf.timer`."""
+POD_SELECTOR = f"{Labels.MANAGED_BY}={MANAGED_BY_VALUE}"
+"""Server-side label selector of the pod watch: only our members' pods are listed and kept."""
 
 
 class Runtime:
@@ -99,7 +109,8 @@ class Runtime:
         self.kick(key)
 
     async def kick_all(self) -> None:
-        """Reconcile every CR we serve (a new leader, or startup)."""
+        """Reconcile every CR we serve (a new leader, startup, the resync loop) and remove the kopf finalizer
+        from any CR that still carries one (left by an older version)."""
         namespaces: list[str | None] = list(self.settings.watch.namespaces) or [None]
         for ns in namespaces:
             try:
@@ -108,7 +119,27 @@ class Runtime:
                 log.warning("could not list clusters: %s", e)
                 continue
             for cr in crs:
-                self.kick((cr["metadata"]["namespace"], cr["metadata"]["name"]))
+                key = (cr["metadata"]["namespace"], cr["metadata"]["name"])
+                if KOPF_FINALIZER in (cr["metadata"].get("finalizers") or ()):
+                    await self.release_finalizer(key)
+                self.kick(key)
+
+    async def release_finalizer(self, key: Key) -> None:
+        """Remove `KOPF_FINALIZER` from the CR `key` (others' finalizers stay); errors are logged."""
+        try:
+            if await asyncio.to_thread(self.kube.remove_finalizer, *key, KOPF_FINALIZER):
+                log.info("removed the finalizer %s that an older version left on %s/%s", KOPF_FINALIZER, *key)
+        except KubeError as e:
+            log.warning("could not remove the finalizer %s from %s/%s: %s", KOPF_FINALIZER, *key, e)
+
+    async def resync_forever(self, stopped: asyncio.Event) -> None:
+        """Every `resync_seconds`, while leader, reconcile every CR (the safety net behind the events). Our
+        own loop, not a `kopf.timer`: kopf puts its finalizer on every CR a timer serves."""
+        while not stopped.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopped.wait(), self.settings.watch.resync_seconds)
+            if not stopped.is_set() and self.is_leader():
+                await self.kick_all()
 
     def stop_side_work(self) -> None:
         """Stop what runs beside the reconciles (the SGLang admission trigger's senders): a stand-by operator
@@ -138,7 +169,6 @@ class Runtime:
 
 def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
     """Register every handler of the operator in `registry` (one registry per operator instance)."""
-    settings = runtime.settings
     stopped = asyncio.Event()
 
     @kopf.on.startup(registry=registry)
@@ -149,9 +179,14 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
         settings.watching.client_timeout = 90
         settings.watching.connect_timeout = 10
         settings.networking.request_timeout = 30
-        if runtime.elector is not None:
-            task = asyncio.get_running_loop().create_task(runtime.elect_forever(stopped))
+        settings.watching.label_selectors["v1", "pods"] = POD_SELECTOR
+        loop = asyncio.get_running_loop()
+        # Without an elector this process leads from the start: one pass now, as a new leader makes.
+        first = runtime.elect_forever(stopped) if runtime.elector is not None else runtime.kick_all()
+        for coro in (first, runtime.resync_forever(stopped)):
+            task = loop.create_task(coro)
             runtime._tasks.add(task)
+            task.add_done_callback(runtime._tasks.discard)
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -187,12 +222,7 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
             return  # our own status write (the spec did not change): nothing new to act on
         runtime.kick((namespace, name))
 
-    @kopf.timer(GROUP, VERSION, PLURAL, interval=settings.watch.resync_seconds, registry=registry)
-    async def cluster_resync(namespace: str | None, name: str, **_: Any) -> None:
-        if namespace is None:
-            return
-        runtime.kick((namespace, name))
-
+    # `labels=` repeats the server-side selector set at startup (kopf filters client-side with it).
     @kopf.on.event("", "v1", "pods", labels={Labels.MANAGED_BY: MANAGED_BY_VALUE}, registry=registry)
     async def pod_event(body: kopf.Body, namespace: str | None, type: str, **_: Any) -> None:
         cluster = (body.get("metadata", {}).get("labels") or {}).get(Labels.CLUSTER)

@@ -70,6 +70,7 @@ class World:
     now: datetime = T0
     pods: dict[str, SimPod] = field(default_factory=dict)
     nodes: dict[str, bool] = field(default_factory=dict)
+    out_of_service: set[str] = field(default_factory=set)
     service: bool = False
     status: ElasticEPClusterStatus = field(default_factory=ElasticEPClusterStatus)
     generation: int = 1
@@ -92,7 +93,7 @@ class World:
             pods=tuple(
                 sorted((p.obs() for p in self.pods.values()), key=lambda p: (p.member, p.incarnation))
             ),
-            nodes={n: NodeObs(n, r) for n, r in self.nodes.items()},
+            nodes={n: NodeObs(n, r, n in self.out_of_service) for n, r in self.nodes.items()},
             service_exists=self.service,
         )
 
@@ -203,6 +204,13 @@ class World:
     def node_up(self, node: str) -> None:
         self.nodes[node] = True
 
+    def taint_out_of_service(self, node: str) -> None:
+        """Kubernetes' non-graceful node shutdown: a person says the node's processes are gone."""
+        self.out_of_service.add(node)
+
+    def delete_node(self, node: str) -> None:
+        self.nodes.pop(node, None)
+
     # ---------------------------------------------------------------- driving
     def settle(self, max_steps: int = 400) -> None:
         """No more faults: reconcile, tick, let time pass until every member is Healthy or the CR Failed."""
@@ -289,6 +297,9 @@ def check_moves(before: ElasticEPClusterStatus, p: A.Plan) -> None:
     old = {m.index: m.state for m in before.members} if len(before.members) == len(after.members) else {}
     state = {m.index: old.get(m.index, members.INITIAL) for m in after.members}
     for mv in p.moves:
+        if mv.rebuilt:  # the state read back from the pods after a status loss (planner `_rebuild`)
+            state[mv.member] = mv.target
+            continue
         if mv.source != state[mv.member] or not members.can_transition(mv.source, mv.target):
             raise InvariantError(
                 f"member {mv.member}: move {mv.source.value} -> {mv.target.value} while it was "

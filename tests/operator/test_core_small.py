@@ -90,6 +90,9 @@ def raw_pod(member: int, **status: Any) -> dict[str, Any]:
             "labels": {Labels.CLUSTER: "c", Labels.MEMBER: str(member)},
             "annotations": {Annotations.INCARNATION: "3", Annotations.JOIN: "true"},
             "creationTimestamp": "2026-01-01T00:00:00Z",
+            "ownerReferences": [
+                {"apiVersion": "elasticep.io/v1alpha1", "kind": "ElasticEPCluster", "uid": "cu", "controller": True}
+            ],
         },
         "spec": {"nodeName": "n0"},
         "status": status,
@@ -126,7 +129,7 @@ def test_observe_terminated_deleting_evicted() -> None:
     )
     pod["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:30Z"
     pod["metadata"]["deletionGracePeriodSeconds"] = 30
-    obs = observe({"metadata": {"name": "c"}}, [pod], [], service_exists=True)
+    obs = observe({"metadata": {"name": "c", "uid": "cu"}}, [pod], [], service_exists=True)
     (p,) = obs.pods
     assert p.evicted and p.deleting and p.deletion_started == t(0)
     assert p.terminated is not None and (p.terminated.exit_code, p.terminated.reason) == (137, "OOMKilled")

@@ -81,9 +81,11 @@ SIGNALS = [
         143,
         False,
     ),
-    ("node lost", lambda p: replace(p, node="n-down"), "NodeLost", None, True),
+    ("node out of service", lambda p: replace(p, node="n-oos"), "NodeLost", None, True),
     ("node deleted", lambda p: replace(p, node="n-gone"), "NodeLost", None, True),
 ]
+VOLUNTARY = {"evicted"}
+"""Signals that are not crashes: no backoff (`maxEvictionsPerMember`)."""
 
 
 @pytest.mark.parametrize(
@@ -94,14 +96,16 @@ def test_failure_signal_marks_member_failed(name, mutate, reason, code, deletes)
     w = running(spec)
     before = w.status
     obs = w.observed()
-    obs = replace(obs, nodes={**obs.nodes, "n-down": replace(obs.nodes["n0"], name="n-down", ready=False)})
+    oos = replace(obs.nodes["n0"], name="n-oos", ready=False, out_of_service=True)
+    obs = replace(obs, nodes={**obs.nodes, "n-oos": oos})
     victim = member_pod(obs, 2)
     obs = with_pod(obs, 2, mutate(victim))
     p = plan(spec, before, obs, w.now)
     m = p.status.members[2]
     assert m.state == S.FAILED
     assert m.last_exit is not None and m.last_exit.exit_code == code and m.last_exit.pod_uid == victim.uid
-    assert m.failed_time == w.now and m.next_restart_time == w.now + timedelta(seconds=1)
+    backoff = 0 if name in VOLUNTARY else 1
+    assert m.failed_time == w.now and m.next_restart_time == w.now + timedelta(seconds=backoff)
     assert A.RecordFailure(reason) in p.actions
     assert any(
         isinstance(a, A.EmitEvent) and a.reason == f"Member{reason}" and a.member == 2 for a in p.actions
@@ -162,14 +166,62 @@ def test_failed_member_waits_for_its_old_pod_to_go() -> None:
     spec = make_spec(maxUnavailableMembers=2)
     w = running(spec)
     assert w.pods["c-1"].node == "n1"
-    w.node_down("n1")
+    w.user_delete(1)
     p = w.reconcile()
-    assert [a.member for a in kinds(p, A.DeletePod)] == [1, 3]  # still running there: graceful
+    assert p.status.members[1].state == S.FAILED  # deleted by someone else
+    w.node_down("n1")  # before its kubelet finished the deletion
     w.tick()
     w.advance(5)  # backoff over, but the old pod is still Terminating on the lost node
     p = w.reconcile()
     assert not kinds(p, A.CreatePod)
-    assert not kinds(p, A.DeletePod)  # already deleting: nothing more to ask
+    assert not kinds(p, A.DeletePod | A.ForceDeletePod)  # no evidence that its processes stopped
+
+
+def test_lost_node_is_unreachable_not_failed() -> None:
+    """A NotReady node (a kubelet blip, an agent that died while its workers run) says nothing about the
+    member's ranks: no failure, no deletion, no replacement, however long, until there is evidence."""
+    spec = make_spec(maxUnavailableMembers=2, nodeLostGraceSeconds=20)
+    w = running(spec)
+    uids = {p.member: p.uid for p in w.pods.values()}
+    w.node_down("n1")  # members 1 and 3
+    p = w.reconcile()
+    assert [m.state for m in p.status.members] == [S.HEALTHY] * 4
+    assert not kinds(p, A.DeletePod | A.ForceDeletePod | A.CreatePod)
+    assert p.status.members[1].unreachable_since == w.now
+    unreachable = next(c for c in p.status.conditions if c.type == "MembersUnreachable")
+    assert unreachable.status == "False"  # within the grace: nothing to report yet
+    for _ in range(40):
+        w.advance(5)
+        p = w.reconcile()
+        assert not kinds(p, A.DeletePod | A.ForceDeletePod | A.CreatePod)
+    unreachable = next(c for c in p.status.conditions if c.type == "MembersUnreachable")
+    assert unreachable.status == "True" and "member 1" in unreachable.message and "member 3" in unreachable.message
+    assert {p.member: p.uid for p in w.pods.values()} == uids
+    assert p.status.group_restarts == 0 and p.status.membership.active_ranks == list(range(8))
+    w.node_up("n1")
+    p = w.reconcile()
+    assert p.status.members[1].unreachable_since is None
+    assert next(c for c in p.status.conditions if c.type == "MembersUnreachable").status == "False"
+
+
+@pytest.mark.parametrize("evidence", ["out-of-service", "node deleted", "member 0 says not live"])
+def test_lost_node_with_evidence_is_replaced(evidence: str) -> None:
+    spec = make_spec(maxUnavailableMembers=2)
+    w = running(spec)
+    w.node_down("n1")
+    w.reconcile()
+    if evidence == "out-of-service":
+        w.taint_out_of_service("n1")
+    elif evidence == "node deleted":
+        w.delete_node("n1")
+    obs = w.observed()
+    if evidence == "member 0 says not live":
+        obs = replace(obs, live_ranks=frozenset({0, 1, 4, 5}))
+    p = plan(spec, w.status, obs, w.now)
+    assert [p.status.members[i].state for i in (1, 3)] == [S.FAILED, S.FAILED]
+    assert sorted(a.member for a in kinds(p, A.ForceDeletePod)) == [1, 3]
+    assert p.status.members[1].last_exit is not None and p.status.members[1].last_exit.reason == "NodeLost"
+    assert p.status.group_restarts == 0
 
 
 def test_restarting_to_joining_to_healthy() -> None:
@@ -322,7 +374,10 @@ def test_fresh_pods_wait_for_every_old_pod() -> None:
     w.advance(5)
     p = w.reconcile()
     assert not kinds(p, A.CreatePod)  # pods on the lost node are still Terminating
-    w.advance(10)
+    w.advance(60)
+    p = w.reconcile()
+    assert not kinds(p, A.CreatePod | A.ForceDeletePod)  # no evidence their processes stopped
+    w.taint_out_of_service("n1")
     p = w.reconcile()
     assert sorted(a.member for a in kinds(p, A.ForceDeletePod)) == [1, 3]
     assert not kinds(p, A.CreatePod)

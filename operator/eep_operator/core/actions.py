@@ -22,6 +22,14 @@ class EnsureService:
 
 
 @dataclass(frozen=True)
+class EnsurePodDisruptionBudget:
+    """Create the cluster's PodDisruptionBudget if it does not exist (`podspec.render_pdb`); AlreadyExists is
+    success. Never updated: its spec depends only on the immutable `nodes`."""
+
+    manifest: dict[str, Any] = field(compare=False, hash=False)
+
+
+@dataclass(frozen=True)
 class CreatePod:
     """Create a member pod. AlreadyExists is success (a retry after a lost reply)."""
 
@@ -93,6 +101,7 @@ class RecordRecovery:
 
 Action = (
     EnsureService
+    | EnsurePodDisruptionBudget
     | CreatePod
     | DeletePod
     | ForceDeletePod
@@ -103,7 +112,7 @@ Action = (
     | RecordRecovery
 )
 
-KUBE_ACTIONS = (EnsureService, CreatePod, DeletePod, ForceDeletePod)
+KUBE_ACTIONS = (EnsureService, EnsurePodDisruptionBudget, CreatePod, DeletePod, ForceDeletePod)
 """Actions that change the cluster; the rest only report."""
 
 

@@ -71,11 +71,13 @@ def transition(current: MemberState, target: MemberState) -> MemberState:
 
 @dataclass(frozen=True)
 class Move:
-    """One state change within a plan: member `member` went `source -> target` (a pair in the table)."""
+    """One state change within a plan: member `member` went `source -> target` (a pair in the table), or,
+    with `rebuilt`, the state read back from the member's pod after the status was lost (`rebuild`)."""
 
     member: int
     source: MemberState
     target: MemberState
+    rebuilt: bool = False
 
 
 def move(m: MemberStatus, target: MemberState, now: datetime) -> Move:
@@ -85,3 +87,13 @@ def move(m: MemberStatus, target: MemberState, now: datetime) -> Move:
     m.state = transition(source, target)
     m.state_since = now
     return Move(member=m.index, source=source, target=target)
+
+
+def rebuild(m: MemberStatus, target: MemberState, now: datetime) -> Move:
+    """Set `m`'s state to what its pod shows, after the status (the operator's memory) was lost or is older
+    than the pods. Not a transition: the table describes what the operator decides, this restores what it had
+    decided before. The returned `Move` says so (`rebuilt`)."""
+    source = m.state
+    m.state = target
+    m.state_since = now
+    return Move(member=m.index, source=source, target=target, rebuilt=True)

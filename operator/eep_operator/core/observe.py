@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from eep_contract.v1alpha1 import Annotations, Labels
+from eep_contract.v1alpha1 import GROUP, KIND, Annotations, Labels
 
 Obj = Mapping[str, Any]
 
@@ -53,6 +53,17 @@ class PodObs:
     created: datetime | None = None
     ip: str | None = None
     """`status.podIP`, once the pod has one (the SGLang admission trigger's target on member 0)."""
+    epoch: int = 0
+    """The membership epoch the pod was created at (its `elasticep.io/epoch` annotation)."""
+    finalizers: tuple[str, ...] = ()
+    """`metadata.finalizers`: what holds a Terminating pod besides the kubelet."""
+    waiting_reason: str | None = None
+    """Why the pod does not run yet, as a kubelet or scheduler says it: a container's `state.waiting.reason`
+    other than the routine ContainerCreating/PodInitializing (ErrImagePull, ImagePullBackOff,
+    CreateContainerConfigError...), or `Unschedulable` (PodScheduled False)."""
+    waiting_message: str = ""
+    owner_uid: str | None = None
+    """uid of the pod's controller ownerReference (the ElasticEPCluster that created it), if any."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,9 @@ class NodeObs:
 
     name: str
     ready: bool
+    out_of_service: bool = False
+    """Tainted `node.kubernetes.io/out-of-service` (Kubernetes' non-graceful node shutdown): a person or a
+    tool says its pods' processes are gone."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +88,19 @@ class Observed:
     pods: tuple[PodObs, ...] = ()
     nodes: Mapping[str, NodeObs] = field(default_factory=dict)
     service_exists: bool = True
+    pdb_exists: bool = True
+    foreign_pods: tuple[PodObs, ...] = ()
+    """Pods with this cluster's label whose controller is another ElasticEPCluster (a deleted one of the same
+    name whose pods the garbage collector has not removed yet): never members, but they hold their names."""
+    epoch_floor: int = 0
+    """The highest epoch the operator ever published for this CR (the CR's `elasticep.io/epoch-floor`
+    annotation, written before each status that raises the epoch): survives a lost status."""
+    live_ranks: frozenset[int] | None = None
+    """The group's own view (member 0's `GroupView.live_ranks`), asked only while a member's node is lost;
+    None when not asked or member 0 did not answer."""
+    refused: str | None = None
+    """The API server's answer to the last request it refused for good (403, 422), while the operator waits
+    before trying again; None otherwise."""
 
     def pods_of(self, member: int) -> tuple[PodObs, ...]:
         return tuple(p for p in self.pods if p.member == member)
@@ -125,6 +152,11 @@ def observe_pod(pod: Obj) -> PodObs | None:
     if deletion is not None:
         deletion_started = deletion - timedelta(seconds=grace)
     reason = status.get("reason") or ""
+    waiting_reason, waiting_message = _waiting(status, conditions)
+    owner = next(
+        (o for o in meta.get("ownerReferences") or [] if o.get("controller")),
+        None,
+    )
     return PodObs(
         name=meta.get("name", ""),
         uid=meta.get("uid", ""),
@@ -143,33 +175,94 @@ def observe_pod(pod: Obj) -> PodObs | None:
         node=spec.get("nodeName") or None,
         created=_time(meta.get("creationTimestamp")),
         ip=status.get("podIP") or None,
+        epoch=_int(annotations.get(Annotations.EPOCH), 0),
+        finalizers=tuple(meta.get("finalizers") or ()),
+        waiting_reason=waiting_reason,
+        waiting_message=waiting_message,
+        owner_uid=None if owner is None else owner.get("uid"),
     )
+
+
+_ROUTINE_WAITING = frozenset({"ContainerCreating", "PodInitializing"})
+
+
+def _waiting(status: Obj, conditions: Mapping[Any, Any]) -> tuple[str | None, str]:
+    """(reason, message) of a pod that waits for something other than the routine start of its containers."""
+    for cs in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason")
+        if reason and reason not in _ROUTINE_WAITING:
+            return reason, waiting.get("message") or ""
+    for c in status.get("conditions") or []:
+        if c.get("type") == "PodScheduled" and c.get("status") == "False":
+            return c.get("reason") or "Unschedulable", c.get("message") or ""
+    return None, ""
+
+
+OUT_OF_SERVICE_TAINT = "node.kubernetes.io/out-of-service"
 
 
 def observe_node(node: Obj) -> NodeObs:
     meta = node.get("metadata") or {}
     conditions = {c.get("type"): c.get("status") for c in (node.get("status") or {}).get("conditions") or []}
-    return NodeObs(name=meta.get("name", ""), ready=conditions.get("Ready") == "True")
+    taints = (node.get("spec") or {}).get("taints") or []
+    return NodeObs(
+        name=meta.get("name", ""),
+        ready=conditions.get("Ready") == "True",
+        out_of_service=any(t.get("key") == OUT_OF_SERVICE_TAINT for t in taints),
+    )
 
 
-def observe(cr: Obj, pods: Iterable[Obj], nodes: Iterable[Obj], *, service_exists: bool) -> Observed:
-    """The CR's identity plus its member pods (by label; pods of other clusters are ignored) and the nodes."""
+def observe(
+    cr: Obj,
+    pods: Iterable[Obj],
+    nodes: Iterable[Obj],
+    *,
+    service_exists: bool,
+    pdb_exists: bool = True,
+    live_ranks: frozenset[int] | None = None,
+    refused: str | None = None,
+) -> Observed:
+    """The CR's identity plus its member pods and the nodes.
+
+    A pod is a member pod only if its controller ownerReference is this CR (its uid), not merely because it
+    carries the cluster's labels: a copy (`kubectl debug --copy-to`) or the pod of a deleted CR of the same
+    name is not a member. Pods of a deleted CR of the same name (controller: another ElasticEPCluster uid)
+    are kept apart in `foreign_pods`; any other labelled pod is ignored."""
     meta = cr.get("metadata") or {}
-    name = meta.get("name", "")
-    observed_pods: list[PodObs] = []
+    name, uid = meta.get("name", ""), meta.get("uid", "")
+    owned: list[PodObs] = []
+    foreign: list[PodObs] = []
     for pod in pods:
         labels = (pod.get("metadata") or {}).get("labels") or {}
         if labels.get(Labels.CLUSTER) != name:
             continue
         obs = observe_pod(pod)
-        if obs is not None and obs.member >= 0:
-            observed_pods.append(obs)
+        if obs is None or obs.member < 0:
+            continue
+        if obs.owner_uid == uid:
+            owned.append(obs)
+        elif obs.owner_uid is not None and _owned_by_a_cluster(pod):
+            foreign.append(obs)
+    annotations = meta.get("annotations") or {}
     return Observed(
         name=name,
         namespace=meta.get("namespace", ""),
-        uid=meta.get("uid", ""),
+        uid=uid,
         generation=_int(meta.get("generation"), 1),
-        pods=tuple(sorted(observed_pods, key=lambda p: (p.member, p.incarnation, p.name))),
+        pods=tuple(sorted(owned, key=lambda p: (p.member, p.incarnation, p.name))),
         nodes={n.name: n for n in (observe_node(n) for n in nodes)},
         service_exists=service_exists,
+        pdb_exists=pdb_exists,
+        foreign_pods=tuple(foreign),
+        epoch_floor=_int(annotations.get(Annotations.EPOCH_FLOOR), 0),
+        live_ranks=live_ranks,
+        refused=refused,
+    )
+
+
+def _owned_by_a_cluster(pod: Obj) -> bool:
+    return any(
+        o.get("controller") and o.get("kind") == KIND and str(o.get("apiVersion", "")).startswith(GROUP + "/")
+        for o in (pod.get("metadata") or {}).get("ownerReferences") or []
     )

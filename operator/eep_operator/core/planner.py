@@ -69,7 +69,7 @@ from eep_operator.core.actions import (
 )
 from eep_operator.core.conditions import get_condition, set_condition
 from eep_operator.core.members import DOWN, Move
-from eep_operator.core.observe import Observed, PodObs
+from eep_operator.core.observe import OUT_OF_SERVICE_TAINT, Observed, PodObs
 
 S = MemberState
 
@@ -120,6 +120,15 @@ def detect_failure(
                 f"pod {m.pod_name} ({m.pod_uid}) disappeared",
             )
         return None
+    if _node_lost(pod, observed):
+        evidence = gone_evidence(m, pod, observed)
+        if evidence is not None:
+            return fail(FailureReason.NODE_LOST, FailureReason.NODE_LOST, evidence)
+        # The node's kubelet cannot confirm anything now: a Terminating pod or a Ready condition the node
+        # controller set to False says nothing about the member's processes, which may still serve. Only what
+        # the kubelet reported before it went quiet (a terminated container, phase Failed) is a failure.
+        if pod.terminated is None and pod.phase not in ("Failed", "Succeeded"):
+            return None
     if pod.evicted:
         return fail(
             FailureReason.EVICTED, FailureReason.EVICTED, pod.message or f"pod {pod.name} was evicted"
@@ -143,14 +152,10 @@ def detect_failure(
         return fail(
             FailureReason.POD_FAILED, pod.reason or pod.phase, pod.message or f"pod phase {pod.phase}"
         )
-    if pod.node is not None:
-        node = observed.nodes.get(pod.node)
-        if node is None or not node.ready:
-            what = "was deleted" if node is None else "is not Ready"
-            return fail(FailureReason.NODE_LOST, FailureReason.NODE_LOST, f"node {pod.node} {what}")
     if (
         not pod.ready
         and m.state != S.HEALTHY
+        and pod.waiting_reason != UNSCHEDULABLE  # waiting for capacity is not a failed join
         and pod.created is not None
         and (now - pod.created).total_seconds() > spec.recovery.rejoin_timeout_seconds
     ):
@@ -159,6 +164,38 @@ def detect_failure(
             FailureReason.JOIN_TIMEOUT,
             f"pod {pod.name} not Ready within {spec.recovery.rejoin_timeout_seconds:g}s",
         )
+    return None
+
+
+UNSCHEDULABLE = "Unschedulable"
+
+
+def _node_lost(pod: PodObs, observed: Observed) -> bool:
+    """The pod is bound to a node that is gone, not Ready, or out of service."""
+    if pod.node is None:
+        return False
+    node = observed.nodes.get(pod.node)
+    return node is None or not node.ready or node.out_of_service
+
+
+def gone_evidence(m: MemberStatus, pod: PodObs, observed: Observed) -> str | None:
+    """Why the member's processes on a lost node are known to be gone, or None: the node object was
+    deleted; it carries Kubernetes' out-of-service taint (non-graceful node shutdown); or member 0, asked
+    while the node is lost, reports none of the member's ranks live, for a member that served (Healthy, or
+    Failed since): a joining member's ranks are not live yet, so the group's view says nothing about it."""
+    node = observed.nodes.get(pod.node) if pod.node else None
+    if pod.node is not None and node is None:
+        return f"node {pod.node} was deleted"
+    if node is not None and node.out_of_service:
+        return f"node {pod.node} is tainted {OUT_OF_SERVICE_TAINT}"
+    rs = set(ranks(m))
+    if (
+        m.state in (S.HEALTHY, S.FAILED)
+        and m.index != 0
+        and observed.live_ranks is not None
+        and not rs & observed.live_ranks
+    ):
+        return f"node {pod.node} is not Ready and member 0 reports ranks {sorted(rs)} not live"
     return None
 
 
@@ -174,6 +211,15 @@ class _Ctx:
     bump_epoch: bool = False
     wakeups: list[float] = field(default_factory=list)
     moves: list[Move] = field(default_factory=list)
+    stalls: list[tuple[str, str]] = field(default_factory=list)
+    """(reason, message) of everything that keeps the operator from progress in this plan (`Stalled`)."""
+    epoch_base: int = 0
+    """The epoch the next one counts from, besides the status's own (the CR's epoch floor, the pods')."""
+    unreachable: list[str] = field(default_factory=list)
+    """One line per member reported unreachable in this plan (`MembersUnreachable`)."""
+
+    def stall(self, reason: str, message: str) -> None:
+        self.stalls.append((reason, message))
 
     def event(
         self, type_: Literal["Normal", "Warning"], reason: str, message: str, member: int | None = None
@@ -219,17 +265,32 @@ def plan(
             spec, cluster=observed.name, namespace=observed.namespace, uid=observed.uid
         )
         ctx.actions.append(EnsureService(manifest=svc))
-    if len(st.members) != spec.nodes:
+    ctx.epoch_base = observed.epoch_floor
+    if observed.refused:
+        ctx.stall("APIRequestRefused", observed.refused)
+    if _status_lost(st, observed, spec):
+        _rebuild(ctx)
+    elif len(st.members) != spec.nodes:
         st.members = _init_members(spec, now)
         ctx.bump_epoch = bool(status.members)
         ctx.event(
             "Normal", "GroupCreating", f"creating {spec.nodes} member pods (world size {spec.world_size})"
         )
 
+    if st.phase == Phase.FAILED and observed.generation <= (st.observed_generation or 0):
+        # Budget exhausted: stop acting (no pod is created or deleted) but keep observing and reporting,
+        # so the status, the Events and the metrics stay true. A spec change is the way out.
+        _observe_pods(ctx)
+        _track_reachability(ctx)
+        for f in _failures(ctx):
+            _record_failure(ctx, f)
+            m = st.members[f.member]
+            ctx.move(m, S.FAILED)
+            m.failed_time = m.failed_time or now
+            m.next_restart_time = now
+        _finish(ctx, status)
+        return _result(ctx)
     if st.phase == Phase.FAILED:
-        if observed.generation <= (st.observed_generation or 0):
-            # Budget exhausted: stop acting, keep reporting. A spec change is the way out.
-            return Plan(actions=tuple(ctx.actions), status=st, requeue_after=None, moves=tuple(ctx.moves))
         st.phase = Phase.RESTARTING
         st.group_restart_times = []
         for m in st.members:
@@ -239,22 +300,98 @@ def plan(
         _group_restart(ctx, None)
 
     _observe_pods(ctx)
-    failures = [
-        f
-        for m in st.members
-        if (f := detect_failure(m, _current_pod(observed, m), observed, spec, now)) is not None
-    ]
-    failures += _lost_before_seen(st, observed, now)
+    _track_reachability(ctx)
+    failures = _failures(ctx)
     if failures:
         _handle_failures(ctx, failures)
     if st.phase != Phase.FAILED:
         _progress(ctx)
     _finish(ctx, status)
+    return _result(ctx)
+
+
+def _failures(ctx: _Ctx) -> list[Failure]:
+    st, observed = ctx.status, ctx.observed
+    failures = [
+        f
+        for m in st.members
+        if (f := detect_failure(m, _current_pod(observed, m), observed, ctx.spec, ctx.now)) is not None
+    ]
+    return failures + _lost_before_seen(st, observed, ctx.now)
+
+
+def _result(ctx: _Ctx) -> Plan:
     # Every decision of this plan is logged and posted with the epoch the plan results in.
-    epoch = st.membership.epoch
+    epoch = ctx.status.membership.epoch
     ctx.actions = [replace(a, epoch=epoch) if isinstance(a, EmitEvent) else a for a in ctx.actions]
     requeue = min(ctx.wakeups) if ctx.wakeups else None
-    return Plan(actions=tuple(ctx.actions), status=st, requeue_after=requeue, moves=tuple(ctx.moves))
+    return Plan(actions=tuple(ctx.actions), status=ctx.status, requeue_after=requeue, moves=tuple(ctx.moves))
+
+
+def _status_lost(st: ElasticEPClusterStatus, observed: Observed, spec: ElasticEPClusterSpec) -> bool:
+    """The status is not the memory of the pods that exist: it has no members while pods of this CR exist
+    (wiped, or a backup restored without it), or a pod carries a newer incarnation than its member (a stale
+    status restored). The status is written before every pod it leads to, so neither happens otherwise."""
+    if not observed.pods:
+        return False
+    if len(st.members) != spec.nodes:
+        return True
+    by_index = {m.index: m for m in st.members}
+    return any(p.member in by_index and p.incarnation > by_index[p.member].incarnation for p in observed.pods)
+
+
+def _rebuild(ctx: _Ctx) -> None:
+    """Rebuild the members from their pods (which carry member, incarnation, join flag and epoch): a member
+    whose pod is Ready is Healthy, a replacement is Joining or Restarting, a fresh-start pod Pending; a member
+    without a pod while others serve is Failed, so its next pod is a replacement with the join flag (never
+    a fresh-start pod beside serving members). The epoch resumes above everything ever published (the CR's
+    epoch floor, the pods' epochs). Restart budgets keep what the pods show (a replacement's creation)."""
+    st, o, now, spec = ctx.status, ctx.observed, ctx.now, ctx.spec
+    before = {m.index: m for m in st.members}
+    serving = any(p.ready for p in o.pods)
+    rebuilt: list[MemberStatus] = []
+    for m in _init_members(spec, now):
+        old = before.get(m.index)
+        if old is not None:
+            m.state = old.state
+        pods = o.pods_of(m.index)
+        pod = max(pods, key=lambda p: p.incarnation) if pods else None
+        if pod is not None:
+            m.incarnation, m.pod_name, m.pod_uid, m.node = pod.incarnation, pod.name, pod.uid, pod.node
+            if pod.ready:
+                target = S.HEALTHY
+            elif pod.join:
+                target = S.JOINING if pod.running or pod.phase == "Running" else S.RESTARTING
+            else:
+                target = S.PENDING
+            if pod.join:
+                m.restarts = max(1, pod.incarnation - 1)
+                m.restart_times = in_window([pod.created or now], now, spec.recovery.restart_window_seconds)
+                m.failed_time = pod.created or now
+        elif serving:
+            m.incarnation = max(old.incarnation if old else 0, 1)
+            m.pod_name = podspec.pod_name(o.name, m.index)
+            target = S.FAILED
+            m.failed_time = now
+            m.next_restart_time = now
+        else:
+            target = S.PENDING
+        ctx.moves.append(members.rebuild(m, target, now))
+        rebuilt.append(m)
+    st.members = rebuilt
+    st.phase = Phase.PENDING
+    ctx.epoch_base = max(ctx.epoch_base, st.membership.epoch, *(p.epoch for p in o.pods))
+    ctx.bump_epoch = True
+    if any(m.state != S.HEALTHY for m in rebuilt):
+        st.recovery_start_time = st.recovery_start_time or now
+    states = ", ".join(f"{m.index}:{m.state.value}" for m in rebuilt)
+    ctx.event(
+        "Warning",
+        "StatusRebuilt",
+        f"the status did not describe the {len(o.pods)} pods of this cluster (lost or restored from an "
+        f"older copy): members rebuilt from their pods ({states}); the epoch resumes above "
+        f"{ctx.epoch_base}; restart budgets count only the replacements the pods show",
+    )
 
 
 def _lost_before_seen(st: ElasticEPClusterStatus, observed: Observed, now: datetime) -> list[Failure]:
@@ -301,6 +438,41 @@ def _observe_pods(ctx: _Ctx) -> None:
         pod = _current_pod(ctx.observed, m)
         if pod is not None and m.state != S.FAILED:
             m.pod_name, m.pod_uid, m.node = pod.name, pod.uid, pod.node or m.node
+        reason = pod.waiting_reason if pod is not None and m.state != S.FAILED else None
+        if reason != m.waiting_reason and reason is not None and pod is not None:
+            ctx.event(
+                "Warning",
+                "MemberWaiting",
+                f"member {m.index} (pod {pod.name}) waits: {reason}: {pod.waiting_message}".strip(": "),
+                m.index,
+            )
+        m.waiting_reason = reason
+        m.waiting_message = (pod.waiting_message if reason is not None and pod is not None else "")[-4096:]
+
+
+_UNREACHABLE_RECHECK_S = 5.0
+"""While a member's node is lost, look again this often (member 0's view of live ranks has no event)."""
+
+
+def _track_reachability(ctx: _Ctx) -> None:
+    """`unreachableSince` for members whose node is NotReady (a lost node without evidence is not a failure,
+    `detect_failure`); past `nodeLostGraceSeconds`, one line each for the `MembersUnreachable` condition."""
+    st, o, now = ctx.status, ctx.observed, ctx.now
+    grace = ctx.spec.recovery.node_lost_grace_seconds
+    for m in st.members:
+        pod = _current_pod(o, m)
+        if m.state == S.FAILED or pod is None or not _node_lost(pod, o):
+            m.unreachable_since = None
+            continue
+        m.unreachable_since = m.unreachable_since or now
+        ctx.wake_at(now + timedelta(seconds=_UNREACHABLE_RECHECK_S))
+        if (now - m.unreachable_since).total_seconds() >= grace:
+            ctx.unreachable.append(
+                f"member {m.index} (pod {pod.name}) on node {pod.node}, not Ready since "
+                f"{m.unreachable_since.isoformat(timespec='seconds')}"
+            )
+        else:
+            ctx.wake_at(m.unreachable_since + timedelta(seconds=grace))
 
 
 def _handle_failures(ctx: _Ctx, failures: list[Failure]) -> None:
@@ -308,16 +480,7 @@ def _handle_failures(ctx: _Ctx, failures: list[Failure]) -> None:
     by_index = {m.index: m for m in st.members}
     was_starting = any(m.state == S.PENDING for m in st.members)
     for f in failures:
-        m = by_index[f.member]
-        m.last_exit = f.exit
-        ctx.actions.append(RecordFailure(reason=f.reason))
-        code = "" if f.exit.exit_code is None else f" exit code {f.exit.exit_code},"
-        ctx.event(
-            "Warning",
-            f"Member{f.reason}",
-            f"member {m.index} (pod {m.pod_name}) failed:{code} {f.exit.reason}: {f.exit.message}".strip(),
-            m.index,
-        )
+        _record_failure(ctx, f)
     failed_idx = {f.member for f in failures}
     down_after = sum(1 for m in st.members if m.state in DOWN or m.index in failed_idx)
     group_reason: str | None = None
@@ -334,6 +497,13 @@ def _handle_failures(ctx: _Ctx, failures: list[Failure]) -> None:
         return
     for f in failures:
         m = by_index[f.member]
+        if f.reason == FailureReason.EVICTED:
+            # A drain or a preemption is not a crash: it has its own budget, and past it counts as one.
+            evictions = in_window(m.eviction_times, now, spec.recovery.restart_window_seconds)
+            if len(evictions) < spec.recovery.max_evictions_per_member:
+                m.eviction_times = [*evictions, now]
+                _mark_failed(ctx, m, backoff=0.0)
+                continue
         used = in_window(m.restart_times, now, spec.recovery.restart_window_seconds)
         if len(used) >= spec.recovery.max_restarts_per_member:
             _mark_failed(ctx, m, backoff=0.0)
@@ -346,6 +516,29 @@ def _handle_failures(ctx: _Ctx, failures: list[Failure]) -> None:
             )
             return
         _mark_failed(ctx, m, backoff=backoff_seconds(spec, len(used)))
+
+
+def _record_failure(ctx: _Ctx, f: Failure) -> None:
+    """Keep the evidence with the member, count it, and say it (Warning Event `Member<reason>`)."""
+    m = ctx.status.members[f.member]
+    m.last_exit = f.exit
+    ctx.actions.append(RecordFailure(reason=f.reason))
+    code = "" if f.exit.exit_code is None else f" exit code {f.exit.exit_code},"
+    ctx.event(
+        "Warning",
+        f"Member{f.reason}",
+        f"member {m.index} (pod {m.pod_name}) failed:{code} {f.exit.reason}: {f.exit.message}".strip(),
+        m.index,
+    )
+
+
+def _voluntary(m: MemberStatus) -> bool:
+    """The member's current failure is an eviction within its eviction budget (not a crash)."""
+    return (
+        m.last_exit is not None
+        and m.last_exit.reason == FailureReason.EVICTED
+        and (m.last_exit.time in m.eviction_times)
+    )
 
 
 def _mark_failed(ctx: _Ctx, m: MemberStatus, backoff: float) -> None:
@@ -414,28 +607,49 @@ def _group_restart(ctx: _Ctx, reason: str | None) -> None:
 def _remove_pod(ctx: _Ctx, m: MemberStatus, pod: PodObs, why: str) -> None:
     """Delete a pod we no longer want; force-delete it if it is stuck on a lost node."""
     if not pod.deleting:
-        if pod.phase in ("Failed", "Succeeded"):
-            # Every container has ended: nothing is left to stop gracefully, and waiting for the kubelet to
-            # confirm would delay the replacement (same pod name) for nothing.
+        if pod.phase in ("Failed", "Succeeded") or (
+            _node_lost(pod, ctx.observed) and gone_evidence(m, pod, ctx.observed) is not None
+        ):
+            # Every container has ended (or its node is known to be gone): nothing is left to stop
+            # gracefully, and waiting for a kubelet to confirm would delay the replacement (same pod name).
             ctx.actions.append(ForceDeletePod(member=m.index, name=pod.name, uid=pod.uid))
         else:
             ctx.actions.append(DeletePod(member=m.index, name=pod.name, uid=pod.uid, reason=why))
         return
-    node = ctx.observed.nodes.get(pod.node) if pod.node else None
-    if pod.node is None or (node is not None and node.ready):
-        return  # the kubelet (or the API server, for an unbound pod) finishes it
+    if pod.node is None:
+        return  # never bound: the API server finishes it
     started = pod.deletion_started or ctx.now
     deadline = started + timedelta(seconds=ctx.spec.recovery.terminating_timeout_seconds)
-    if ctx.now >= deadline:
-        ctx.actions.append(ForceDeletePod(member=m.index, name=pod.name, uid=pod.uid))
-        ctx.event(
-            "Warning",
-            "PodForceDeleted",
-            f"pod {pod.name} stuck Terminating on lost node {pod.node}: force-deleted",
-            m.index,
-        )
-    else:
+    if ctx.now < deadline:
         ctx.wake_at(deadline)
+        return
+    held = f" held by finalizers {', '.join(pod.finalizers)}" if pod.finalizers else ""
+    if not _node_lost(pod, ctx.observed):
+        # A healthy node's kubelet should have finished it: something holds it. Say what; the pod's next
+        # update (a finalizer removed, the container gone) reconciles again.
+        ctx.stall(
+            "PodStuckTerminating",
+            f"pod {pod.name} of member {m.index} is Terminating since "
+            f"{started.isoformat(timespec='seconds')} on Ready node {pod.node}"
+            + (held or ": its kubelet has not confirmed that the containers stopped (a hung runtime, a "
+               "process in uninterruptible sleep)"),
+        )  # fmt: skip
+        return
+    evidence = gone_evidence(m, pod, ctx.observed)
+    if evidence is None and pod.phase not in ("Failed", "Succeeded"):
+        # A lost node's processes may still run: a same-name replacement would be a second copy of the
+        # member's ranks. `MembersUnreachable` says what evidence would let the operator go on.
+        return
+    if pod.finalizers:
+        ctx.stall("PodStuckTerminating", f"pod {pod.name} of member {m.index} on lost node {pod.node}{held}")
+    ctx.actions.append(ForceDeletePod(member=m.index, name=pod.name, uid=pod.uid))
+    ctx.event(
+        "Warning",
+        "PodForceDeleted",
+        f"pod {pod.name} stuck Terminating on lost node {pod.node}: force-deleted "
+        f"({evidence or 'its containers had ended'})",
+        m.index,
+    )
 
 
 @dataclass(frozen=True)
@@ -464,9 +678,23 @@ def _progress(ctx: _Ctx) -> None:
                 _remove_pod(ctx, m, old, "replaced" if m.state != S.FAILED else "member failed")
     # A fresh (group) start only once no pod of an older incarnation is left anywhere: fresh ranks must never
     # meet ranks of the previous group.
-    quiet = all(p.incarnation == by.incarnation for by in st.members for p in observed.pods_of(by.index))
+    quiet = not observed.foreign_pods and all(
+        p.incarnation == by.incarnation for by in st.members for p in observed.pods_of(by.index)
+    )
+    if observed.foreign_pods:
+        names = ", ".join(sorted(p.name for p in observed.foreign_pods))
+        ctx.stall(
+            "PreviousClusterPods",
+            f"pods {names} belong to an earlier ElasticEPCluster of this name; members start once the "
+            "garbage collector has removed them",
+        )
+    foreign_members = {p.member for p in observed.foreign_pods}
     for m in st.members:
-        seen = _Seen(pod=_current_pod(observed, m), any_pod=bool(observed.pods_of(m.index)), quiet=quiet)
+        seen = _Seen(
+            pod=_current_pod(observed, m),
+            any_pod=bool(observed.pods_of(m.index)) or m.index in foreign_members,
+            quiet=quiet,
+        )
         _STEPS[m.state](ctx, m, seen)
 
 
@@ -549,7 +777,9 @@ def _start_replacement(ctx: _Ctx, m: MemberStatus) -> None:
     ctx.move(m, S.RESTARTING)
     m.incarnation += 1
     m.restarts += 1
-    m.restart_times = [*in_window(m.restart_times, now, ctx.spec.recovery.restart_window_seconds), now]
+    m.restart_times = in_window(m.restart_times, now, ctx.spec.recovery.restart_window_seconds)
+    if not _voluntary(m):
+        m.restart_times.append(now)
     m.pod_uid = None
     m.node = None
     m.next_restart_time = None
@@ -585,7 +815,8 @@ def _finish(ctx: _Ctx, before: ElasticEPClusterStatus) -> None:
     joining = sorted(r for m in st.members if m.state == S.JOINING for r in ranks(m))
     old = before.membership
     changed = active != old.active_ranks or joining != old.joining_ranks
-    epoch = old.epoch + 1 if changed or ctx.bump_epoch else old.epoch
+    base = max(old.epoch, ctx.epoch_base)
+    epoch = base + 1 if changed or ctx.bump_epoch or base > old.epoch else base
     st.membership = Membership(epoch=epoch, active_ranks=active, joining_ranks=joining)
     st.active_rank_count = len(active)
     st.joining_rank_count = len(joining)
@@ -639,6 +870,35 @@ def _set_conditions(ctx: _Ctx) -> None:
     cond(ConditionType.DEGRADED, st.phase not in (Phase.PENDING, Phase.RUNNING), phase)
     cond(ConditionType.RECOVERING, st.recovery_start_time is not None and st.phase != Phase.FAILED, phase)
     _pause_condition(ctx)
+    unreachable = "; ".join(ctx.unreachable)
+    _reported_condition(
+        ctx,
+        ConditionType.MEMBERS_UNREACHABLE,
+        ("MemberUnreachable", f"{unreachable}. Not replaced until its ranks are known to be gone: the node "
+         f"deleted, tainted {OUT_OF_SERVICE_TAINT}, or member 0 reporting them not live") if unreachable
+        else None,
+        "AllReachable",
+    )  # fmt: skip
+    stalled = (ctx.stalls[0][0], "; ".join(msg for _, msg in ctx.stalls)) if ctx.stalls else None
+    _reported_condition(ctx, ConditionType.STALLED, stalled, "Progressing")
+
+
+def _reported_condition(
+    ctx: _Ctx, ctype: ConditionType, problem: tuple[str, str] | None, ok_reason: str
+) -> None:
+    """Set a problem condition (True with `problem`'s reason and message, else False) and post a Warning
+    Event with the same reason and message whenever the problem is new or its message changed."""
+    st = ctx.status
+    before = get_condition(st.conditions, ctype)
+    status = ConditionStatus.TRUE if problem else ConditionStatus.FALSE
+    reason, message = problem or (ok_reason, "")
+    new = Condition(
+        type=ctype, status=status, reason=reason, message=message[:32768],
+        observed_generation=ctx.observed.generation,
+    )  # fmt: skip
+    st.conditions = set_condition(st.conditions, new, ctx.now)
+    if problem and (before is None or before.status != status or before.message != new.message):
+        ctx.event("Warning", reason, message[:1024])
 
 
 def _pause_condition(ctx: _Ctx) -> None:

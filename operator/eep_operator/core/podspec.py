@@ -1,4 +1,5 @@
-"""Render a member's Pod and the cluster's headless Service (docs/dev/interfaces.md, "Member pods").
+"""Render a member's Pod, the cluster's headless Service and its PodDisruptionBudget (docs/dev/interfaces.md,
+"Member pods").
 
 Called by the planner, which puts the rendered manifests into its actions; pure.
 
@@ -291,5 +292,50 @@ def render_service(spec: ElasticEPClusterSpec, *, cluster: str, namespace: str, 
                 {"name": "http", "port": spec.engine.port, "targetPort": spec.engine.port},
                 {"name": "coordinator", "port": spec.elastic_ep.coordinator_port},
             ],
+        },
+    }
+
+
+def pdb_name(cluster: str) -> str:
+    """Name of the cluster's PodDisruptionBudget: the cluster's own name, like its Service (another kind)."""
+    return cluster
+
+
+def render_pdb(spec: ElasticEPClusterSpec, *, cluster: str, namespace: str, uid: str) -> Manifest:
+    """The policy/v1 PodDisruptionBudget over the member pods: one voluntary disruption (a drain's eviction,
+    a preemption through the Eviction API) at a time, and the next only once every member is Ready again,
+    i.e. the previous member's replacement has joined.
+
+    `minAvailable: nodes - 1`, an integer, and not `maxUnavailable`:
+    - The disruption controller resolves `maxUnavailable` (and percentages) through the pods' controller's
+      `scale` subresource; the ElasticEPCluster has none, so such a budget never syncs and allows no eviction
+      at all. An integer `minAvailable` is counted on the matching pods alone.
+    - One at a time whatever `recovery.maxUnavailableMembers` says: a drain then never uses up the
+      tolerance the group keeps for crashes (a member crashing while another is drained still fits in a
+      budget of 2 or more), and with `maxUnavailableMembers: 0` a budget of no disruptions would make the
+      members' nodes undrainable (a drain would wait forever); there a drain costs a group restart, as any
+      loss does. The budget depends only on `nodes`, which is immutable, so the manifest never changes over
+      the cluster's life and creating it once is enough.
+
+    `unhealthyPodEvictionPolicy: AlwaysAllow`: a member that is not Ready (a replacement still joining, one
+    that never gets Ready) serves nothing the budget protects, so its node can always be drained; with
+    IfHealthyBudget a never-Ready replacement would block that drain for as long as another member is down.
+    The next eviction of a Ready member is still held: the not-Ready pod is not counted healthy, so the
+    budget allows no disruption until it is Ready.
+
+    Selects the member pods by the cluster label; owned by the CR (garbage-collected with it)."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {
+            "name": pdb_name(cluster),
+            "namespace": namespace,
+            "labels": {Labels.CLUSTER: cluster, Labels.MANAGED_BY: MANAGED_BY_VALUE},
+            "ownerReferences": [owner_reference(cluster, uid)],
+        },
+        "spec": {
+            "minAvailable": spec.nodes - 1,
+            "selector": {"matchLabels": {Labels.CLUSTER: cluster}},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
         },
     }

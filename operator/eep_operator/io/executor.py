@@ -33,7 +33,7 @@ class Executor:
 
     def _apply_one(self, ref: ClusterRef, action: A.Action, now: datetime) -> None:
         extra = {"cluster": f"{ref.namespace}/{ref.name}"}
-        if isinstance(action, A.EnsureService | A.CreatePod):
+        if isinstance(action, A.EnsureService | A.EnsurePodDisruptionBudget | A.CreatePod):
             with contextlib.suppress(AlreadyExistsError):
                 self.kube.create(action.manifest)
             if isinstance(action, A.CreatePod):

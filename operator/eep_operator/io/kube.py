@@ -64,7 +64,7 @@ class KubeClient(Protocol):
     def service_exists(self, namespace: str, name: str) -> bool: ...
 
     def create(self, manifest: Obj) -> Obj:
-        """Create a Pod or Service. Raises AlreadyExistsError."""
+        """Create a Pod, Service or PodDisruptionBudget. Raises AlreadyExistsError."""
 
     def delete_pod(self, namespace: str, name: str, uid: str, *, force: bool = False) -> None:
         """Delete only if the pod still has `uid`; `force` sets grace period 0. Raises NotFoundError,
@@ -75,6 +75,13 @@ class KubeClient(Protocol):
 
     def create_event(self, event: Obj) -> None:
         """Create a core/v1 Event in its namespace."""
+
+    def remove_finalizer(self, namespace: str, name: str, finalizer: str) -> bool:
+        """Remove `finalizer` from the CR's `metadata.finalizers` and nothing else (a JSON patch whose `test`
+        op checks the entry it removes). Returns False if the CR does not carry it. Raises NotFoundError."""
+
+    def pdb_exists(self, namespace: str, name: str) -> bool:
+        """Whether the policy/v1 PodDisruptionBudget `name` exists."""
 
 
 def classify(e: ApiException) -> KubeError:
@@ -127,6 +134,7 @@ class ApiKubeClient:
     def __init__(self, api_client: client.ApiClient, request_timeout: float = 10.0) -> None:
         self.core = client.CoreV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
+        self.policy = client.PolicyV1Api(api_client)
         self.timeout = request_timeout
 
     def get_cluster(self, namespace: str, name: str) -> Obj | None:
@@ -193,6 +201,8 @@ class ApiKubeClient:
             fn: Callable[..., Any] = self.core.create_namespaced_pod
         elif kind == "Service":
             fn = self.core.create_namespaced_service
+        elif kind == "PodDisruptionBudget":
+            fn = self.policy.create_namespaced_pod_disruption_budget
         else:
             raise PermanentError(f"cannot create kind {kind}")
         return dict(
@@ -249,3 +259,51 @@ class ApiKubeClient:
             ),
             attempts=2,
         )
+
+    def remove_finalizer(self, namespace: str, name: str, finalizer: str) -> bool:
+        for _ in range(4):
+            cr = self.get_cluster(namespace, name)
+            if cr is None:
+                raise NotFoundError(f"{namespace}/{name}")
+            finalizers = list(cr["metadata"].get("finalizers") or [])
+            if finalizer not in finalizers:
+                return False
+            path = f"/metadata/finalizers/{finalizers.index(finalizer)}"
+            try:
+                self._json_patch_cluster(
+                    namespace,
+                    name,
+                    [{"op": "test", "path": path, "value": finalizer}, {"op": "remove", "path": path}],
+                )
+            except PermanentError as e:
+                # 422: the `test` failed, the list changed since it was read; read it again.
+                if not str(e).startswith("422"):
+                    raise
+                continue
+            return True
+        raise ConflictError(f"{namespace}/{name}: finalizers kept changing")
+
+    def _json_patch_cluster(self, namespace: str, name: str, ops: list[Obj]) -> None:
+        body: Any = ops  # the client accepts a list for a JSON patch; its annotations say a dict
+        with_retries(
+            lambda: _drain(
+                self.custom.patch_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, name, body,
+                    _content_type="application/json-patch+json",
+                    _preload_content=False, _request_timeout=self.timeout,
+                )
+            )
+        )  # fmt: skip
+
+    def pdb_exists(self, namespace: str, name: str) -> bool:
+        try:
+            with_retries(
+                lambda: _drain(
+                    self.policy.read_namespaced_pod_disruption_budget(
+                        name, namespace, _preload_content=False, _request_timeout=self.timeout
+                    )
+                )
+            )
+        except NotFoundError:
+            return False
+        return True
