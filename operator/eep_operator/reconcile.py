@@ -21,22 +21,30 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from eep_contract.v1alpha1 import ElasticEPClusterSpec, ElasticEPClusterStatus, Labels
-from eep_operator.core.actions import EmitEvent
+from eep_contract.v1alpha1 import ElasticEPClusterSpec, ElasticEPClusterStatus, EngineName, Labels
+from eep_operator.core.actions import (
+    Action,
+    CreatePod,
+    EmitEvent,
+    EnsurePodDisruptionBudget,
+    EnsureService,
+)
 from eep_operator.core.admission import AdmissionTarget, admission_target
-from eep_operator.core.observe import observe
+from eep_operator.core.observe import NodeObs, Observed, observe
 from eep_operator.core.planner import plan
+from eep_operator.core.podspec import pdb_name as spec_pdb_name
 from eep_operator.io.admission import AdmissionTrigger
 from eep_operator.io.events import ClusterRef, EventSink
 from eep_operator.io.executor import Executor
-from eep_operator.io.kube import ConflictError, KubeClient, KubeError
+from eep_operator.io.groupview import fetch_group_view
+from eep_operator.io.kube import ConflictError, KubeClient, KubeError, PermanentError
 from eep_operator.metrics import OperatorMetrics
 
 log = logging.getLogger("eep_operator.reconcile")
@@ -53,6 +61,28 @@ class Result:
     Absolute: the planner's delay counts from its own clock reading, so the API calls that follow the plan
     (status write, pod deletes, Events: up to a second under load) must not push a backoff's end further."""
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    """The API server refused a request of this CR's plan for good (`streak` times in a row)."""
+
+    streak: int
+    retry_at: float
+    """`time.monotonic()` before which no create of this CR is tried again."""
+    message: str
+
+
+_LOST_NODE = NodeObs(name="", ready=False)
+KUBE_CREATES = (CreatePod, EnsureService, EnsurePodDisruptionBudget)
+
+
+def _describe(action: Action) -> str:
+    if isinstance(action, CreatePod):
+        return f"creating pod {action.name} (member {action.member})"
+    if isinstance(action, EnsureService | EnsurePodDisruptionBudget):
+        return f"creating {action.manifest['kind']} {action.manifest['metadata']['name']}"
+    return type(action).__name__
 
 
 class _UnexpectedError(Exception):
@@ -77,6 +107,7 @@ class Reconciler:
         error_backoff_max_seconds: float = 300.0,
         node_cache_seconds: float = 0.5,
         admission: AdmissionTrigger | None = None,
+        group_view_timeout_seconds: float = 1.0,
     ) -> None:
         self.kube = kube
         # The SGLang admission trigger's senders (None: never send); told after every step what should run.
@@ -98,6 +129,10 @@ class Reconciler:
         self._nodes_lock = threading.Lock()
         # Our Service, once seen, is only ever removed with the CR (ownerReference): check it rarely.
         self._service_seen: dict[tuple[str, str], float] = {}
+        self._pdb_seen: dict[tuple[str, str], float] = {}
+        # Per CR: the last refused request (a 403/422 on a create) until a create goes through.
+        self._refusals: dict[tuple[str, str], _Refusal] = {}
+        self.group_view_timeout = group_view_timeout_seconds
 
     def _admit(self, namespace: str, name: str, target: AdmissionTarget | None) -> None:
         if self.admission is not None:
@@ -118,6 +153,16 @@ class Reconciler:
         exists = self.kube.service_exists(namespace, name)
         if exists:
             self._service_seen[key] = time.monotonic()
+        return exists
+
+    def _pdb_exists(self, namespace: str, name: str) -> bool:
+        key = (namespace, name)
+        seen = self._pdb_seen.get(key)
+        if seen is not None and time.monotonic() - seen < 30.0:
+            return True
+        exists = self.kube.pdb_exists(namespace, name)
+        if exists:
+            self._pdb_seen[key] = time.monotonic()
         return exists
 
     def reconcile(self, namespace: str, name: str) -> Result:
@@ -202,15 +247,77 @@ class Reconciler:
             return Result(requeue_at=None, error=msg)
         pods = self.kube.list_pods(namespace, f"{Labels.CLUSTER}={name}")
         nodes = self._list_nodes()
-        observed = observe(cr, pods, nodes, service_exists=self._service_exists(namespace, name))
+        key = (namespace, name)
+        refusal = self._refusals.get(key)
+        observed = observe(
+            cr,
+            pods,
+            nodes,
+            service_exists=self._service_exists(namespace, name),
+            pdb_exists=self._pdb_exists(namespace, spec_pdb_name(name)),
+            refused=refusal.message if refusal is not None else None,
+        )
+        observed = self._with_group_view(spec, observed)
         now, planned_at = self.clock(), time.monotonic()
         p = plan(spec, status, observed, now)
         if p.status != status:
             try:
+                if p.status.membership.epoch > observed.epoch_floor:
+                    # Write-ahead, like the status before the actions: no status ever shows an epoch above
+                    # the floor, so a lost status resumes above every epoch a worker has seen.
+                    cr = self.kube.set_epoch_floor(cr, p.status.membership.epoch)
                 self.kube.replace_status(cr, p.status.to_wire())
             except ConflictError:
                 return None  # someone wrote first (another operator, the user): recompute from fresh state
-        self.executor.apply(ref, p.actions, now)
+        retry_at = self._execute(ref, p.actions, now, refusal)
         self.metrics.update_from_status(namespace, name, spec, p.status, now)
         self._admit(namespace, name, admission_target(spec, p.status, observed))
-        return Result(requeue_at=None if p.requeue_after is None else planned_at + p.requeue_after)
+        wanted = None if p.requeue_after is None else planned_at + p.requeue_after
+        return Result(requeue_at=min((t for t in (wanted, retry_at) if t is not None), default=None))
+
+    def _with_group_view(self, spec: ElasticEPClusterSpec, observed: Observed) -> Observed:
+        """Ask member 0 which ranks are live, only while a member's node is lost (the planner's evidence that
+        a lost node's ranks are gone, `planner.gone_evidence`). The reference worker serves the view; other
+        engines do not, and then only the node itself can give evidence."""
+        if spec.engine.name != EngineName.EEP_WORKER:
+            return observed
+        lost = [p for p in observed.pods if p.node and not (observed.nodes.get(p.node) or _LOST_NODE).ready]
+        leader = next((p for p in reversed(observed.pods_of(0)) if p.ip and not p.deleting), None)
+        if not lost or leader is None or leader.ip is None:
+            return observed
+        view = fetch_group_view(leader.ip, spec.engine.port, self.group_view_timeout)
+        if view is None:
+            return observed
+        return replace(observed, live_ranks=frozenset(view.live_ranks))
+
+    def _execute(
+        self, ref: ClusterRef, actions: tuple[Action, ...], now: datetime, refusal: _Refusal | None
+    ) -> float | None:
+        """Apply the plan's actions. A request the API server refuses for good (403 Forbidden: a quota, Pod
+        Security, RBAC; 422 Invalid) is not retried every second: the CR's Stalled condition (next plan) and
+        a Warning Event `APIRequestRefused` say what was refused and why, and creates wait a backoff that
+        doubles per refusal in a row. Returns the monotonic time to try again, if waiting."""
+        key = (ref.namespace, ref.name)
+        waiting = refusal is not None and time.monotonic() < refusal.retry_at
+        for action in actions:
+            if waiting and isinstance(action, KUBE_CREATES):
+                continue
+            try:
+                self.executor.apply(ref, (action,), now)
+            except PermanentError as e:
+                streak = (refusal.streak if refusal is not None else 0) + 1
+                delay = min(self.error_backoff_max, self.error_requeue * 2 ** min(streak, 32))
+                what = _describe(action)
+                refusal = _Refusal(
+                    streak=streak, retry_at=time.monotonic() + delay, message=f"{what} refused: {e}"
+                )
+                self._refusals[key] = refusal
+                message = f"{refusal.message}; {streak} refusal(s) in a row, next try in {delay:g}s"
+                log.warning("%s", message, extra={"cluster": f"{ref.namespace}/{ref.name}"})
+                if streak & (streak - 1) == 0:  # the 1st, 2nd, 4th... refusal in a row
+                    self.events.emit(ref, EmitEvent("Warning", "APIRequestRefused", message[:1024]), now)
+                return refusal.retry_at
+        if refusal is not None and not waiting:
+            self._refusals.pop(key, None)  # every create went through
+            return time.monotonic()  # one more plan, to clear the Stalled condition
+        return refusal.retry_at if refusal is not None else None

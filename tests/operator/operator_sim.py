@@ -1,8 +1,14 @@
-"""An in-memory world for simulating the planner: pods, nodes and a clock, no API server.
+"""An in-memory world for simulating the planner: pods, their processes, nodes and a clock, no API server.
 
 Used only by the planner's unit and property tests (the real API server is used by test_e2e_*). It models what
 matters to the planner: pod names are unique (AlreadyExists), graceful deletion finishes only on a Ready node,
 force deletion always does, a replacement becomes Ready only after the status admitted its ranks.
+
+Processes are apart from pod objects, as on a real node: a pod's process runs from its start until it is
+killed, its graceful deletion finishes, or its node powers off. A node whose agent dies (`agent_down`) is
+NotReady while its processes live on; a pod force-deleted there keeps its process until the agent is back.
+Member 0 answers the group view (`Observed.live_ranks`) while its process lives: the ranks of members whose
+process lives and that were admitted. `check_world` asserts that no member ever has two live processes.
 """
 
 from __future__ import annotations
@@ -38,6 +44,11 @@ class SimPod:
     deletion_started: datetime | None = None
     evicted: bool = False
     hang: bool = False
+    process: bool = False
+    """Its process runs (started, not yet killed)."""
+    served: bool = False
+    """Its ranks were admitted into the group once (it got Ready); the data plane's view, not the API's."""
+    epoch: int = 0
 
     def obs(self) -> PodObs:
         return PodObs(
@@ -56,6 +67,8 @@ class SimPod:
             reason="Evicted" if self.evicted else "",
             node=self.node,
             created=self.created,
+            epoch=self.epoch,
+            owner_uid=UID,
         )
 
 
@@ -71,6 +84,10 @@ class World:
     pods: dict[str, SimPod] = field(default_factory=dict)
     nodes: dict[str, bool] = field(default_factory=dict)
     out_of_service: set[str] = field(default_factory=set)
+    orphans: list[SimPod] = field(default_factory=list)
+    """Processes whose pod object is gone while their node's agent was down (they die when it is back)."""
+    epoch_floor: int = 0
+    """The CR's `elasticep.io/epoch-floor` annotation, written before each status that raises the epoch."""
     service: bool = False
     status: ElasticEPClusterStatus = field(default_factory=ElasticEPClusterStatus)
     generation: int = 1
@@ -95,7 +112,22 @@ class World:
             ),
             nodes={n: NodeObs(n, r, n in self.out_of_service) for n, r in self.nodes.items()},
             service_exists=self.service,
+            epoch_floor=self.epoch_floor,
+            live_ranks=self.group_view(),
         )
+
+    def group_view(self) -> frozenset[int] | None:
+        """Member 0's view: None unless its process runs; else the ranks of admitted, running processes."""
+        leader = [p for p in self.processes() if p.member == 0 and p.served]
+        if not leader:
+            return None
+        rpn = self.spec.ranks_per_node
+        return frozenset(
+            r for p in self.processes() if p.served for r in range(p.member * rpn, (p.member + 1) * rpn)
+        )
+
+    def processes(self) -> list[SimPod]:
+        return [p for p in [*self.pods.values(), *self.orphans] if p.process]
 
     def reconcile(self) -> A.Plan:
         """One plan + execute, checking the invariants of the transition."""
@@ -103,14 +135,21 @@ class World:
         before = self.status
         p = plan(self.spec, before, obs, self.now)
         check_step(before, p, obs)
+        serving = [x.name for x in self.processes() if x.served]
         for c in (a for a in p.actions if isinstance(a, A.CreatePod)):
+            if not c.join and serving:
+                # What the workers see, not what the status says: a lost status says nothing serves.
+                raise InvariantError(f"fresh pod for member {c.member} beside serving processes {serving}")
             # The same incarnation again is the retry of a write-ahead intent; an older one is a bug.
             if c.incarnation < self.max_incarnation.get(c.member, 0):
                 raise InvariantError(f"member {c.member} recreated with an old incarnation {c.incarnation}")
             self.max_incarnation[c.member] = max(self.max_incarnation.get(c.member, 0), c.incarnation)
+        if p.status.membership.epoch > self.epoch_floor:
+            self.epoch_floor = p.status.membership.epoch  # the reconciler's write-ahead floor
         self.status = p.status
         self.last_requeue = p.requeue_after
         self.execute(p.actions)
+        check_world(self)
         return p
 
     def execute(self, actions: tuple[A.Action, ...]) -> None:
@@ -129,6 +168,7 @@ class World:
                     join=a.join,
                     created=self.now,
                     node=self._schedule(),
+                    epoch=int(a.manifest["metadata"]["annotations"]["elasticep.io/epoch"]),
                 )
             elif isinstance(a, A.DeletePod):
                 pod = self.pods.get(a.name)
@@ -138,6 +178,9 @@ class World:
                 pod = self.pods.get(a.name)
                 if pod is not None and pod.uid == a.uid:
                     del self.pods[a.name]
+                    if pod.process and pod.node is not None and not self.nodes.get(pod.node, False):
+                        self.orphans.append(pod)  # its agent is down: nobody stops the process yet
+                    pod.process = pod.process and pod in self.orphans
 
     def _schedule(self) -> str | None:
         ready = [n for n, ok in self.nodes.items() if ok]
@@ -158,14 +201,15 @@ class World:
             if not self.nodes.get(pod.node, False):
                 continue  # kubelet gone: nothing moves
             if pod.deleting:
+                pod.process = False
                 del self.pods[name]
                 continue
             if pod.terminated is not None or pod.phase in ("Failed", "Succeeded"):
                 continue
             if pod.phase == "Pending":
-                pod.phase, pod.running = "Running", True
+                pod.phase, pod.running, pod.process = "Running", True, True
             elif not pod.hang and (not pod.join or pod.member * rpn in admitted):
-                pod.ready = True
+                pod.ready = pod.served = True
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
@@ -177,7 +221,7 @@ class World:
     def kill(self, member: int, code: int = 137) -> None:
         pod = self._pod_of(member)
         if pod is not None and pod.node is not None and self.nodes.get(pod.node):
-            pod.phase, pod.running, pod.ready = "Failed", False, False
+            pod.phase, pod.running, pod.ready, pod.process = "Failed", False, False, False
             pod.terminated = Termination(exit_code=code, reason="Error", message="killed")
 
     def user_delete(self, member: int) -> None:
@@ -189,6 +233,7 @@ class World:
         pod = self._pod_of(member)
         if pod is not None and pod.node is not None and self.nodes.get(pod.node):
             pod.phase, pod.running, pod.ready, pod.evicted = "Failed", False, False, True
+            pod.process = False
 
     def hang(self, member: int) -> None:
         pod = self._pod_of(member)
@@ -196,20 +241,51 @@ class World:
             pod.hang, pod.ready = True, False
 
     def node_down(self, node: str) -> None:
+        """The node powers off: its processes die, and the API server only sees it NotReady."""
+        self.agent_down(node)
+        self._kill_processes(node)
+
+    def agent_down(self, node: str) -> None:
+        """The node's agent stops (SIGSTOP, SIGKILL, a network partition): NotReady, processes live on."""
         self.nodes[node] = False
         for pod in self.pods.values():
             if pod.node == node:
                 pod.ready = False  # the node lifecycle controller marks them not Ready
 
     def node_up(self, node: str) -> None:
+        if node not in self.nodes:
+            return  # deleted: a new node of that name would register afresh
         self.nodes[node] = True
+        # The agent is back: it stops the processes of pods that no longer exist.
+        for orphan in [o for o in self.orphans if o.node == node]:
+            orphan.process = False
+            self.orphans.remove(orphan)
+        for pod in self.pods.values():
+            if pod.node == node and pod.running and not pod.process and pod.terminated is None:
+                # The machine rebooted: the kubelet finds the container gone (restartPolicy Never).
+                pod.phase, pod.running, pod.ready = "Failed", False, False
+                pod.terminated = Termination(exit_code=137, reason="ContainerStatusUnknown", message="")
+
+    def _kill_processes(self, node: str) -> None:
+        for pod in [*self.pods.values(), *self.orphans]:
+            if pod.node == node:
+                pod.process = False
+        self.orphans = [o for o in self.orphans if o.node != node]
 
     def taint_out_of_service(self, node: str) -> None:
-        """Kubernetes' non-graceful node shutdown: a person says the node's processes are gone."""
+        """Kubernetes' non-graceful node shutdown: the node is off, and a person says so."""
+        self.agent_down(node)
+        self._kill_processes(node)
         self.out_of_service.add(node)
 
     def delete_node(self, node: str) -> None:
+        """A person or the cloud controller deletes the Node object of a machine that is gone."""
+        self._kill_processes(node)
         self.nodes.pop(node, None)
+
+    def wipe_status(self) -> None:
+        """`kubectl patch --subresource=status -p '{"status":null}'`, or a backup restored without it."""
+        self.status = ElasticEPClusterStatus()
 
     # ---------------------------------------------------------------- driving
     def settle(self, max_steps: int = 400) -> None:
@@ -232,6 +308,19 @@ class World:
             and all(m.state == MemberState.HEALTHY for m in st.members)
             and len(st.membership.active_ranks) == self.spec.world_size
         )
+
+
+def check_world(w: World) -> None:
+    """Invariants of the world after each reconcile: never two live processes (incarnations) of one member."""
+    by_member: dict[int, list[SimPod]] = {}
+    for p in w.processes():
+        by_member.setdefault(p.member, []).append(p)
+    for member, procs in by_member.items():
+        if len(procs) > 1:
+            raise InvariantError(
+                f"member {member} has {len(procs)} live incarnations: "
+                + ", ".join(f"{p.name}/i{p.incarnation}" for p in procs)
+            )
 
 
 def summary(st: ElasticEPClusterStatus) -> str:

@@ -170,6 +170,11 @@ def test_node_lost_members_recovered_elsewhere(  # noqa: PLR0917
         assert [eep.member(name, i)["node"] for i in (0, 1, 2)] == ["eep-node-0", extra, extra]
         pin(None)
         assert local_cluster.run("stop-node", extra) == 0
+        # A stopped node is only NotReady: its processes may live on, so the operator waits for evidence.
+        # Kubernetes' non-graceful node shutdown taint is that evidence (a person or a tool says so).
+        kubectl(
+            "taint", "node", extra, "node.kubernetes.io/out-of-service=nodeshutdown:NoExecute", "--overwrite"
+        )
         t0 = time.monotonic()
         wait_for(
             lambda: (

@@ -169,7 +169,7 @@ def test_failed_member_waits_for_its_old_pod_to_go() -> None:
     w.user_delete(1)
     p = w.reconcile()
     assert p.status.members[1].state == S.FAILED  # deleted by someone else
-    w.node_down("n1")  # before its kubelet finished the deletion
+    w.agent_down("n1")  # before its kubelet finished the deletion
     w.tick()
     w.advance(5)  # backoff over, but the old pod is still Terminating on the lost node
     p = w.reconcile()
@@ -183,7 +183,7 @@ def test_lost_node_is_unreachable_not_failed() -> None:
     spec = make_spec(maxUnavailableMembers=2, nodeLostGraceSeconds=20)
     w = running(spec)
     uids = {p.member: p.uid for p in w.pods.values()}
-    w.node_down("n1")  # members 1 and 3
+    w.agent_down("n1")  # members 1 and 3
     p = w.reconcile()
     assert [m.state for m in p.status.members] == [S.HEALTHY] * 4
     assert not kinds(p, A.DeletePod | A.ForceDeletePod | A.CreatePod)
@@ -195,7 +195,11 @@ def test_lost_node_is_unreachable_not_failed() -> None:
         p = w.reconcile()
         assert not kinds(p, A.DeletePod | A.ForceDeletePod | A.CreatePod)
     unreachable = next(c for c in p.status.conditions if c.type == "MembersUnreachable")
-    assert unreachable.status == "True" and "member 1" in unreachable.message and "member 3" in unreachable.message
+    assert (
+        unreachable.status == "True"
+        and "member 1" in unreachable.message
+        and "member 3" in unreachable.message
+    )
     assert {p.member: p.uid for p in w.pods.values()} == uids
     assert p.status.group_restarts == 0 and p.status.membership.active_ranks == list(range(8))
     w.node_up("n1")
@@ -208,7 +212,7 @@ def test_lost_node_is_unreachable_not_failed() -> None:
 def test_lost_node_with_evidence_is_replaced(evidence: str) -> None:
     spec = make_spec(maxUnavailableMembers=2)
     w = running(spec)
-    w.node_down("n1")
+    w.agent_down("n1")
     w.reconcile()
     if evidence == "out-of-service":
         w.taint_out_of_service("n1")
@@ -366,7 +370,7 @@ def test_member_zero_failure_restarts_the_group() -> None:
 def test_fresh_pods_wait_for_every_old_pod() -> None:
     spec = make_spec()
     w = running(spec)
-    w.node_down("n1")  # members 1 and 3 are on n1
+    w.agent_down("n1")  # members 1 and 3 are on n1
     w.kill(0)
     p = w.reconcile()
     assert A.RecordGroupRestart("MemberZeroLost") in p.actions
@@ -550,3 +554,44 @@ def test_quiet_plan_is_a_fixed_point() -> None:
     p = plan(spec, w.status, w.observed(), w.now + timedelta(seconds=5))
     assert p.status == w.status
     assert not [a for a in p.actions if not isinstance(a, A.EmitEvent)] and not p.actions
+
+
+@pytest.mark.parametrize("loss", ["wiped", "restored from before the replacement"])
+def test_a_lost_status_is_rebuilt_from_the_pods(loss: str) -> None:
+    """The status is the operator's only memory. Before the fix, a status wiped after one replacement (or a
+    backup restored from before it) sent the epoch back (4 -> 1) and deleted the replaced member's pod as an
+    older incarnation, then created it again without the join flag beside serving members."""
+    spec = make_spec()
+    w = running(spec)
+    old = w.status.model_copy(deep=True)
+    w.kill(1)
+    w.settle()
+    seen = w.status.membership.epoch
+    uids = {p.member: p.uid for p in w.pods.values()}
+    assert w.status.members[1].incarnation == 2
+    w.status = ElasticEPClusterStatus() if loss == "wiped" else old
+    p = w.reconcile()
+    assert not kinds(p, A.CreatePod | A.DeletePod | A.ForceDeletePod)
+    assert p.status.membership.epoch > seen
+    assert [m.state for m in p.status.members] == [S.HEALTHY] * 4
+    assert [m.incarnation for m in p.status.members] == [1, 2, 1, 1]
+    assert p.status.members[1].restarts >= 1 and len(p.status.members[1].restart_times) == 1
+    assert any(isinstance(a, A.EmitEvent) and a.reason == "StatusRebuilt" for a in p.actions)
+    w.settle()
+    assert {p.member: p.uid for p in w.pods.values()} == uids and w.status.group_restarts == 0
+
+
+def test_a_lost_status_with_a_member_missing_rejoins_it() -> None:
+    """A member whose pod is gone while the others serve comes back as a replacement (join flag), never as a
+    fresh-start pod."""
+    spec = make_spec()
+    w = running(spec)
+    w.status = ElasticEPClusterStatus()
+    del w.pods["c-2"]
+    p = w.reconcile()
+    assert p.status.members[2].state == S.RESTARTING
+    (create,) = kinds(p, A.CreatePod)
+    assert create.member == 2 and create.join
+    w.settle()
+    assert [c.join for c in w.created if c.member == 2][-1] is True
+    assert w.status.group_restarts == 0

@@ -1,7 +1,8 @@
 """Property tests: random event sequences through the planner and an in-memory world (operator_sim).
 
 At every step `check_step` asserts: every member state change went through the transition table (the plan's
-moves explain it); the epoch only grows; no pod is created without the join flag while any other member
+moves explain it); the epoch only grows (also across a wiped status); no member ever has two live processes
+(`check_world`: a node whose agent died keeps its processes); no pod is created without the join flag while any other member
 serves (or any old pod lives); a member never gets a second pod while one exists (one recovery at a time);
 survivors stay in activeRanks unless they fail. At the end, with no more faults, every member comes back
 Healthy or the CR is Failed (no member stays Failed forever).
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from operator_builders import make_spec
@@ -31,7 +33,11 @@ def events(members: int) -> st.SearchStrategy[tuple[Any, ...]]:
         st.tuples(st.just("evict"), m),
         st.tuples(st.just("hang"), m),
         st.tuples(st.just("node_down"), n),
+        st.tuples(st.just("agent_down"), n),
         st.tuples(st.just("node_up"), n),
+        st.tuples(st.just("out_of_service"), n),
+        st.tuples(st.just("delete_node"), n),
+        st.tuples(st.just("wipe_status")),
         st.tuples(st.just("tick")),
         st.tuples(st.just("advance"), st.floats(0.05, 20.0)),
         st.tuples(st.just("reconcile")),
@@ -54,8 +60,16 @@ def apply(w: World, ev: tuple[Any, ...]) -> None:
         w.hang(ev[1])
     elif kind == "node_down":
         w.node_down(ev[1])
+    elif kind == "agent_down":
+        w.agent_down(ev[1])
     elif kind == "node_up":
         w.node_up(ev[1])
+    elif kind == "out_of_service":
+        w.taint_out_of_service(ev[1])
+    elif kind == "delete_node":
+        w.delete_node(ev[1])
+    elif kind == "wipe_status":
+        w.wipe_status()
     elif kind == "tick":
         w.tick()
     elif kind == "advance":
@@ -72,6 +86,14 @@ def apply(w: World, ev: tuple[Any, ...]) -> None:
         p = plan(w.spec, w.status, obs, w.now)
         check_step(w.status, p, obs)
         w.status = p.status  # status written, actions never run
+
+
+def repair(w: World) -> None:
+    """No more faults: every node is back (a deleted one registers again, a person lifts the taint)."""
+    for node in NODES:
+        w.nodes.setdefault(node, False)
+        w.out_of_service.discard(node)
+        w.node_up(node)
 
 
 SPECS = st.builds(
@@ -99,9 +121,9 @@ def test_invariants_hold_under_random_events(spec: Any, data: st.DataObject) -> 
     epochs = [w.status.membership.epoch]
     for ev in seq:
         apply(w, ev)
-        epochs.append(w.status.membership.epoch)
-    for node in NODES:
-        w.node_up(node)
+        if w.status.members:  # a status the operator wrote (not a wiped one): what workers read
+            epochs.append(w.status.membership.epoch)
+    repair(w)
     w.settle(max_steps=1000)
     epochs.append(w.status.membership.epoch)
     assert epochs == sorted(epochs)
@@ -118,8 +140,7 @@ def test_start_from_nothing_reaches_running(spec: Any, data: st.DataObject) -> N
     w = World(spec, list(NODES))
     for ev in data.draw(st.lists(events(spec.nodes), max_size=20)):
         apply(w, ev)
-    for node in NODES:
-        w.node_up(node)
+    repair(w)
     w.settle(max_steps=1000)
     assert w.done()
 
@@ -144,3 +165,29 @@ def test_a_pod_lost_before_it_was_seen_is_not_recreated_beside_serving_members()
     w.settle(max_steps=1000)  # checks the invariants at every step
     assert w.done()
     assert w.status.group_restarts == 1
+
+
+@pytest.mark.parametrize("fault", ["agent_down", "node_down"])
+def test_a_lost_node_never_gives_a_member_two_live_incarnations(fault: str) -> None:
+    """An agent that dies with its workers alive (`agent_down`) looks to the API server exactly like a node
+    that powered off (`node_down`). Before the fix the operator force-deleted the pods there after
+    `terminatingTimeoutSeconds` and created same-name replacements: `InvariantError: member 1 has 2 live
+    incarnations: c-1/i2, c-1/i1`. Now it waits for evidence: member 0's view of the group says the
+    powered-off member's ranks are gone (it is replaced) and the live agent-less member's are not (it serves
+    on, untouched)."""
+    spec = make_spec(nodes=3, rpn=2, maxUnavailableMembers=2, terminatingTimeoutSeconds=3.0)
+    w = World(spec, list(NODES))
+    w.settle()
+    node = w.pods["c-1"].node
+    assert node is not None
+    getattr(w, fault)(node)
+    for _ in range(60):  # 5 minutes of reconciles and kubelet ticks
+        w.reconcile()
+        w.tick()
+        w.advance(5.0)
+    incarnations = {m.index: m.incarnation for m in w.status.members}
+    assert incarnations == {0: 1, 1: 2 if fault == "node_down" else 1, 2: 1}
+    assert w.status.group_restarts == 0
+    w.node_up(node)
+    w.settle(max_steps=1000)
+    assert w.done() and w.status.group_restarts == 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +25,7 @@ from eep_contract.v1alpha1 import ElasticEPClusterStatus, MemberState, MemberSta
 from eep_operator.core.actions import EmitEvent, Plan
 from eep_operator.io.events import ClusterRef
 from eep_operator.metrics import OperatorMetrics
+from eep_operator.io.kube import PermanentError
 from eep_operator.reconcile import Reconciler
 
 Obj = dict[str, Any]
@@ -73,6 +75,9 @@ class FakeKube:
     def create(self, manifest: Obj) -> Obj:
         self.created.append(manifest)
         return manifest
+
+    def pdb_exists(self, namespace: str, name: str) -> bool:
+        return True
 
 
 class RecordingEvents:
@@ -167,3 +172,81 @@ def test_requeue_counts_from_the_plan_not_from_the_slow_calls_after_it(
     assert after - before >= 0.6  # the two slow Events ran after the plan
     # The backoff ends 1 s after the plan, not 1 s after the Events were written.
     assert before + 1.0 <= result.requeue_at <= before + 1.0 + 0.2
+
+
+class RefusingKube(FakeKube):
+    """The API server refuses every pod create for good (a quota, Pod Security), until `allow()`."""
+
+    def __init__(self, *crs: Obj) -> None:
+        super().__init__(*crs)
+        self.refusing = True
+        self.attempts = 0
+        self.floors: list[int] = []
+        self.writes: list[str] = []
+
+    def create(self, manifest: Obj) -> Obj:
+        if manifest["kind"] == "Pod":
+            self.attempts += 1
+            if self.refusing:
+                raise PermanentError('403 Forbidden: pods "c-0" is forbidden: exceeded quota: q')
+        return super().create(manifest)
+
+    def set_epoch_floor(self, cr: Obj, epoch: int) -> Obj:
+        self.floors.append(epoch)
+        self.writes.append("floor")
+        annotations = self.crs[cr["metadata"]["name"]]["metadata"].setdefault("annotations", {})
+        annotations["elasticep.io/epoch-floor"] = str(epoch)
+        return cr
+
+    def replace_status(self, cr: Obj, status: Obj) -> Obj:
+        self.writes.append("status")
+        return super().replace_status(cr, status)
+
+
+def test_a_refused_create_is_said_and_retried_with_a_growing_interval() -> None:
+    """Before the fix: the 403 was logged and the create retried at every reconcile, forever, with no Event
+    and no condition (`reconcile failed: 403 Forbidden` once a second in the operator's log)."""
+    kube, events = RefusingKube(cluster("c")), RecordingEvents()
+    r = reconciler(kube, events, CollectorRegistry())
+    first = r.reconcile("ns", "c")
+    assert kube.attempts == 1 and first.requeue_at is not None
+    refused = [e for _, e in events.events if e.reason == "APIRequestRefused"]
+    assert len(refused) == 1 and "exceeded quota" in refused[0].message and "c-0" in refused[0].message
+    for _ in range(5):  # events and resyncs in between: no create until the backoff is over
+        r.reconcile("ns", "c")
+    assert kube.attempts == 1
+    status = ElasticEPClusterStatus.model_validate(kube.crs["c"]["status"])
+    stalled = next(c for c in status.conditions if c.type == "Stalled")
+    assert (
+        stalled.status == "True"
+        and stalled.reason == "APIRequestRefused"
+        and "exceeded quota" in stalled.message
+    )
+    gaps = []
+    for _ in range(3):
+        key = ("ns", "c")
+        before = r._refusals[key].retry_at
+        r._refusals[key] = replace(r._refusals[key], retry_at=time.monotonic() - 1)  # the backoff is over
+        r.reconcile("ns", "c")
+        gaps.append(r._refusals[key].retry_at - time.monotonic())
+        assert r._refusals[key].retry_at > before
+    assert gaps == sorted(gaps) and gaps[-1] > 2 * gaps[0]
+    kube.refusing = False
+    key = ("ns", "c")
+    r._refusals[key] = replace(r._refusals[key], retry_at=time.monotonic() - 1)
+    r.reconcile("ns", "c")
+    r.reconcile("ns", "c")
+    status = ElasticEPClusterStatus.model_validate(kube.crs["c"]["status"])
+    assert next(c for c in status.conditions if c.type == "Stalled").status == "False"
+    assert key not in r._refusals
+
+
+def test_the_epoch_floor_is_written_before_the_status() -> None:
+    kube = RefusingKube(cluster("c"))
+    kube.refusing = False
+    r = reconciler(kube, RecordingEvents(), CollectorRegistry())
+    status = malformed_status().model_copy(update={"members": []})
+    status.membership.epoch = 7
+    kube.crs["c"]["status"] = status.to_wire()
+    r.reconcile("ns", "c")
+    assert kube.writes[:2] == ["floor", "status"] and kube.floors[0] >= 7

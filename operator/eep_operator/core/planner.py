@@ -59,6 +59,7 @@ from eep_operator.core.actions import (
     CreatePod,
     DeletePod,
     EmitEvent,
+    EnsurePodDisruptionBudget,
     EnsureService,
     ForceDeletePod,
     Plan,
@@ -265,6 +266,9 @@ def plan(
             spec, cluster=observed.name, namespace=observed.namespace, uid=observed.uid
         )
         ctx.actions.append(EnsureService(manifest=svc))
+    if not observed.pdb_exists:
+        pdb = podspec.render_pdb(spec, cluster=observed.name, namespace=observed.namespace, uid=observed.uid)
+        ctx.actions.append(EnsurePodDisruptionBudget(manifest=pdb))
     ctx.epoch_base = observed.epoch_floor
     if observed.refused:
         ctx.stall("APIRequestRefused", observed.refused)

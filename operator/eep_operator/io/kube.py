@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from eep_contract.v1alpha1 import GROUP, PLURAL, VERSION
+from eep_contract.v1alpha1 import GROUP, PLURAL, VERSION, Annotations
 
 Obj = dict[str, Any]
 T = TypeVar("T")
@@ -75,6 +75,11 @@ class KubeClient(Protocol):
 
     def create_event(self, event: Obj) -> None:
         """Create a core/v1 Event in its namespace."""
+
+    def set_epoch_floor(self, cr: Obj, epoch: int) -> Obj:
+        """Write `epoch` into the CR's `elasticep.io/epoch-floor` annotation, compare-and-set on `cr`'s
+        resourceVersion; returns the updated CR (its new resourceVersion is what the status write needs).
+        Raises ConflictError."""
 
     def remove_finalizer(self, namespace: str, name: str, finalizer: str) -> bool:
         """Remove `finalizer` from the CR's `metadata.finalizers` and nothing else (a JSON patch whose `test`
@@ -307,3 +312,23 @@ class ApiKubeClient:
         except NotFoundError:
             return False
         return True
+
+    def set_epoch_floor(self, cr: Obj, epoch: int) -> Obj:
+        meta = cr["metadata"]
+        body: Any = {
+            "metadata": {
+                "resourceVersion": meta["resourceVersion"],
+                "annotations": {Annotations.EPOCH_FLOOR: str(epoch)},
+            }
+        }
+        return dict(
+            with_retries(
+                lambda: _json(
+                    self.custom.patch_namespaced_custom_object(
+                        GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], body,
+                        _content_type="application/merge-patch+json",
+                        _preload_content=False, _request_timeout=self.timeout,
+                    )
+                )
+            )
+        )  # fmt: skip
