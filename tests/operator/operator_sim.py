@@ -144,8 +144,9 @@ class World:
             if c.incarnation < self.max_incarnation.get(c.member, 0):
                 raise InvariantError(f"member {c.member} recreated with an old incarnation {c.incarnation}")
             self.max_incarnation[c.member] = max(self.max_incarnation.get(c.member, 0), c.incarnation)
-        if p.status.membership.epoch > self.epoch_floor:
-            self.epoch_floor = p.status.membership.epoch  # the reconciler's write-ahead floor
+        self.epoch_floor = max(
+            self.epoch_floor, p.status.membership.epoch
+        )  # the reconciler's write-ahead floor
         self.status = p.status
         self.last_requeue = p.requeue_after
         self.execute(p.actions)

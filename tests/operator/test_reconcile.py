@@ -24,8 +24,8 @@ from prometheus_client import CollectorRegistry
 from eep_contract.v1alpha1 import ElasticEPClusterStatus, MemberState, MemberStatus, Phase
 from eep_operator.core.actions import EmitEvent, Plan
 from eep_operator.io.events import ClusterRef
-from eep_operator.metrics import OperatorMetrics
 from eep_operator.io.kube import PermanentError
+from eep_operator.metrics import OperatorMetrics
 from eep_operator.reconcile import Reconciler
 
 Obj = dict[str, Any]
