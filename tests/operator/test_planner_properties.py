@@ -4,8 +4,8 @@ At every step `check_step` asserts: every member state change went through the t
 moves explain it); the epoch only grows (also across a wiped status); no member ever has two live processes
 (`check_world`: a node whose agent died keeps its processes); no pod is created without the join flag
 while any other member serves (or any old pod lives, or any process serves); a member never gets a second
-pod while one exists (one recovery at a time); survivors stay in activeRanks unless they fail. At the end, with no more faults, every member comes back
-Healthy or the CR is Failed (no member stays Failed forever).
+pod while one exists (one recovery at a time); survivors stay in activeRanks unless they fail. At the end,
+with no more faults, every member comes back Healthy or the CR is Failed (no member stays Failed forever).
 """
 
 from __future__ import annotations
