@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-__all__ = ["ExitCode", "describe"]
+__all__ = ["JOINER_REGISTRATION_HOLD_S", "ExitCode", "describe"]
 
 
 class ExitCode(IntEnum):
@@ -34,6 +34,18 @@ class ExitCode(IntEnum):
     `Auto`, the staged route failed, returned a wrong sum or exceeded their bound on some rank; serving would
     risk wrong answers, so every rank stops before it serves. The message names the route and what was seen.
     A whole-group start fails the same way each time: see docs/runbook.md, "Worker exit NoDataPath"."""
+
+    JOIN_REFUSED = 9
+    """Mooncake refused this joiner's registration because an earlier incarnation of its ranks is still
+    registered (a joiner that died inside its join stays registered as healthy until Mooncake's heartbeat
+    timeout, `JOINER_REGISTRATION_HOLD_S`). Not a crash: the operator retries after that window without
+    spending the member's restart budget."""
+
+
+JOINER_REGISTRATION_HOLD_S = 30.0
+"""Seconds Mooncake keeps a dead joiner's ranks registered as healthy (its heartbeat timeout), during which a
+new registration of those ranks is refused. Measured with mooncake-transfer-engine 0.3.14 (issue #13,
+scenario 12); the operator waits it out before retrying a member that died inside its join."""
 
 
 def describe(code: int | None) -> str | None:

@@ -44,6 +44,10 @@ class GroupRestartReason(StrEnum):
     """More members down than `recovery.maxUnavailableMembers`."""
     GROUP_RESTART_MODE = "GroupRestartMode"
     """`recovery.mode: GroupRestart` replaces any failure by a group restart."""
+    SPEC_CHANGED = "SpecChanged"
+    """The pod-shaping spec changed under `updateStrategy: GroupRestart`, or after the cluster Failed."""
+    USER_REQUESTED = "UserRequested"
+    """`spec.restartGeneration` was raised."""
 
 
 class RecoveryResult(StrEnum):

@@ -522,6 +522,23 @@ class PodTemplateOverlay(_Model):
     )
 
 
+class UpdateStrategyType(StrEnum):
+    """How a changed spec reaches a running group."""
+
+    MANUAL = "Manual"
+    """The running group keeps the revision it was started with (every replacement too: a replacement of
+    another revision could not join). The change waits, reported by the `UpdatePending` condition, until the
+    next whole-group restart: one the user asks for (`restartGeneration`) or one a failure needs."""
+    GROUP_RESTART = "GroupRestart"
+    """A changed spec restarts the whole group at once (an outage of the restart's length)."""
+
+
+class UpdateStrategy(_Model):
+    """How spec changes are rolled out to a running group."""
+
+    type: UpdateStrategyType = Field(default=UpdateStrategyType.MANUAL, description="The strategy.")
+
+
 class ElasticEPClusterSpec(_Model):
     """Desired state of an elastic expert-parallel deployment."""
 
@@ -556,6 +573,17 @@ class ElasticEPClusterSpec(_Model):
         default_factory=ElasticEPSpec, alias="elasticEP", description="Elastic EP / Mooncake settings."
     )
     recovery: RecoverySpec = Field(default_factory=RecoverySpec, description="Recovery policy.")
+    update_strategy: UpdateStrategy = Field(
+        default_factory=UpdateStrategy,
+        description="How a change of the pod-shaping fields (everything but `recovery`, `updateStrategy` and "
+        "`restartGeneration`) reaches the running group.",
+    )
+    restart_generation: int = Field(
+        default=0,
+        ge=0,
+        description="Raise it to restart the whole group once, with the current spec (the way to apply a "
+        "pending update under `updateStrategy: Manual`). Not counted against the restart budget.",
+    )
     template: PodTemplateOverlay = Field(
         default_factory=PodTemplateOverlay, description="Overlay merged into every member pod."
     )
@@ -680,6 +708,9 @@ class ConditionType(StrEnum):
     """True while a member's node has been NotReady/Unknown for `recovery.nodeLostGraceSeconds` and the
     operator has no evidence that its ranks are gone; the message names the members, nodes and what evidence
     would let the operator act."""
+    UPDATE_PENDING = "UpdatePending"
+    """True while the spec's pod-shaping fields differ from the revision the group runs (`updateStrategy:
+    Manual`); the message names the changed fields and how to apply them (`restartGeneration`)."""
     STALLED = "Stalled"
     """True while the operator cannot make progress without help (kstatus' meaning): a pod stuck
     Terminating past `recovery.terminatingTimeoutSeconds`, an API request refused for good (403, 422),
@@ -785,6 +816,17 @@ class MemberStatus(_StatusModel):
     waiting_message: str = Field(
         default="", max_length=4096, description="The message that goes with `waitingReason`."
     )
+    failure_exempt: bool = Field(
+        default=False,
+        description="The current failure does not spend the restart budget: an eviction within "
+        "`maxEvictionsPerMember`, or a join Mooncake refused while an earlier incarnation was still "
+        "registered.",
+    )
+    revision: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Revision of the spec the member's current pod was rendered from.",
+    )
     eviction_times: list[datetime] = Field(
         default_factory=list,
         max_length=1000,
@@ -827,6 +869,25 @@ class ElasticEPClusterStatus(_StatusModel):
     )
     last_recovery_seconds: float | None = Field(
         default=None, ge=0, description="Seconds from the last failure until every rank was active again."
+    )
+    group_revision: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Revision (a hash of the pod-shaping spec fields) the running group was started with; "
+        "every replacement is rendered from it.",
+    )
+    update_revision: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Revision of the current spec; differs while an update waits.",
+    )
+    group_spec: dict[str, Any] | None = Field(
+        default=None,
+        description="The spec the running group was started with (what replacements are rendered from).",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    restart_generation: int = Field(
+        default=0, ge=0, description="The `spec.restartGeneration` last acted on."
     )
 
 

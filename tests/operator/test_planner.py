@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from operator_builders import exited, make_spec, observed, t
@@ -595,3 +597,76 @@ def test_a_lost_status_with_a_member_missing_rejoins_it() -> None:
     w.settle()
     assert [c.join for c in w.created if c.member == 2][-1] is True
     assert w.status.group_restarts == 0
+
+
+def edited(spec: ElasticEPClusterSpec, **changes: Any) -> ElasticEPClusterSpec:
+    wire = spec.model_dump(mode="json", by_alias=True)
+    for path, value in changes.items():
+        node = wire
+        *parents, leaf = path.split("__")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return ElasticEPClusterSpec.model_validate(wire)
+
+
+def test_a_replacement_runs_the_groups_revision_not_an_edited_spec() -> None:
+    """Scenario 6 of the bad days: before the fix, a spec edited while a member waited in backoff (a new
+    image, another coordinator port) gave a replacement rendered from the new spec, which cannot join the
+    group that runs the old one (`assert 'img:v2' == 'img'` on the replacement's image)."""
+    spec = make_spec(backoffInitialSeconds=5.0)
+    w = running(spec)
+    w.kill(1)
+    w.reconcile()
+    w.spec = edited(spec, image="img:v2", elasticEP__coordinatorPort=29999)
+    w.generation += 1
+    p = w.reconcile()
+    pending = next(c for c in p.status.conditions if c.type == "UpdatePending")
+    assert pending.status == "True" and "image" in pending.message and "coordinatorPort" in pending.message
+    assert any(isinstance(a, A.EmitEvent) and a.reason == "SpecChangePending" for a in p.actions)
+    w.tick()
+    w.advance(5)
+    p = w.reconcile()
+    (create,) = kinds(p, A.CreatePod)
+    container = create.manifest["spec"]["containers"][0]
+    assert container["image"] == "img"
+    assert "29999" not in json.dumps(create.manifest)
+    assert p.status.members[1].revision == p.status.group_revision != p.status.update_revision
+    w.settle()
+    assert w.status.group_restarts == 0
+
+
+def test_raising_restart_generation_applies_the_update_without_spending_the_budget() -> None:
+    spec = make_spec(maxRestartsPerMember=0)
+    w = running(spec)
+    w.spec = edited(spec, image="img:v2", restartGeneration=1)
+    w.generation += 1
+    p = w.reconcile()
+    assert A.RecordGroupRestart("UserRequested") in p.actions
+    assert p.status.group_restart_times == [] and p.status.phase != Phase.FAILED
+    w.settle()
+    assert w.status.phase == Phase.RUNNING and w.status.group_revision == w.status.update_revision
+    assert {c.manifest["spec"]["containers"][0]["image"] for c in w.created[-4:]} == {"img:v2"}
+    assert next(c for c in w.status.conditions if c.type == "UpdatePending").status == "False"
+
+
+def test_update_strategy_group_restart_applies_a_change_at_once() -> None:
+    spec = edited(make_spec(), updateStrategy__type="GroupRestart")
+    w = running(spec)
+    w.spec = edited(spec, template__env=[{"name": "X", "value": "1"}])
+    w.generation += 1
+    p = w.reconcile()
+    assert A.RecordGroupRestart("SpecChanged") in p.actions
+    w.settle()
+    assert w.status.group_restarts == 1 and w.status.phase == Phase.RUNNING
+
+
+def test_a_recovery_policy_change_is_not_a_new_revision() -> None:
+    spec = make_spec()
+    w = running(spec)
+    before = w.status.group_revision
+    w.spec = edited(spec, recovery__backoffInitialSeconds=9.0)
+    w.generation += 1
+    p = w.reconcile()
+    assert p.status.update_revision == before == p.status.group_revision
+    assert next(c for c in p.status.conditions if c.type == "UpdatePending").status == "False"

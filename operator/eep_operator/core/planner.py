@@ -38,7 +38,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
-from eep_contract.exitcodes import describe
+from pydantic import ValidationError
+
+from eep_contract.exitcodes import JOINER_REGISTRATION_HOLD_S, ExitCode, describe
 from eep_contract.reasons import FailureReason, GroupRestartReason
 from eep_contract.v1alpha1 import (
     Condition,
@@ -52,8 +54,9 @@ from eep_contract.v1alpha1 import (
     MemberStatus,
     Phase,
     RecoveryMode,
+    UpdateStrategyType,
 )
-from eep_operator.core import members, pause, podspec
+from eep_operator.core import members, pause, podspec, revision
 from eep_operator.core.actions import (
     Action,
     CreatePod,
@@ -276,6 +279,8 @@ def plan(
         _rebuild(ctx)
     elif len(st.members) != spec.nodes:
         st.members = _init_members(spec, now)
+        st.restart_generation = spec.restart_generation
+        _adopt_spec(ctx)
         ctx.bump_epoch = bool(status.members)
         ctx.event(
             "Normal", "GroupCreating", f"creating {spec.nodes} member pods (world size {spec.world_size})"
@@ -296,6 +301,7 @@ def plan(
         return _result(ctx)
     if st.phase == Phase.FAILED:
         st.phase = Phase.RESTARTING
+        st.restart_generation = spec.restart_generation
         st.group_restart_times = []
         for m in st.members:
             m.restart_times = []
@@ -303,6 +309,7 @@ def plan(
         ctx.event("Normal", "SpecChanged", "spec changed after the cluster failed: restarting the group")
         _group_restart(ctx, None)
 
+    _updates(ctx)
     _observe_pods(ctx)
     _track_reachability(ctx)
     failures = _failures(ctx)
@@ -346,20 +353,23 @@ def _status_lost(st: ElasticEPClusterStatus, observed: Observed, spec: ElasticEP
 
 def _rebuild(ctx: _Ctx) -> None:
     """Rebuild the members from their pods (which carry member, incarnation, join flag and epoch): a member
-    whose pod is Ready is Healthy, a replacement is Joining or Restarting, a fresh-start pod Pending; a member
-    without a pod while others serve is Failed, so its next pod is a replacement with the join flag (never
-    a fresh-start pod beside serving members). The epoch resumes above everything ever published (the CR's
-    epoch floor, the pods' epochs). Restart budgets keep what the pods show (a replacement's creation)."""
+    whose pod is Ready is Healthy, a replacement is Joining or Restarting, a fresh-start pod Pending. A member
+    whose pods are all gone or going, while some member's pod runs (Ready or not: a pod on a lost node is not
+    Ready and may still serve), is Failed, so its next pod is a replacement with the join flag (never a
+    fresh-start pod beside serving members); a going pod is an older incarnation, waited for. The epoch
+    resumes above everything ever published (the CR's epoch floor, the pods' epochs). Restart budgets keep
+    what the pods show (a replacement's creation)."""
     st, o, now, spec = ctx.status, ctx.observed, ctx.now, ctx.spec
     before = {m.index: m for m in st.members}
-    serving = any(p.ready for p in o.pods)
+    serving = any(p.ready or p.running or p.phase == "Running" for p in o.pods if not p.deleting)
     rebuilt: list[MemberStatus] = []
     for m in _init_members(spec, now):
         old = before.get(m.index)
         if old is not None:
             m.state = old.state
         pods = o.pods_of(m.index)
-        pod = max(pods, key=lambda p: p.incarnation) if pods else None
+        top = max((p.incarnation for p in pods), default=0)
+        pod = next((p for p in pods if p.incarnation == top and not p.deleting), None)
         if pod is not None:
             m.incarnation, m.pod_name, m.pod_uid, m.node = pod.incarnation, pod.name, pod.uid, pod.node
             if pod.ready:
@@ -373,12 +383,15 @@ def _rebuild(ctx: _Ctx) -> None:
                 m.restart_times = in_window([pod.created or now], now, spec.recovery.restart_window_seconds)
                 m.failed_time = pod.created or now
         elif serving:
-            m.incarnation = max(old.incarnation if old else 0, 1)
+            # `_start_replacement` raises the incarnation; the going pod (if any) is waited for meanwhile.
+            m.incarnation = max(top, old.incarnation if old else 0, 1)
             m.pod_name = podspec.pod_name(o.name, m.index)
             target = S.FAILED
             m.failed_time = now
             m.next_restart_time = now
         else:
+            # A fresh start, once the going pods of older incarnations are gone (`_progress`: quiet).
+            m.incarnation = max(top + 1, old.incarnation if old else 0, 1)
             target = S.PENDING
         ctx.moves.append(members.rebuild(m, target, now))
         rebuilt.append(m)
@@ -483,6 +496,9 @@ def _handle_failures(ctx: _Ctx, failures: list[Failure]) -> None:
     st, spec, now = ctx.status, ctx.spec, ctx.now
     by_index = {m.index: m for m in st.members}
     was_starting = any(m.state == S.PENDING for m in st.members)
+    previous = {
+        m.index: (m.state, m.last_exit.exit_code if m.last_exit is not None else None) for m in st.members
+    }
     for f in failures:
         _record_failure(ctx, f)
     failed_idx = {f.member for f in failures}
@@ -501,13 +517,24 @@ def _handle_failures(ctx: _Ctx, failures: list[Failure]) -> None:
         return
     for f in failures:
         m = by_index[f.member]
+        in_join = previous[m.index][0] in (S.RESTARTING, S.JOINING)
+        # A joiner that died inside its join stays registered with Mooncake (as healthy) until its heartbeat
+        # times out, and the next registration of its ranks is refused until then: wait it out.
+        hold = JOINER_REGISTRATION_HOLD_S if in_join else 0.0
         if f.reason == FailureReason.EVICTED:
             # A drain or a preemption is not a crash: it has its own budget, and past it counts as one.
             evictions = in_window(m.eviction_times, now, spec.recovery.restart_window_seconds)
             if len(evictions) < spec.recovery.max_evictions_per_member:
                 m.eviction_times = [*evictions, now]
-                _mark_failed(ctx, m, backoff=0.0)
+                m.failure_exempt = True
+                _mark_failed(ctx, m, backoff=hold)
                 continue
+        if f.exit.exit_code == ExitCode.JOIN_REFUSED and previous[m.index][1] != ExitCode.JOIN_REFUSED:
+            # Refused because an earlier incarnation is still registered: not a crash (once in a row).
+            m.failure_exempt = True
+            _mark_failed(ctx, m, backoff=max(hold, JOINER_REGISTRATION_HOLD_S))
+            continue
+        m.failure_exempt = False
         used = in_window(m.restart_times, now, spec.recovery.restart_window_seconds)
         if len(used) >= spec.recovery.max_restarts_per_member:
             _mark_failed(ctx, m, backoff=0.0)
@@ -519,7 +546,7 @@ def _handle_failures(ctx: _Ctx, failures: list[Failure]) -> None:
                 m.index,
             )
             return
-        _mark_failed(ctx, m, backoff=backoff_seconds(spec, len(used)))
+        _mark_failed(ctx, m, backoff=max(hold, backoff_seconds(spec, len(used))))
 
 
 def _record_failure(ctx: _Ctx, f: Failure) -> None:
@@ -533,15 +560,6 @@ def _record_failure(ctx: _Ctx, f: Failure) -> None:
         f"Member{f.reason}",
         f"member {m.index} (pod {m.pod_name}) failed:{code} {f.exit.reason}: {f.exit.message}".strip(),
         m.index,
-    )
-
-
-def _voluntary(m: MemberStatus) -> bool:
-    """The member's current failure is an eviction within its eviction budget (not a crash)."""
-    return (
-        m.last_exit is not None
-        and m.last_exit.reason == FailureReason.EVICTED
-        and (m.last_exit.time in m.eviction_times)
     )
 
 
@@ -578,11 +596,13 @@ def _give_up(ctx: _Ctx, message: str, member: int | None) -> None:
     ctx.event("Warning", "RestartBudgetExhausted", f"{message}; the operator stopped acting", member)
 
 
-def _group_restart(ctx: _Ctx, reason: str | None) -> None:
-    """Move every member to Pending with a new incarnation; pods are recreated once all old ones are gone."""
+def _group_restart(ctx: _Ctx, reason: str | None, *, voluntary: bool = False) -> None:
+    """Move every member to Pending with a new incarnation; pods are recreated once all old ones are gone,
+    from the current spec (it becomes the group's revision). A `voluntary` restart (asked for by the user or
+    the update strategy) neither spends the budget nor waits a backoff."""
     st, spec, now = ctx.status, ctx.spec, ctx.now
     used = in_window(st.group_restart_times, now, spec.recovery.restart_window_seconds)
-    if reason is not None and len(used) >= spec.recovery.max_restarts_per_member:
+    if reason is not None and not voluntary and len(used) >= spec.recovery.max_restarts_per_member:
         _give_up(
             ctx,
             f"group restart ({reason}) needed after {len(used)} group restarts within "
@@ -591,7 +611,8 @@ def _group_restart(ctx: _Ctx, reason: str | None) -> None:
             None,
         )
         return
-    delay = backoff_seconds(spec, len(used)) if reason is not None else 0.0
+    delay = backoff_seconds(spec, len(used)) if reason is not None and not voluntary else 0.0
+    _adopt_spec(ctx)
     for m in st.members:
         ctx.move(m, S.PENDING)
         m.incarnation += 1
@@ -600,12 +621,48 @@ def _group_restart(ctx: _Ctx, reason: str | None) -> None:
         m.failed_time = m.failed_time or now
     st.group_restarts += 1
     st.total_restarts += 1
-    st.group_restart_times = [*used, now]
+    st.group_restart_times = used if voluntary else [*used, now]
     st.recovery_start_time = st.recovery_start_time or now
     ctx.bump_epoch = True
     if reason is not None:
         ctx.actions.append(RecordGroupRestart(reason=reason))
         ctx.event("Warning", "GroupRestart", f"restarting the whole group ({reason}) in {delay:g}s")
+
+
+def _adopt_spec(ctx: _Ctx) -> None:
+    """The current spec becomes the group's: what its fresh pods and later replacements are rendered from."""
+    ctx.status.group_spec = revision.pod_shaping(ctx.spec)
+    ctx.status.group_revision = revision.revision(ctx.spec)
+
+
+def _updates(ctx: _Ctx) -> None:
+    """A raised `spec.restartGeneration`, or a new revision under `updateStrategy: GroupRestart`, restarts
+    the group (voluntarily: no budget, no backoff). Under Manual a new revision waits (`UpdatePending`)."""
+    st, spec = ctx.status, ctx.spec
+    st.update_revision = revision.revision(spec)
+    if st.group_spec is None:
+        _adopt_spec(ctx)  # a group started by an older operator: the spec of now is the best record
+    if spec.restart_generation > st.restart_generation:
+        st.restart_generation = spec.restart_generation
+        _group_restart(ctx, GroupRestartReason.USER_REQUESTED, voluntary=True)
+    elif (
+        st.update_revision != st.group_revision
+        and spec.update_strategy.type == UpdateStrategyType.GROUP_RESTART
+    ):
+        _group_restart(ctx, GroupRestartReason.SPEC_CHANGED, voluntary=True)
+
+
+def _pod_spec(ctx: _Ctx) -> ElasticEPClusterSpec:
+    """The spec member pods are rendered from: the group's revision, with the current operator policy."""
+    group = ctx.status.group_spec
+    if group is None:
+        return ctx.spec
+    try:
+        return revision.with_policy(group, ctx.spec)
+    except ValidationError as e:
+        ctx.stall("GroupSpecUnreadable", f"status.groupSpec is not a valid spec ({e.error_count()} errors): "
+                  "pods are rendered from the current spec")  # fmt: skip
+        return ctx.spec
 
 
 def _remove_pod(ctx: _Ctx, m: MemberStatus, pod: PodObs, why: str) -> None:
@@ -782,8 +839,9 @@ def _start_replacement(ctx: _Ctx, m: MemberStatus) -> None:
     m.incarnation += 1
     m.restarts += 1
     m.restart_times = in_window(m.restart_times, now, ctx.spec.recovery.restart_window_seconds)
-    if not _voluntary(m):
+    if not m.failure_exempt:
         m.restart_times.append(now)
+    m.failure_exempt = False
     m.pod_uid = None
     m.node = None
     m.next_restart_time = None
@@ -799,8 +857,9 @@ def _create(ctx: _Ctx, m: MemberStatus, *, join: bool) -> CreatePod:
     o = ctx.observed
     name = podspec.pod_name(o.name, m.index)
     m.pod_name = name
+    m.revision = ctx.status.group_revision
     manifest = podspec.render_pod(
-        ctx.spec,
+        _pod_spec(ctx),
         cluster=o.name,
         namespace=o.namespace,
         uid=o.uid,
@@ -883,8 +942,30 @@ def _set_conditions(ctx: _Ctx) -> None:
         else None,
         "AllReachable",
     )  # fmt: skip
+    _reported_condition(ctx, ConditionType.UPDATE_PENDING, _update_pending(ctx), "UpToDate")
     stalled = (ctx.stalls[0][0], "; ".join(msg for _, msg in ctx.stalls)) if ctx.stalls else None
     _reported_condition(ctx, ConditionType.STALLED, stalled, "Progressing")
+
+
+def _update_pending(ctx: _Ctx) -> tuple[str, str] | None:
+    """`UpdatePending`: the spec's revision differs from the group's, or members run different revisions."""
+    st = ctx.status
+    running = sorted({m.revision for m in st.members if m.revision is not None and m.pod_uid is not None})
+    if len(running) > 1:
+        return (
+            "MixedRevisions",
+            f"members run different spec revisions {running}: a group restart aligns them",
+        )
+    if st.group_revision is None or st.update_revision == st.group_revision or st.group_spec is None:
+        return None
+    fields = revision.changed_fields(st.group_spec, revision.pod_shaping(ctx.spec))
+    return (
+        "SpecChangePending",
+        f"spec revision {st.update_revision} changes {', '.join(fields) or 'nothing visible'}; the group "
+        f"runs revision {st.group_revision}, and its replacements do too (a replacement of another "
+        "revision could not join). Apply it with a group restart: raise spec.restartGeneration, or set "
+        "spec.updateStrategy.type GroupRestart",
+    )
 
 
 def _reported_condition(
