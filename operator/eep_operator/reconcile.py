@@ -71,9 +71,12 @@ class _Refusal:
     retry_at: float
     """`time.monotonic()` before which no create of this CR is tried again."""
     message: str
+    status_write: bool = False
+    """The refused request was the status write itself (then nothing is written until `retry_at`)."""
 
 
 _LOST_NODE = NodeObs(name="", ready=False)
+_STATUS_WRITE = "writing the status"
 KUBE_CREATES = (CreatePod, EnsureService, EnsurePodDisruptionBudget)
 
 
@@ -260,6 +263,8 @@ class Reconciler:
         observed = self._with_group_view(spec, observed)
         now, planned_at = self.clock(), time.monotonic()
         p = plan(spec, status, observed, now)
+        if refusal is not None and refusal.status_write and time.monotonic() < refusal.retry_at:
+            return Result(requeue_at=refusal.retry_at)  # the status was refused: wait before trying again
         if p.status != status:
             try:
                 if p.status.membership.epoch > observed.epoch_floor:
@@ -269,11 +274,35 @@ class Reconciler:
                 self.kube.replace_status(cr, p.status.to_wire())
             except ConflictError:
                 return None  # someone wrote first (another operator, the user): recompute from fresh state
+            except PermanentError as e:
+                # The API server refuses the status itself (a CRD older than this operator, an admission
+                # policy): nothing can be said on the status, so an Event says it, with a growing interval.
+                return Result(requeue_at=self._refused(ref, _STATUS_WRITE, e, refusal, now))
         retry_at = self._execute(ref, p.actions, now, refusal)
         self.metrics.update_from_status(namespace, name, spec, p.status, now)
         self._admit(namespace, name, admission_target(spec, p.status, observed))
         wanted = None if p.requeue_after is None else planned_at + p.requeue_after
         return Result(requeue_at=min((t for t in (wanted, retry_at) if t is not None), default=None))
+
+    def _refused(
+        self, ref: ClusterRef, what: str, error: PermanentError, refusal: _Refusal | None, now: datetime
+    ) -> float:
+        """Remember a refusal (one more in a row), say it (the 1st, 2nd, 4th... in a row: a Warning Event
+        `APIRequestRefused` and a log line), and return the monotonic time to try again."""
+        streak = (refusal.streak if refusal is not None else 0) + 1
+        delay = min(self.error_backoff_max, self.error_requeue * 2 ** min(streak, 32))
+        new = _Refusal(
+            streak=streak,
+            retry_at=time.monotonic() + delay,
+            message=f"{what} refused: {error}",
+            status_write=what == _STATUS_WRITE,
+        )
+        self._refusals[(ref.namespace, ref.name)] = new
+        message = f"{new.message}; {streak} refusal(s) in a row, next try in {delay:g}s"
+        log.warning("%s", message, extra={"cluster": f"{ref.namespace}/{ref.name}"})
+        if streak & (streak - 1) == 0:
+            self.events.emit(ref, EmitEvent("Warning", "APIRequestRefused", message[:1024]), now)
+        return new.retry_at
 
     def _with_group_view(self, spec: ElasticEPClusterSpec, observed: Observed) -> Observed:
         """Ask member 0 which ranks are live, only while a member's node is lost (the planner's evidence that
@@ -305,18 +334,7 @@ class Reconciler:
             try:
                 self.executor.apply(ref, (action,), now)
             except PermanentError as e:
-                streak = (refusal.streak if refusal is not None else 0) + 1
-                delay = min(self.error_backoff_max, self.error_requeue * 2 ** min(streak, 32))
-                what = _describe(action)
-                refusal = _Refusal(
-                    streak=streak, retry_at=time.monotonic() + delay, message=f"{what} refused: {e}"
-                )
-                self._refusals[key] = refusal
-                message = f"{refusal.message}; {streak} refusal(s) in a row, next try in {delay:g}s"
-                log.warning("%s", message, extra={"cluster": f"{ref.namespace}/{ref.name}"})
-                if streak & (streak - 1) == 0:  # the 1st, 2nd, 4th... refusal in a row
-                    self.events.emit(ref, EmitEvent("Warning", "APIRequestRefused", message[:1024]), now)
-                return refusal.retry_at
+                return self._refused(ref, _describe(action), e, refusal, now)
         if refusal is not None and not waiting:
             self._refusals.pop(key, None)  # every create went through
             return time.monotonic()  # one more plan, to clear the Stalled condition

@@ -250,3 +250,24 @@ def test_the_epoch_floor_is_written_before_the_status() -> None:
     kube.crs["c"]["status"] = status.to_wire()
     r.reconcile("ns", "c")
     assert kube.writes[:2] == ["floor", "status"] and kube.floors[0] >= 7
+
+
+def test_a_refused_status_write_is_said_and_not_retried_every_event() -> None:
+    """A CRD older than the operator (or an admission policy) refuses the status itself: before, a
+    `reconcile failed: 422 Unprocessable Entity` log line at every event, and nothing a person looks at."""
+
+    class OldCrd(RefusingKube):
+        def replace_status(self, cr: Obj, status: Obj) -> Obj:
+            self.writes.append("status")
+            raise PermanentError("422 Unprocessable Entity: status.conditions[5].type: Unsupported value")
+
+    kube, events = OldCrd(cluster("c")), RecordingEvents()
+    kube.refusing = False
+    r = reconciler(kube, events, CollectorRegistry())
+    first = r.reconcile("ns", "c")
+    assert first.requeue_at is not None and kube.writes.count("status") == 1
+    for _ in range(5):
+        r.reconcile("ns", "c")
+    assert kube.writes.count("status") == 1 and kube.attempts == 0  # nothing acted on an unwritten status
+    refused = [e for _, e in events.events if e.reason == "APIRequestRefused"]
+    assert len(refused) == 1 and "writing the status" in refused[0].message and "422" in refused[0].message
