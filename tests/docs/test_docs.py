@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from eep_contract.v1alpha1 import ConditionType
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 
@@ -52,3 +54,21 @@ def test_architecture_has_the_diagrams() -> None:
     text = (DOCS / "architecture.md").read_text()
     assert text.count("```mermaid") >= 2
     assert "stateDiagram" in text and "sequenceDiagram" in text
+
+
+def test_every_warning_reason_and_condition_has_a_runbook_entry() -> None:
+    """Each Warning Event reason the operator posts, each `Stalled` reason and each condition type is named
+    in docs/runbook.md (issue #13: an entry for each new condition and Event reason)."""
+    sources = [ROOT / "operator/eep_operator/core/planner.py", ROOT / "operator/eep_operator/reconcile.py"]
+    text = "\n".join(p.read_text() for p in sources)
+    reasons = set(re.findall(r'"Warning",\s*"(\w+)"', text)) | set(re.findall(r'stall\(\s*"(\w+)"', text))
+    reasons |= set(re.findall(r'\(\s*"(\w+)",\s*f?"', text)) & {
+        "MemberUnreachable",
+        "SpecChangePending",
+        "MixedRevisions",
+    }
+    reasons |= {c.value for c in ConditionType}
+    assert len(reasons) > 15, reasons  # the patterns above still find the reasons
+    runbook = (DOCS / "runbook.md").read_text()
+    missing = sorted(r for r in reasons if r not in runbook)
+    assert not missing, f"docs/runbook.md does not name {missing}"
