@@ -1,19 +1,44 @@
 """Pure helpers that turn a Pod (as a JSON dict) into what the process node runs, the way a kubelet would:
-`$(VAR)` expansion, fieldRef values, the environment, /etc/hosts content.
+`$(VAR)` expansion, fieldRef values, the environment, /etc/hosts content, and why a container cannot start
+yet (a volume that cannot be set up, an image that cannot be "pulled", a missing ConfigMap/Secret).
 
 No I/O: values that need the API (configMap/secret keys) come in through a lookup callable. Called by
-`runner.py` and `processnode.py`; tested as tables in tests/localcluster/test_podspec.py.
+`runner.py` and `processnode.py`; tested as tables in tests/localcluster/test_localcluster_units.py and
+tests/localcluster/test_localcluster_waiting.py.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 Obj = dict[str, Any]
 SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 _REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+UNPULLABLE_DOMAIN = ".invalid"
+"""Images from a registry host under this domain have no local mapping (RFC 2606: such names never resolve, so
+a real kubelet's pull fails too); tests use e.g. `registry.invalid/eep/missing:1` to get ErrImagePull."""
+_KIND = {"configmap": "ConfigMap", "secret": "Secret"}
+_MISSING_ITEM = {
+    "configmap": "configmap references non-existent config key: ",
+    "secret": "references non-existent secret key: ",
+}
+
+
+class ConfigError(LookupError):
+    """The container's environment names a ConfigMap or Secret (or a key of one) that does not exist and is
+    not optional: the kubelet's CreateContainerConfigError. The message is the kubelet's."""
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """Why a container cannot start yet: a kubelet waiting `reason` (ContainerCreating, ErrImagePull,
+    ErrImageNeverPull) and its `message`."""
+
+    reason: str
+    message: str
 
 
 def expand(text: str, env: Mapping[str, str]) -> str:
@@ -72,7 +97,9 @@ def container_env(
     map_lookup: MapLookup,
 ) -> dict[str, str]:
     """The container's environment: `base` (PATH, service env, ...), then `envFrom`, then `env` (later wins),
-    each `env` value expanded against what is defined before it, as the kubelet does."""
+    each `env` value expanded against what is defined before it, as the kubelet does. Raises ConfigError for a
+    missing ConfigMap/Secret or key that is not `optional` (messages as the kubelet's: `secret "x" not
+    found`, `couldn't find key k in Secret ns/x`), ValueError for an unsupported fieldRef."""
     env = dict(base)
     for src in container.get("envFrom") or []:
         prefix = src.get("prefix", "")
@@ -82,7 +109,7 @@ def container_env(
                 continue
             data = map_lookup(kind, ref["name"])
             if data is None and not ref.get("optional"):
-                raise LookupError(f"{kind} {ref['name']!r} not found")
+                raise ConfigError(f'{kind} "{ref["name"]}" not found')
             for k, v in (data or {}).items():
                 env[prefix + k] = v
     for item in container.get("env") or []:
@@ -105,7 +132,10 @@ def container_env(
             value = key_lookup(kind, ref["name"], ref["key"])
             if value is None:
                 if not ref.get("optional"):
-                    raise LookupError(f"{kind} {ref['name']!r} key {ref['key']!r} not found")
+                    if map_lookup(kind, ref["name"]) is None:
+                        raise ConfigError(f'{kind} "{ref["name"]}" not found')
+                    where = f"{_KIND[kind]} {pod['metadata'].get('namespace', '')}/{ref['name']}"
+                    raise ConfigError(f"couldn't find key {ref['key']} in {where}")
                 continue
             env[name] = value
         elif "resourceFieldRef" in vf:
@@ -132,6 +162,72 @@ def container_argv(container: Obj, env: Mapping[str, str]) -> list[str]:
             "set `command`"
         )
     return command + args
+
+
+def registry_host(image: str) -> str:
+    """The registry host (with its port, if any) of an image reference, by the Docker reference rules: the
+    part before the first `/` when it has a `.` or `:` or is `localhost`, else `docker.io`."""
+    first, slash, _ = image.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return "docker.io"
+
+
+def image_waiting(container: Obj) -> Waiting | None:
+    """Why the process node cannot "pull" the container's image; None when it can.
+
+    The process node has no images: a container's `command` runs on the host, whose filesystem stands in for
+    every image. So an image counts as present (mapped) when the container sets `command` (whatever the image
+    name) and its registry host is not under UNPULLABLE_DOMAIN. Otherwise the pull fails: ErrImagePull, or
+    ErrImageNeverPull under `imagePullPolicy: Never` (message as the kubelet's), and the container waits."""
+    image = str(container.get("image") or "")
+    host = registry_host(image)
+    if host.split(":")[0].endswith(UNPULLABLE_DOMAIN):
+        why = f"dial tcp: lookup {host.split(':')[0]}: no such host"
+    elif not container.get("command"):
+        why = (
+            "the process node runs a container's command on the host and does not know this image's "
+            "entrypoint; set `command`"
+        )
+    else:
+        return None
+    if container.get("imagePullPolicy") == "Never":
+        return Waiting(
+            "ErrImageNeverPull", f'Container image "{image}" is not present with pull policy of Never'
+        )
+    return Waiting("ErrImagePull", f'failed to pull and unpack image "{image}": {why}')
+
+
+def volume_waiting(pod: Obj, map_lookup: MapLookup) -> Waiting | None:
+    """Why the pod's volumes cannot be set up yet; None when they can. A `secret` or `configMap` volume that a
+    container mounts, whose object (or an `items` key) is missing and is not `optional`, keeps every
+    container in ContainerCreating, as the kubelet's mount wait does (its FailedMount event's text is the
+    message here). Other volume types never wait."""
+    mounted = {
+        m.get("name")
+        for c in pod.get("spec", {}).get("containers") or []
+        for m in c.get("volumeMounts") or []
+    }
+    for vol in pod.get("spec", {}).get("volumes") or []:
+        if vol.get("name") not in mounted:
+            continue
+        for kind, key, name_key in (("secret", "secret", "secretName"), ("configmap", "configMap", "name")):
+            src = vol.get(key)
+            if src is None or src.get("optional"):
+                continue
+            name = str(src.get(name_key) or "")
+            data = map_lookup(kind, name)
+            if data is None:
+                why = f'{kind} "{name}" not found'
+            else:
+                missing = [i["key"] for i in src.get("items") or [] if i.get("key") not in data]
+                if not missing:
+                    continue
+                why = _MISSING_ITEM[kind] + missing[0]
+            return Waiting(
+                "ContainerCreating", f'MountVolume.SetUp failed for volume "{vol["name"]}" : {why}'
+            )
+    return None
 
 
 def wants_sa_token(pod: Obj, container: Obj) -> bool:

@@ -41,7 +41,10 @@ class Termination:
 @dataclass
 class ContainerState:
     """One container of one pod. `running_since` is set while a process runs; `terminated` holds the last
-    exit; `waiting_reason` explains why nothing runs yet (ContainerCreating, CrashLoopBackOff)."""
+    exit; `waiting_reason` explains why nothing runs yet (ContainerCreating, CrashLoopBackOff, and for a start
+    that could not happen: CreateContainerConfigError, ErrImagePull, ImagePullBackOff, ErrImageNeverPull).
+    `retry_at` is set while such a start waits to be tried again; it is not a restart (restartCount stays).
+    `pull_failures` counts failed image pulls in a row (the pull back-off)."""
 
     name: str
     image: str
@@ -54,7 +57,22 @@ class ContainerState:
     ready: bool = False
     restart_at: datetime.datetime | None = None
     container_id: str = ""
+    retry_at: datetime.datetime | None = None
+    pull_failures: int = 0
     extra: Obj = field(default_factory=dict)
+
+    def cannot_start(self, reason: str, message: str, retry_at: datetime.datetime) -> None:
+        """A start that could not happen (volume, image, configuration): wait with `reason` and `message`,
+        and try again at `retry_at`. Nothing ran, so nothing terminated and restartCount stays."""
+        self.running_since, self.terminated, self.restart_at, self.ready = None, None, None, False
+        self.waiting_reason, self.waiting_message, self.retry_at = reason, message, retry_at
+
+    def pull_backing_off(self) -> None:
+        """The kubelet's next look after a failed pull, until the retry: ImagePullBackOff, with the pull's
+        error in the message (`Back-off pulling image "x": <error>`)."""
+        if self.waiting_reason == "ErrImagePull":
+            self.waiting_reason = "ImagePullBackOff"
+            self.waiting_message = f'Back-off pulling image "{self.image}": {self.waiting_message}'
 
     def as_status(self) -> Obj:
         if self.running_since is not None:
@@ -104,7 +122,8 @@ def backoff_s(restart_count: int, *, base_s: float = 1.0, cap_s: float = 30.0) -
 
 def phase(restart_policy: str, containers: list[ContainerState]) -> str:
     """Pod phase from container states: Succeeded/Failed once every container has terminated for good,
-    Running once any container started, Pending before."""
+    Running once any container started (a restart that waits, e.g. on a missing Secret, counts as started, as
+    in the kubelet), Pending before."""
     if not containers:
         return "Pending"
     final = [c.terminated for c in containers if c.running_since is None and c.restart_at is None]
@@ -113,7 +132,10 @@ def phase(restart_policy: str, containers: list[ContainerState]) -> str:
         if all(code == 0 for code in codes):
             return "Succeeded" if restart_policy != "Always" else "Running"
         return "Failed" if restart_policy == "Never" else "Running"
-    started = any(c.running_since is not None or c.terminated is not None for c in containers)
+    started = any(
+        c.running_since is not None or c.terminated is not None or c.last_terminated is not None
+        for c in containers
+    )
     return "Running" if started else "Pending"
 
 

@@ -4,11 +4,15 @@ It registers the Node, renews its Lease and heartbeats the Ready condition (`hea
 the node lifecycle controller marks the Node NotReady after `--node-monitor-grace-period`). A pod informer
 (fieldSelector spec.nodeName) wakes one sync loop that starts containers (`runner.py`), polls them, applies
 the restart policy, writes pods/status like a kubelet (`podstatus.py`), and finishes deletions (SIGTERM,
-SIGKILL after the grace period, then the final delete with grace 0). That loop is the only writer of pod and
-container state; each probe runs in a thread of its own and reports through the container start's
-`podrun.Readiness`. A second informer over all pods keeps every pod's /etc/hosts current. With `fake=True` no
-process runs: pods go Running+Ready at once, and the annotation `eep.local/fake-exit-code` terminates a pod's
-first container with that exit code (for the scale benchmark).
+SIGKILL after the grace period, then the final delete with grace 0). A container that cannot start yet waits
+as it would on a kubelet, retried and never an exit: ContainerCreating while a secret/configMap volume's
+object is missing, ErrImagePull / ImagePullBackOff for an image with no local mapping
+(`podspec.image_waiting`), CreateContainerConfigError while its env names a missing ConfigMap/Secret. That
+loop is the only writer of pod and container state; each probe runs in a thread of its own and reports
+through the container start's `podrun.Readiness`. A second informer over all pods keeps every pod's
+/etc/hosts current. With `fake=True` no process runs (and nothing waits): pods go Running+Ready at once, and
+the annotation `eep.local/fake-exit-code` terminates a pod's first container with that exit code (for the
+scale benchmark).
 
 Started by `eep-localcluster node` (which `up` runs detached). It authenticates with a client cert in
 system:masters, not as system:node:<name>: the Node authorizer's selector rules (AuthorizeNodeWithSelectors)
@@ -43,6 +47,9 @@ from eep_localcluster.settings import AgentSettings
 Obj = dict[str, Any]
 SMP = "application/strategic-merge-patch+json"
 FAKE_EXIT_ANNOTATION = "eep.local/fake-exit-code"
+CONFIG_RETRY_S = 1.0
+"""Seconds between tries of a start that waits on a missing ConfigMap/Secret (env or volume) or on an image
+under `imagePullPolicy: Never` (the kubelet's pod resync, shorter so tests see the start soon)."""
 
 
 class Agent:
@@ -101,7 +108,13 @@ class Agent:
         for uid, pod in pods.items():
             run = self.runs.get(uid)
             if run is None:
-                self._adopt(pod)
+                try:
+                    self._adopt(pod)
+                except Exception as e:  # one pod the agent cannot take on must not stall the others
+                    meta = pod.get("metadata") or {}
+                    self.log(
+                        f"pod {meta.get('namespace')}/{meta.get('name')}: adopt: {type(e).__name__}: {e}"
+                    )
             else:
                 run.pod = pod
         for uid in list(self.runs):
@@ -207,7 +220,7 @@ class Agent:
                     self._api_data[key] = {k: base64.b64decode(v).decode() for k, v in data.items()}
             except ApiException as e:
                 if e.status != 404:
-                    raise
+                    raise podspec.ConfigError(f'failed to get {kind} "{name}": {e.status} {e.reason}') from e
                 self._api_data[key] = None
         return self._api_data[key]
 
@@ -226,7 +239,6 @@ class Agent:
                 "KUBERNETES_PORT": f"tcp://{HOST_IP}:{self.s.apiserver_port}",
             }
         )
-        self._api_data.clear()
         return podspec.container_env(
             run.pod,
             spec,
@@ -265,14 +277,37 @@ class Agent:
         return mounts
 
     def _start(self, run: PodRun, c: ContainerState) -> None:
+        """Start the container, or leave it waiting (`ContainerState.cannot_start`) in the kubelet's order:
+        volumes, then the image, then the container's configuration."""
         spec = run.spec_of(c.name)
+        c.image = str(spec.get("image") or c.image)  # a waiting container starts with the pod's current image
         log_path = run.dir / f"{c.name}.log"
+        now = now_utc()
+        retry = now + datetime.timedelta(seconds=CONFIG_RETRY_S)
+        self._api_data.clear()  # fresh reads for each start; shared by its volume and env lookups
+        try:
+            volumes = podspec.volume_waiting(
+                run.pod, lambda kind, name: self._lookup_data(kind, name, run.ns)
+            )
+        except podspec.ConfigError as e:
+            volumes = podspec.Waiting("ContainerCreating", f"MountVolume.SetUp failed: {e}")
+        if volumes is not None:
+            c.cannot_start(volumes.reason, volumes.message, retry)
+            return
+        pull = podspec.image_waiting(spec)
+        if pull is not None:
+            if pull.reason == "ErrImagePull":
+                retry = now + datetime.timedelta(seconds=backoff_s(c.pull_failures))
+                c.pull_failures += 1
+            c.cannot_start(pull.reason, pull.message, retry)
+            return
+        c.pull_failures = 0
         try:
             env = self._container_env(run, spec)
             argv = podspec.container_argv(spec, env)
-        except (ValueError, LookupError) as e:
-            c.terminated = Termination(128, None, "ContainerCannotRun", str(e), None, now_utc())
-            c.waiting_reason, c.waiting_message = "CreateContainerConfigError", str(e)
+        except Exception as e:  # the kubelet's rule: any failure to build the config is this waiting reason
+            message = str(e) if isinstance(e, LookupError | ValueError) else f"{type(e).__name__}: {e}"
+            c.cannot_start("CreateContainerConfigError", message, retry)
             return
         popen = runner.start(
             argv,
@@ -286,7 +321,7 @@ class Agent:
             f.write(f"{popen.pid}\n")
         proc = Proc(popen, env, Readiness("readinessProbe" not in spec))
         run.procs[c.name] = proc
-        c.running_since, c.terminated, c.restart_at = now_utc(), None, None
+        c.running_since, c.terminated, c.restart_at, c.retry_at = now_utc(), None, None, None
         c.container_id = f"process://{popen.pid}"
         c.waiting_reason, c.waiting_message = "", ""
         c.ready = proc.readiness.get()
@@ -380,13 +415,19 @@ class Agent:
                 self._refresh_token(run)
             now = now_utc()
             for c in run.containers:
+                if c.running_since is None and c.retry_at is not None:  # a start that could not happen yet
+                    if c.retry_at <= now:
+                        self._start(run, c)
+                    else:
+                        c.pull_backing_off()
+                    continue
                 due = c.restart_at is None or c.restart_at <= now
                 if c.running_since is None and due and (c.terminated is None or c.restart_at is not None):
                     if c.restart_at is not None:
                         c.last_terminated = c.terminated
                         c.restart_count += 1
                     self._start(run, c)
-            if not run.procs and all(c.restart_at is None for c in run.containers):
+            if not run.procs and all(c.restart_at is None and c.retry_at is None for c in run.containers):
                 run.probe_stop.set()
         self._patch_status(run)
 

@@ -52,8 +52,10 @@ def grants(group: str, resources: list[str], verbs: list[str]) -> set[tuple[str,
 OPERATOR_NAMESPACED = (
     grants("elasticep.io", ["elasticepclusters"], ["get", "list", "watch", "patch"])
     | grants("elasticep.io", ["elasticepclusters/status"], ["get", "update"])
+    | grants("elasticep.io", ["elasticepclusters/finalizers"], ["update"])
     | grants("", ["pods"], ["get", "list", "watch", "create", "delete"])
     | grants("", ["services"], ["get", "list", "watch", "create"])
+    | grants("policy", ["poddisruptionbudgets"], ["get", "create"])
     | grants("", ["events"], ["create"])
 )
 OPERATOR_CLUSTER_SCOPED = grants("", ["nodes"], ["get", "list", "watch"]) | grants(

@@ -92,6 +92,7 @@ def test_rbac_is_enough_and_not_more(
     custom: Any = client.CustomObjectsApi  # bodies below are plain dicts, which the client accepts
     core: Any = client.CoreV1Api
     coordination: Any = client.CoordinationV1Api
+    policy: Any = client.PolicyV1Api
     kubectl_apply(kubectl, ns, example_cr("rbac"))
     kubectl("create", "secret", "generic", "s", "-n", ns, "--from-literal=k=v")
 
@@ -119,6 +120,14 @@ def test_rbac_is_enough_and_not_more(
         "create service": lambda: core(op).create_namespaced_service(
             ns, {"metadata": {"name": "rbac"}, "spec": {"clusterIP": "None", "selector": {"a": "b"}}}
         ),
+        "create PDB": lambda: policy(op).create_namespaced_pod_disruption_budget(
+            ns,
+            {
+                "metadata": {"name": "rbac"},
+                "spec": {"minAvailable": 1, "selector": {"matchLabels": {"a": "b"}}},
+            },
+        ),
+        "read PDB": lambda: policy(op).read_namespaced_pod_disruption_budget("rbac", ns),
         "create event": lambda: core(op).create_namespaced_event(
             ns,
             {

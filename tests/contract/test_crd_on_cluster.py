@@ -68,3 +68,23 @@ def test_world_size_cannot_change_after_creation(kubectl: Kubectl, namespace: st
     kubectl("apply", "-n", namespace, "-f", str(ROOT / "examples" / "cpu-demo.yaml"))
     with pytest.raises(AssertionError, match="nodes is immutable: create a new cluster to resize the group"):
         kubectl("patch", "eep", "cpu-demo", "-n", namespace, "--type=merge", "-p", '{"spec":{"nodes":5}}')
+
+
+@pytest.mark.parametrize(("nodes", "ranks_per_node"), [(9, 8), (5, 16), (33, 2)])
+def test_a_world_above_mooncakes_64_ranks_is_rejected(
+    kubectl: Kubectl, namespace: str, tmp_path: Path, nodes: int, ranks_per_node: int
+) -> None:
+    """Each factor within its own bound (nodes <= 64, ranksPerNode <= 16), the product above 64."""
+    doc = yaml.safe_load((ROOT / "examples" / "cpu-demo.yaml").read_text())
+    doc["metadata"].pop("namespace", None)
+    doc["spec"].update(nodes=nodes, ranksPerNode=ranks_per_node)
+    path = tmp_path / "world.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    accepted, message = _apply(kubectl, namespace, path)
+    assert not accepted, f"{nodes} x {ranks_per_node} ranks accepted"
+    assert "world size (nodes x ranksPerNode) must be at most 64" in message, message
+    assert "Mooncake's limit on the global ranks of one group" in message, message
+
+    doc["spec"].update(nodes=64 // ranks_per_node)  # the largest world that fits is accepted
+    path.write_text(yaml.safe_dump(doc))
+    assert _apply(kubectl, namespace, path) == (True, "")

@@ -91,7 +91,12 @@ def raw_pod(member: int, **status: Any) -> dict[str, Any]:
             "annotations": {Annotations.INCARNATION: "3", Annotations.JOIN: "true"},
             "creationTimestamp": "2026-01-01T00:00:00Z",
             "ownerReferences": [
-                {"apiVersion": "elasticep.io/v1alpha1", "kind": "ElasticEPCluster", "uid": "cu", "controller": True}
+                {
+                    "apiVersion": "elasticep.io/v1alpha1",
+                    "kind": "ElasticEPCluster",
+                    "uid": "cu",
+                    "controller": True,
+                }
             ],
         },
         "spec": {"nodeName": "n0"},

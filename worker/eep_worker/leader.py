@@ -25,7 +25,7 @@ import torch
 from eep_contract.reasons import RecoveryResult
 from eep_worker import protocol as P
 from eep_worker.admission import Admission
-from eep_worker.events import Outbox, Recovered, Response, Untrusted
+from eep_worker.events import Outbox, Recovered, Response, ServingState, Untrusted
 from eep_worker.execution import StepExecutor
 from eep_worker.metrics import MetricsSink
 from eep_worker.protocol import Request, Snapshot, StepPlan
@@ -133,6 +133,9 @@ class Leader:
         """Serve forever: one plan per step, answers from trusted steps, a fence and a re-run otherwise."""
         ex = self.executor
         view = P.LeaderView(ex.epoch, ex.dispatch_live)
+        # The group's view before the first plan: the executor reports only changes of it, and member 0's
+        # supervisor answers GET /v1/group from these reports (a fresh group: every rank).
+        self.outbox.put(ServingState(ex.epoch, sorted(live_ranks(self.world))))
         while True:
             batch = self.collect()
             plan, view = self.next_plan(batch, view)

@@ -8,11 +8,14 @@ any rank process ends, the supervisor ends the pod with that rank's exit code (t
 operator replaces).
 
 HTTP (docs/dev/interfaces.md): GET /ready (200 once every rank of the pod has joined and holds the metadata),
-GET /healthz, GET /metrics, and on member 0 POST /v1/infer.
+GET /healthz, GET /metrics, and on member 0 POST /v1/infer and GET /v1/group (the leader's view of the live
+ranks, `eep_contract.wire.GroupView`: built from the `ServingState` events rank 0 sends whenever its epoch or
+live set changes, aged by its `StepCounts`; the HTTP thread reads one immutable snapshot, nothing more).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import multiprocessing as mp
@@ -30,11 +33,13 @@ from pydantic import ValidationError
 
 from eep_contract.exitcodes import ExitCode
 from eep_contract.wire import (
+    GROUP_PATH,
     INFER_PATH,
     MODEL_PATH,
     READY_PATH,
     VOCAB_SIZE,
     ErrorReply,
+    GroupView,
     InferReply,
     InferRequest,
     ReadyReply,
@@ -79,6 +84,15 @@ class _Pending:
         self.reply: dict[str, Any] = {}
 
 
+@dataclasses.dataclass(frozen=True)
+class _LeaderView:
+    """Rank 0's last reported serving state, replaced whole so the HTTP thread reads it without a lock."""
+
+    epoch: int
+    live: tuple[int, ...]
+    """Global ranks active in the world group at rank 0's last plan, ascending."""
+
+
 class Supervisor:
     def __init__(self, settings: Settings, registry: CollectorRegistry) -> None:
         self.s = settings
@@ -92,6 +106,10 @@ class Supervisor:
         self.exit_reason = ""
         self.epoch = 0
         self.active: list[int] = []
+        self.leader_view: _LeaderView | None = None
+        """Member 0: rank 0's epoch and live ranks, None until it reported them (`ServingState`)."""
+        self.leader_heard_at = 0.0
+        """`time.monotonic()` when rank 0 last reported a step or a new view."""
         self._pending: dict[str, _Pending] = {}
         self._lock = threading.Lock()
         self.procs: list[Any] = []
@@ -134,7 +152,7 @@ class Supervisor:
             Untrusted: lambda event: None,
             RecoveryCount: metric,
             PhaseDuration: metric,
-            StepCounts: metric,
+            StepCounts: self._on_step_counts,
             MembershipGauge: metric,
         }
 
@@ -172,6 +190,14 @@ class Supervisor:
 
     def _on_serving_state(self, event: ServingState) -> None:
         self.epoch, self.active = event.epoch, event.active_ranks
+        self.leader_view = _LeaderView(event.epoch, tuple(sorted(event.active_ranks)))
+        self.leader_heard_at = time.monotonic()
+
+    def _on_step_counts(self, event: StepCounts) -> None:
+        if event.rank == 0:
+            # Rank 0 reports steps at most every `QueueSink.flush_s`; a changed view would have come first.
+            self.leader_heard_at = time.monotonic()
+        self.metrics.apply(event)
 
     def _on_recovered(self, event: Recovered) -> None:
         log.info(
@@ -274,6 +300,23 @@ class Supervisor:
             "max_batch_tokens": m.max_batch_tokens,
         }
 
+    def group_view(self) -> tuple[int, dict[str, Any]]:
+        """`GET /v1/group`: (HTTP status, reply): 200 `GroupView` on member 0 once rank 0 has reported its
+        view, 503 before, 404 on other members. Reads one snapshot; never blocks."""
+        if self.requests is None:
+            return 404, ErrorReply(error="only member 0 serves the group view").model_dump()
+        view = self.leader_view
+        if view is None:
+            return 503, ErrorReply(error="the leader has not reported its view yet").model_dump()
+        age = max(0.0, time.monotonic() - self.leader_heard_at)
+        reply = GroupView(
+            epoch=view.epoch,
+            world_size=self.s.cluster.world_size,
+            live_ranks=list(view.live),
+            updated_seconds_ago=age,
+        )
+        return 200, reply.model_dump()
+
     def rendezvous_info(self) -> dict[str, Any]:
         c = self.s.cluster
         return {
@@ -308,6 +351,9 @@ class Supervisor:
                     self._send(200 if ok else 503, reply.model_dump_json().encode())
                 elif self.path == MODEL_PATH and sup.requests is not None:
                     self._send(200, json.dumps(sup.model_info()).encode())
+                elif self.path == GROUP_PATH:
+                    code, view = sup.group_view()
+                    self._send(code, json.dumps(view).encode())
                 elif self.path == "/metrics":
                     self._send(200, generate_latest(sup.registry), CONTENT_TYPE_LATEST)
                 else:

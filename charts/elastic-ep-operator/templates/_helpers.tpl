@@ -78,10 +78,18 @@ app.kubernetes.io/part-of: elastic-ep-operator
 
 {{/* The operator's namespaced rules: in its ClusterRole (watch.mode=all) or each Role (watch.mode=namespaces). */}}
 {{- define "eep.namespacedRules" -}}
-# The custom resource: kopf lists and watches it and patches its finalizer on (its timer needs one).
+# The custom resource: kopf lists and watches it. Patch: the `elasticep.io/epoch-floor` annotation (the
+# highest epoch published, written before each status that raises it), and removing the kopf finalizer that
+# older builds (a kopf timer) left on every CR; nothing puts one on now, so CRs stay deletable after
+# `helm uninstall`.
 - apiGroups: [elasticep.io]
   resources: [elasticepclusters]
   verbs: [get, list, watch, patch]
+# Owner references with blockOwnerDeletion (pods, the Service, the PodDisruptionBudget) need this where the
+# OwnerReferencesPermissionEnforcement admission plugin is on (OpenShift's default). Nothing is written to it.
+- apiGroups: [elasticep.io]
+  resources: [elasticepclusters/finalizers]
+  verbs: [update]
 # Status is the operator's memory and the workers' membership signal; written with replace
 # (compare-and-set on resourceVersion), never patched.
 - apiGroups: [elasticep.io]
@@ -95,6 +103,10 @@ app.kubernetes.io/part-of: elastic-ep-operator
 - apiGroups: [""]
   resources: [services]
   verbs: [get, list, watch, create]
+# The PodDisruptionBudget that lets a drain evict one member at a time, until its replacement is Ready.
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [get, create]
 # Events on the ElasticEPCluster for every transition (the operator and kopf only ever create them).
 - apiGroups: [""]
   resources: [events]
