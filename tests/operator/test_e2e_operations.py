@@ -3,7 +3,6 @@ status, node loss)."""
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -142,22 +141,13 @@ def test_node_lost_members_recovered_elsewhere(  # noqa: PLR0917
     assert local_cluster.run("start-node", extra) == 0
     try:
         operators.start()
-
-        def pin(node: str | None) -> None:
-            value = "null" if node is None else json.dumps({"kubernetes.io/hostname": node})
-            kubectl(
-                "-n", eep.ns, "patch", "eep", name, "--type=merge",
-                "-p", f'{{"spec":{{"template":{{"nodeSelector":{value}}}}}}}',
-            )  # fmt: skip
-
-        name = make_cluster(
-            nodes=3,
-            maxUnavailableMembers=2,
-            template={"nodeSelector": {"kubernetes.io/hostname": "eep-node-0"}},
-        )
+        # Members go where the scheduler may put them: cordons steer them (replacements keep the group's
+        # spec revision, so editing the template would not move them).
+        kubectl("cordon", extra)
+        name = make_cluster(nodes=3, maxUnavailableMembers=2)
         wait_running(eep, wait_for, name, operators)
-        # Move members 1 and 2 to the extra node (replacements are rendered from the current spec).
-        pin(extra)
+        kubectl("cordon", "eep-node-0")
+        kubectl("uncordon", extra)
         for i in (1, 2):
             old = eep.exit_member(name, i)
             wait_for(
@@ -168,7 +158,7 @@ def test_node_lost_members_recovered_elsewhere(  # noqa: PLR0917
                 lambda: eep.describe(name) + operators.logs(),
             )
         assert [eep.member(name, i)["node"] for i in (0, 1, 2)] == ["eep-node-0", extra, extra]
-        pin(None)
+        kubectl("uncordon", "eep-node-0")
         assert local_cluster.run("stop-node", extra) == 0
         # A stopped node is only NotReady: its processes may live on, so the operator waits for evidence.
         # Kubernetes' non-graceful node shutdown taint is that evidence (a person or a tool says so).
@@ -189,5 +179,6 @@ def test_node_lost_members_recovered_elsewhere(  # noqa: PLR0917
         assert "PodForceDeleted" in eep.reasons(name)
         print(f"node lost -> recovered in {time.monotonic() - t0:.1f}s")
     finally:
+        kubectl("uncordon", "eep-node-0", check=False)
         local_cluster.run("stop-node", extra)
         kubectl("delete", "node", extra, "--ignore-not-found", check=False)

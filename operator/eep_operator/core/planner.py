@@ -10,25 +10,40 @@ created, and an operator that dies between the two finds the intent in the statu
 (idempotent) action. A 409 means another writer got there first: the plan is dropped and recomputed.
 
 Decisions, per member (state machine in `eep_operator.core.members`):
+- Only pods whose controller ownerReference is this CR are members (`core.observe`); pods of a deleted CR of
+  the same name hold their names until the garbage collector removes them (`Stalled` PreviousClusterPods).
 - Failure signals on the member's current pod (the one whose `elasticep.io/incarnation` equals the member's
   `incarnation`): evicted; being deleted although we did not delete it; container terminated (any code:
-  pods are `restartPolicy: Never`); phase Failed; gone although we had seen it; its node NotReady/Unknown or
-  deleted; not Ready within `rejoinTimeoutSeconds` of its creation.
+  pods are `restartPolicy: Never`); phase Failed; gone although we had seen it; its node deleted or tainted
+  out-of-service, or NotReady while member 0 reports its ranks not live (`gone_evidence`); not Ready within
+  `rejoinTimeoutSeconds` of its creation (not while it waits for capacity: Unschedulable).
+- A NotReady node alone is not a failure: its kubelet cannot confirm anything, and the member's processes may
+  still serve. The member is Unreachable (`unreachableSince`; past `nodeLostGraceSeconds` the
+  `MembersUnreachable` condition), keeps its ranks, and its pod is never force-deleted, until there is
+  evidence (above). So a node blip or a control-plane partition changes nothing, and no rank ever has two
+  live incarnations.
 - A failed member keeps its crash evidence in `lastExit`, leaves `activeRanks`, and waits out its backoff
-  (`backoffInitialSeconds * 2^restarts-in-window`, capped at `backoffMaxSeconds`). Its pod is deleted (at
-  once if every container has ended, else gracefully); a pod stuck Terminating on a lost node is
-  force-deleted after `terminatingTimeoutSeconds`. Once the pod name is free and the backoff is over, the
-  replacement is created with the join flag (Restarting); when it runs, its ranks go to `joiningRanks`
-  (Joining); when it is Ready, to `activeRanks` (Healthy).
-- A member that fails with `maxRestartsPerMember` restarts already used in `restartWindowSeconds` exhausts the
-  budget: the CR goes to phase Failed and the operator stops acting (until the spec changes).
+  (`backoffInitialSeconds * 2^restarts-in-window`, capped at `backoffMaxSeconds`; at least Mooncake's
+  registration hold after a death inside a join). Its pod is deleted (at once if every container has ended
+  or its node is known gone, else gracefully); a pod stuck Terminating is force-deleted only on a node known
+  gone, else reported (`Stalled` PodStuckTerminating). Once the pod name is free and the backoff is over, the
+  replacement is created with the join flag (Restarting), rendered from the group's spec revision
+  (`status.groupSpec`); when it runs, its ranks go to `joiningRanks` (Joining); when it is Ready, to
+  `activeRanks` (Healthy).
+- Evictions (a drain, a preemption) have their own budget (`maxEvictionsPerMember`), as does one join
+  Mooncake refused (exit JoinRefused); a member that fails with `maxRestartsPerMember` restarts already used
+  in `restartWindowSeconds` exhausts the budget: the CR goes to phase Failed and the operator stops acting
+  (until the spec changes), but keeps observing and reporting.
 - Whole-group restart instead of per-member recovery when: `recovery.mode` is GroupRestart; member 0 fails (it
   hosts Mooncake's coordinator); more than `maxUnavailableMembers` members would be down; or a member fails
   while the group is still starting (there is no running group to join). Every member gets a fresh pod
   without the join flag, created only after every old pod is gone and a backoff. Group restarts have the
-  same budget (`maxRestartsPerMember` within the window).
+  same budget (`maxRestartsPerMember` within the window). A raised `restartGeneration`, or a spec change
+  under `updateStrategy: GroupRestart`, restarts the group without budget or backoff; the new spec becomes
+  the group's revision.
 - The epoch grows by one whenever `activeRanks`/`joiningRanks` change and on every group restart, never more
-  than once per plan.
+  than once per plan, and never goes below the CR's epoch floor. A status that does not describe the pods
+  (wiped, or restored from an older copy) is rebuilt from them (`_rebuild`).
 """
 
 from __future__ import annotations
