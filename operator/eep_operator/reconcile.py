@@ -35,6 +35,7 @@ from eep_operator.core.actions import (
     EmitEvent,
     EnsurePodDisruptionBudget,
     EnsureService,
+    UpdateService,
 )
 from eep_operator.core.admission import AdmissionTarget, admission_target
 from eep_operator.core.observe import NodeObs, Observed, observe
@@ -131,7 +132,7 @@ class Reconciler:
         self._nodes: tuple[float, list[dict[str, object]]] | None = None
         self._nodes_lock = threading.Lock()
         # Our Service, once seen, is only ever removed with the CR (ownerReference): check it rarely.
-        self._service_seen: dict[tuple[str, str], float] = {}
+        self._service_seen: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
         self._pdb_seen: dict[tuple[str, str], float] = {}
         # Per CR: the last refused request (a 403/422 on a create) until a create goes through.
         self._refusals: dict[tuple[str, str], _Refusal] = {}
@@ -148,15 +149,17 @@ class Reconciler:
                 self._nodes = (now, self.kube.list_nodes())
             return self._nodes[1]
 
-    def _service_exists(self, namespace: str, name: str) -> bool:
+    def _service(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The cluster's Service (None: absent), read at most every 30 s: only the CR's deletion removes it
+        (ownerReference), and a hand edit of its ports may wait that long to be undone."""
         key = (namespace, name)
         seen = self._service_seen.get(key)
-        if seen is not None and time.monotonic() - seen < 30.0:
-            return True
-        exists = self.kube.service_exists(namespace, name)
-        if exists:
-            self._service_seen[key] = time.monotonic()
-        return exists
+        if seen is not None and time.monotonic() - seen[0] < 30.0:
+            return seen[1]
+        svc = self.kube.get_service(namespace, name)
+        if svc is not None:
+            self._service_seen[key] = (time.monotonic(), svc)
+        return svc
 
     def _pdb_exists(self, namespace: str, name: str) -> bool:
         key = (namespace, name)
@@ -252,11 +255,13 @@ class Reconciler:
         nodes = self._list_nodes()
         key = (namespace, name)
         refusal = self._refusals.get(key)
+        service = self._service(namespace, name)
         observed = observe(
             cr,
             pods,
             nodes,
-            service_exists=self._service_exists(namespace, name),
+            service_exists=service is not None,
+            service_spec=None if service is None else service.get("spec") or {},
             pdb_exists=self._pdb_exists(namespace, spec_pdb_name(name)),
             refused=refusal.message if refusal is not None else None,
         )
@@ -278,6 +283,8 @@ class Reconciler:
                 # The API server refuses the status itself (a CRD older than this operator, an admission
                 # policy): nothing can be said on the status, so an Event says it, with a growing interval.
                 return Result(requeue_at=self._refused(ref, _STATUS_WRITE, e, refusal, now))
+        if any(isinstance(a, UpdateService) for a in p.actions):
+            self._service_seen.pop(key, None)  # read it again next time
         retry_at = self._execute(ref, p.actions, now, refusal)
         self.metrics.update_from_status(namespace, name, spec, p.status, now)
         self._admit(namespace, name, admission_target(spec, p.status, observed))

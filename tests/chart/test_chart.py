@@ -54,7 +54,7 @@ OPERATOR_NAMESPACED = (
     | grants("elasticep.io", ["elasticepclusters/status"], ["get", "update"])
     | grants("elasticep.io", ["elasticepclusters/finalizers"], ["update"])
     | grants("", ["pods"], ["get", "list", "watch", "create", "delete"])
-    | grants("", ["services"], ["get", "list", "watch", "create"])
+    | grants("", ["services"], ["get", "list", "watch", "create", "patch"])
     | grants("policy", ["poddisruptionbudgets"], ["get", "create"])
     | grants("", ["events"], ["create"])
 )

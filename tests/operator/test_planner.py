@@ -20,6 +20,7 @@ from eep_contract.v1alpha1 import (
     Phase,
 )
 from eep_operator.core import actions as A
+from eep_operator.core import podspec
 from eep_operator.core.conditions import get_condition
 from eep_operator.core.members import Move
 from eep_operator.core.observe import Observed, PodObs
@@ -481,7 +482,8 @@ def test_a_state_written_past_the_table_is_caught() -> None:
 def test_first_plan_creates_service_and_fresh_pods() -> None:
     spec = make_spec(nodes=3)
     p = plan(spec, ElasticEPClusterStatus(), observed(service=False), t(0))
-    assert isinstance(p.actions[0], A.EnsureService)
+    kube = [a for a in p.actions if isinstance(a, A.EnsureService | A.CreatePod)]
+    assert isinstance(kube[0], A.EnsureService)  # the members' DNS names exist before the members
     creates = kinds(p, A.CreatePod)
     assert [c.member for c in creates] == [0, 1, 2] and not any(c.join for c in creates)
     assert [m.first_rank for m in p.status.members] == [0, 2, 4]
@@ -670,3 +672,27 @@ def test_a_recovery_policy_change_is_not_a_new_revision() -> None:
     p = w.reconcile()
     assert p.status.update_revision == before == p.status.group_revision
     assert next(c for c in p.status.conditions if c.type == "UpdatePending").status == "False"
+
+
+def test_the_service_follows_the_groups_revision() -> None:
+    """Scenario 6: the Service was only created, never reconciled: a group restarted onto another coordinator
+    port kept the old port in its Service, and a Service edited by hand stayed edited."""
+    spec = make_spec(backoffInitialSeconds=5.0)
+    w = running(spec)
+    svc = podspec.render_service(spec, cluster="c", namespace="ns", uid="cr-uid")
+    obs = replace(w.observed(), service_spec=svc["spec"])
+    p = plan(spec, w.status, obs, w.now)
+    assert not kinds(p, A.UpdateService)
+    edited_by_hand = {**svc["spec"], "ports": [{"name": "http", "port": 1234}]}
+    p = plan(spec, w.status, replace(obs, service_spec=edited_by_hand), w.now)
+    (update,) = kinds(p, A.UpdateService)
+    assert update.manifest["spec"]["ports"] == svc["spec"]["ports"]
+    new = edited(spec, elasticEP__coordinatorPort=29999)
+    # Under Manual the group (and so its Service) keeps the old port...
+    p = plan(new, w.status, replace(obs, generation=2), w.now)
+    assert not kinds(p, A.UpdateService)
+    # ...until a group restart makes the new spec the group's.
+    restart = edited(new, restartGeneration=1)
+    p = plan(restart, w.status, replace(obs, generation=3), w.now)
+    (update,) = kinds(p, A.UpdateService)
+    assert 29999 in [port["port"] for port in update.manifest["spec"]["ports"]]

@@ -68,6 +68,12 @@ class FakeKube:
     def service_exists(self, namespace: str, name: str) -> bool:
         return True
 
+    def get_service(self, namespace: str, name: str) -> Obj | None:
+        return next((m for m in self.created if m["kind"] == "Service"), None)
+
+    def patch_service_spec(self, namespace: str, name: str, spec: Obj) -> None:
+        raise AssertionError("the Service the operator created needs no update")
+
     def replace_status(self, cr: Obj, status: Obj) -> Obj:
         self.crs[cr["metadata"]["name"]]["status"] = status
         return cr
@@ -121,7 +127,7 @@ def test_unexpected_error_is_an_event_not_an_escape(caplog: pytest.LogCaptureFix
     good = rec.reconcile("ns", "good")
     assert good.error is None
     assert kube.crs["good"]["status"]["phase"] == Phase.PENDING.value
-    assert len(kube.created) == 2
+    assert [m["kind"] for m in kube.created] == ["Service", "Pod", "Pod"]
 
 
 def test_unexpected_errors_back_off_and_reset_once_fixed() -> None:

@@ -99,10 +99,10 @@ app.kubernetes.io/part-of: elastic-ep-operator
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch, create, delete]
-# The headless Service that gives members their DNS names.
+# The headless Service that gives members their DNS names; patch puts its ports back to the group's.
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, list, watch, create]
+  verbs: [get, list, watch, create, patch]
 # The PodDisruptionBudget that lets a drain evict one member at a time, until its replacement is Ready.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]

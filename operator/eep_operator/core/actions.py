@@ -30,6 +30,14 @@ class EnsurePodDisruptionBudget:
 
 
 @dataclass(frozen=True)
+class UpdateService:
+    """Bring the existing Service's ports and selector back to `manifest` (a JSON merge patch of its spec):
+    the Service follows the group's spec revision, and an edit by hand is undone."""
+
+    manifest: dict[str, Any] = field(compare=False, hash=False)
+
+
+@dataclass(frozen=True)
 class CreatePod:
     """Create a member pod. AlreadyExists is success (a retry after a lost reply)."""
 
@@ -101,6 +109,7 @@ class RecordRecovery:
 
 Action = (
     EnsureService
+    | UpdateService
     | EnsurePodDisruptionBudget
     | CreatePod
     | DeletePod
@@ -112,7 +121,7 @@ Action = (
     | RecordRecovery
 )
 
-KUBE_ACTIONS = (EnsureService, EnsurePodDisruptionBudget, CreatePod, DeletePod, ForceDeletePod)
+KUBE_ACTIONS = (EnsureService, UpdateService, EnsurePodDisruptionBudget, CreatePod, DeletePod, ForceDeletePod)
 """Actions that change the cluster; the rest only report."""
 
 

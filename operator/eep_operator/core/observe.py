@@ -88,6 +88,8 @@ class Observed:
     pods: tuple[PodObs, ...] = ()
     nodes: Mapping[str, NodeObs] = field(default_factory=dict)
     service_exists: bool = True
+    service_spec: Mapping[str, Any] | None = None
+    """The Service's `spec` when it was read (its ports and selector are compared with the group's)."""
     pdb_exists: bool = True
     foreign_pods: tuple[PodObs, ...] = ()
     """Pods with this cluster's label whose controller is another ElasticEPCluster (a deleted one of the same
@@ -219,6 +221,7 @@ def observe(
     nodes: Iterable[Obj],
     *,
     service_exists: bool,
+    service_spec: Mapping[str, Any] | None = None,
     pdb_exists: bool = True,
     live_ranks: frozenset[int] | None = None,
     refused: str | None = None,
@@ -253,6 +256,7 @@ def observe(
         pods=tuple(sorted(owned, key=lambda p: (p.member, p.incarnation, p.name))),
         nodes={n.name: n for n in (observe_node(n) for n in nodes)},
         service_exists=service_exists,
+        service_spec=service_spec,
         pdb_exists=pdb_exists,
         foreign_pods=tuple(foreign),
         epoch_floor=_int(annotations.get(Annotations.EPOCH_FLOOR), 0),

@@ -51,7 +51,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -85,6 +85,7 @@ from eep_operator.core.actions import (
     RecordGroupRestart,
     RecordMemberRestart,
     RecordRecovery,
+    UpdateService,
 )
 from eep_operator.core.conditions import get_condition, set_condition
 from eep_operator.core.members import DOWN, Move
@@ -279,11 +280,6 @@ def plan(
     st = status.model_copy(deep=True)
     ctx = _Ctx(spec=spec, observed=observed, now=now, status=st)
     st.world_size = spec.world_size
-    if not observed.service_exists:
-        svc = podspec.render_service(
-            spec, cluster=observed.name, namespace=observed.namespace, uid=observed.uid
-        )
-        ctx.actions.append(EnsureService(manifest=svc))
     if not observed.pdb_exists:
         pdb = podspec.render_pdb(spec, cluster=observed.name, namespace=observed.namespace, uid=observed.uid)
         ctx.actions.append(EnsurePodDisruptionBudget(manifest=pdb))
@@ -325,6 +321,7 @@ def plan(
         _group_restart(ctx, None)
 
     _updates(ctx)
+    _service(ctx)
     _observe_pods(ctx)
     _track_reachability(ctx)
     failures = _failures(ctx)
@@ -665,6 +662,34 @@ def _updates(ctx: _Ctx) -> None:
         and spec.update_strategy.type == UpdateStrategyType.GROUP_RESTART
     ):
         _group_restart(ctx, GroupRestartReason.SPEC_CHANGED, voluntary=True)
+
+
+def _service(ctx: _Ctx) -> None:
+    """The headless Service, rendered from the group's revision: created if missing, its ports and selector
+    put back if they differ (a group restart onto another port, or an edit by hand)."""
+    o = ctx.observed
+    svc = podspec.render_service(_pod_spec(ctx), cluster=o.name, namespace=o.namespace, uid=o.uid)
+    if not o.service_exists:
+        ctx.actions.append(EnsureService(manifest=svc))
+        return
+    if o.service_spec is None:
+        return
+    want: dict[str, Any] = svc["spec"]
+    have = o.service_spec
+    if _ports_key(have.get("ports") or []) != _ports_key(want["ports"]) or dict(
+        have.get("selector") or {}
+    ) != dict(want["selector"]):
+        patch = {"ports": want["ports"], "selector": want["selector"]}
+        ctx.actions.append(UpdateService(manifest={**svc, "spec": patch}))
+        ctx.event("Normal", "ServiceUpdated", f"Service {o.name}: ports and selector set to the group's")
+
+
+def _ports_key(ports: list[dict[str, Any]]) -> list[tuple[str, int, int]]:
+    """Ports as (name, port, targetPort) with targetPort defaulted to port, as the API server does."""
+    return sorted(
+        (str(p.get("name")), int(p.get("port") or 0), int(p.get("targetPort") or p.get("port") or 0))
+        for p in ports
+    )
 
 
 def _pod_spec(ctx: _Ctx) -> ElasticEPClusterSpec:

@@ -33,7 +33,13 @@ class Executor:
 
     def _apply_one(self, ref: ClusterRef, action: A.Action, now: datetime) -> None:
         extra = {"cluster": f"{ref.namespace}/{ref.name}"}
-        if isinstance(action, A.EnsureService | A.EnsurePodDisruptionBudget | A.CreatePod):
+        if isinstance(action, A.UpdateService):
+            meta = action.manifest["metadata"]
+            # NotFound: deleted meanwhile; the next reconcile creates it again.
+            with contextlib.suppress(NotFoundError):
+                self.kube.patch_service_spec(meta["namespace"], meta["name"], action.manifest["spec"])
+            log.info("updated Service %s to the group's ports", meta["name"], extra=extra)
+        elif isinstance(action, A.EnsureService | A.EnsurePodDisruptionBudget | A.CreatePod):
             with contextlib.suppress(AlreadyExistsError):
                 self.kube.create(action.manifest)
             if isinstance(action, A.CreatePod):

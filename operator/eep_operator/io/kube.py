@@ -76,6 +76,13 @@ class KubeClient(Protocol):
     def create_event(self, event: Obj) -> None:
         """Create a core/v1 Event in its namespace."""
 
+    def get_service(self, namespace: str, name: str) -> Obj | None:
+        """The Service, or None if it does not exist."""
+
+    def patch_service_spec(self, namespace: str, name: str, spec: Obj) -> None:
+        """JSON merge patch of the Service's `spec` (lists such as `ports` are replaced whole). Raises
+        NotFoundError."""
+
     def set_epoch_floor(self, cr: Obj, epoch: int) -> Obj:
         """Write `epoch` into the CR's `elasticep.io/epoch-floor` annotation, compare-and-set on `cr`'s
         resourceVersion; returns the updated CR (its new resourceVersion is what the status write needs).
@@ -329,6 +336,31 @@ class ApiKubeClient:
                         _content_type="application/merge-patch+json",
                         _preload_content=False, _request_timeout=self.timeout,
                     )
+                )
+            )
+        )  # fmt: skip
+
+    def get_service(self, namespace: str, name: str) -> Obj | None:
+        try:
+            return dict(
+                with_retries(
+                    lambda: _json(
+                        self.core.read_namespaced_service(
+                            name, namespace, _preload_content=False, _request_timeout=self.timeout
+                        )
+                    )
+                )
+            )
+        except NotFoundError:
+            return None
+
+    def patch_service_spec(self, namespace: str, name: str, spec: Obj) -> None:
+        body: Any = {"spec": spec}
+        with_retries(
+            lambda: _drain(
+                self.core.patch_namespaced_service(
+                    name, namespace, body, _content_type="application/merge-patch+json",
+                    _preload_content=False, _request_timeout=self.timeout,
                 )
             )
         )  # fmt: skip
