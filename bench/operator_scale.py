@@ -1,18 +1,24 @@
 """Operator scale benchmark: many ElasticEPClusters on the local control plane with fake kubelets.
 
     .venv/bin/python bench/operator_scale.py [--clusters 50] [--members 16] [--failures 50] [--nodes 4]
-        [--kubeconfig PATH (reuse a running --fake cluster)] [--out bench/results/operator_scale.json]
+        [--unrelated-pods 5000] [--kubeconfig PATH (reuse a running --fake cluster)]
+        [--out bench/results/operator_scale.json]
 
 Starts `eep-localcluster up --fake` (pods go Running+Ready at once; the pod annotation
 `eep.local/fake-exit-code` terminates a container), one `eep-operator run` subprocess, creates the clusters,
-waits until every one is Running, then injects `--failures` container exits (one member at a time per cluster,
-never member 0). One watcher in this process sees every pod and CR change, and measures on one clock:
+waits until every one is Running, creates `--unrelated-pods` pods that are not ours in the same (watched)
+namespace (scheduling-gated: they stay Pending and cost the scheduler and the fake nodes nothing; only a watch
+that is not filtered by the API server sees them), restarts the operator (so it lists them at start, as after
+an upgrade) and records its RSS once it is idle, then injects `--failures` container exits (one member at a
+time per cluster, never member 0). One watcher in this process sees every pod of ours and every CR change, and
+measures on one clock:
 
 - detection: the container shows terminated -> the CR status shows that member Failed (with that pod's uid);
 - reaction: the container shows terminated -> the replacement pod (join flag) exists.
 
-Also the operator's CPU seconds (whole run and failure phase) and peak RSS (VmHWM). Targets (issue 4):
-p99 detection <= 1 s, p99 reaction <= backoff + 1 s, peak RSS <= 250 MB.
+Also the restarted operator's CPU seconds (whole life and failure phase), its RSS after start (VmRSS once it
+is idle) and its peak RSS (VmHWM). Targets (issues 4 and 13): p99 detection <= 1 s, p99 reaction <= backoff
++ 1 s, peak RSS <= 250 MB, whatever the number of unrelated pods.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,7 +41,7 @@ from typing import Any
 import kubernetes
 import yaml
 
-from eep_contract.v1alpha1 import GROUP, PLURAL, VERSION, Annotations, Labels
+from eep_contract.v1alpha1 import GROUP, MANAGED_BY_VALUE, PLURAL, VERSION, Annotations, Labels
 from eep_localcluster.processnode import FAKE_EXIT_ANNOTATION
 from eep_testkit import crs
 from eep_testkit.pump import Pump
@@ -55,15 +62,74 @@ def pct(values: list[float], q: float) -> float | None:
     return round(s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))], 4)
 
 
-def proc_stats(pid: int) -> tuple[float, int]:
-    """(CPU seconds user+system, peak RSS bytes) of a live process."""
+def proc_stats(pid: int, field: str = "VmHWM") -> tuple[float, int]:
+    """(CPU seconds user+system, `field` of /proc/PID/status in bytes: VmHWM peak RSS, VmRSS RSS now) of a
+    live process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    hwm = 0
+    mem = 0
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            hwm = int(line.split()[1]) * 1024
-    return cpu, hwm
+        if line.startswith(f"{field}:"):
+            mem = int(line.split()[1]) * 1024
+    return cpu, mem
+
+
+def wait_idle(pid: int, timeout: float, cpu_per_s: float = 0.05, calm_s: float = 3.0) -> float:
+    """Wait until the process used less than `cpu_per_s` CPU seconds per second for `calm_s` seconds (it has
+    listed and reconciled what it found) or `timeout` passed; returns the seconds waited."""
+    t0 = time.monotonic()
+    last, calm = proc_stats(pid)[0], 0.0
+    while time.monotonic() - t0 < timeout and calm < calm_s:
+        time.sleep(0.5)
+        cpu = proc_stats(pid)[0]
+        calm = calm + 0.5 if cpu - last < cpu_per_s * 0.5 else 0.0
+        last = cpu
+    return time.monotonic() - t0
+
+
+def unrelated_pod(i: int) -> dict[str, Any]:
+    """A pod that is not ours (no managed-by label), of an ordinary size: labels, env, resources. Its
+    scheduling gate keeps it Pending: nothing runs it, the scheduler skips it."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"other-{i:05d}",
+            "labels": {"app": f"other-{i % 50}", "tier": "batch", Labels.MANAGED_BY: "someone"},
+            "annotations": {"example.com/owner": "team-a", "example.com/build": f"{i:08x}"},
+        },
+        "spec": {
+            "schedulingGates": [{"name": "example.com/never"}],
+            "automountServiceAccountToken": False,
+            "containers": [
+                {
+                    "name": "main",
+                    "image": "registry.example.com/team-a/batch-job:1.2.3",
+                    "command": ["/bin/job", "--shard", str(i), "--config", "/etc/job/config.yaml"],
+                    "env": [{"name": f"JOB_SETTING_{k}", "value": f"value-{k}-{i}"} for k in range(6)],
+                    "resources": {
+                        "requests": {"cpu": "100m", "memory": "128Mi"},
+                        "limits": {"memory": "256Mi"},
+                    },
+                    "ports": [{"containerPort": 8080, "name": "http"}],
+                }
+            ],
+        },
+    }
+
+
+def create_unrelated(core: Any, n: int) -> None:
+    """Create `n` unrelated pods in the benchmark's namespace (8 requests at a time)."""
+
+    def one(i: int) -> None:
+        try:
+            core.create_namespaced_pod(NS, unrelated_pod(i), _preload_content=False).data  # noqa: B018
+        except k8s.client.exceptions.ApiException as e:
+            if e.status != 409:
+                raise
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(n)))
 
 
 class Watcher:
@@ -97,27 +163,34 @@ class Watcher:
     def _pods_once(self) -> None:
         w = k8s.watch.Watch()
         # Plain dicts: deserialising 800 pods into client models would make this watcher the busiest
-        # process on a 2-core machine and delay the very timestamps it takes.
-        for ev in w.stream(self.core.list_namespaced_pod, NS, timeout_seconds=60, deserialize=False):
-            now, wall = time.monotonic(), time.time()
-            pod = ev["object"]
-            meta = pod.get("metadata") or {}
-            uid = meta.get("uid", "")
-            labels = meta.get("labels") or {}
-            ann = meta.get("annotations") or {}
-            with self.lock:
-                if ev["type"] == "ADDED" and ann.get(Annotations.JOIN) == "true":
-                    key = (
-                        labels.get(Labels.CLUSTER, ""),
-                        int(labels.get(Labels.MEMBER, -1)),
-                    )
-                    self.created.setdefault(key, []).append((now, uid))
-                    self.created_wall[uid] = wall
-                for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-                    if "terminated" in (cs.get("state") or {}) and uid not in self.terminated:
-                        self.terminated[uid] = now
+        # process on a 2-core machine and delay the very timestamps it takes. Our pods only (the selector):
+        # the unrelated ones would load this process as they load an operator that sees them.
+        for ev in w.stream(
+            self.core.list_namespaced_pod,
+            NS,
+            label_selector=f"{Labels.MANAGED_BY}={MANAGED_BY_VALUE}",
+            timeout_seconds=60,
+            deserialize=False,
+        ):
+            self.saw_pod(ev["type"], ev["object"], time.monotonic(), time.time())
             if self.stopping:
                 w.stop()
+
+    def saw_pod(self, type_: str, pod: dict[str, Any], now: float, wall: float) -> None:
+        """Record one pod event seen at `now` (monotonic) and `wall` (epoch seconds). Only the first sight of
+        a replacement counts: a reconnected watch lists every pod again as ADDED."""
+        meta = pod.get("metadata") or {}
+        uid = meta.get("uid", "")
+        labels = meta.get("labels") or {}
+        ann = meta.get("annotations") or {}
+        with self.lock:
+            if type_ == "ADDED" and ann.get(Annotations.JOIN) == "true" and uid not in self.created_wall:
+                key = (labels.get(Labels.CLUSTER, ""), int(labels.get(Labels.MEMBER, -1)))
+                self.created.setdefault(key, []).append((now, uid))
+                self.created_wall[uid] = wall
+            for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+                if "terminated" in (cs.get("state") or {}) and uid not in self.terminated:
+                    self.terminated[uid] = now
 
     def _crs_once(self) -> None:
         w = k8s.watch.Watch()
@@ -167,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--failures", type=int, default=50)
     p.add_argument("--nodes", type=int, default=4, help="fake nodes (250 pods each)")
     p.add_argument("--interval", type=float, default=0.2, help="seconds between injected failures")
+    p.add_argument(
+        "--unrelated-pods", type=int, default=5000, help="pods not ours in the watched namespace (0: none)"
+    )
     p.add_argument("--kubeconfig", help="reuse a running --fake local cluster")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "operator_scale.json"))
     a = p.parse_args(argv)
@@ -217,16 +293,13 @@ def main(argv: list[str] | None = None) -> int:
         except k8s.client.exceptions.ApiException as e:
             if e.status != 409:
                 raise
-        log = (state / "operator.log").open("wb")
-        op = subprocess.Popen(
-            [
-                str(venv_bin / "eep-operator"), "run", "--namespace", NS, "--kubeconfig", str(kubeconfig),
-                "--metrics-port", "0", "--health-port", "0", "--no-leader-election", "--resync-seconds", "30",
-                "--log-level", "WARNING",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        log = (state / "operator.log").open("ab")
+        argv = [
+            str(venv_bin / "eep-operator"), "run", "--namespace", NS, "--kubeconfig", str(kubeconfig),
+            "--metrics-port", "0", "--health-port", "0", "--no-leader-election", "--resync-seconds", "30",
+            "--log-level", "WARNING",
+        ]  # fmt: skip
+        op = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         watcher = Watcher(api)
         watcher.start()
         t0 = time.monotonic()
@@ -236,6 +309,18 @@ def main(argv: list[str] | None = None) -> int:
             )
         wait(lambda: all_running(custom, a.clusters) == a.clusters, 900, "every cluster Running")
         startup_s = time.monotonic() - t0
+        t1 = time.monotonic()
+        create_unrelated(core, a.unrelated_pods)
+        unrelated_s = time.monotonic() - t1
+        # Restart: the new process lists the namespace's pods at start (what an upgrade or a failover does).
+        op.terminate()
+        op.wait(30)
+        op = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        idle_s = wait_idle(op.pid, 120)
+        _, rss_start = proc_stats(op.pid, "VmRSS")
+        wait(
+            lambda: all_running(custom, a.clusters) == a.clusters, 300, "every cluster Running after restart"
+        )
         cpu0, _ = proc_stats(op.pid)
         rng = random.Random(4)
         injected: list[tuple[str, int, str, float]] = []
@@ -282,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
                 "clusters": a.clusters,
                 "members_per_cluster": a.members,
                 "pods": a.clusters * a.members,
+                "unrelated_pods": a.unrelated_pods,
+                "unrelated_pods_create_seconds": round(unrelated_s, 2),
+                "restart_to_idle_seconds": round(idle_s, 2),
                 "failures_injected": len(injected),
                 "failures_measured": len(detection),
                 "backoff_seconds": BACKOFF_S,
@@ -305,6 +393,7 @@ def main(argv: list[str] | None = None) -> int:
                 },
                 "operator_cpu_seconds_total": round(cpu1, 2),
                 "operator_cpu_seconds_failure_phase": round(cpu1 - cpu0, 2),
+                "operator_rss_after_start_mb": round(rss_start / 2**20, 1),
                 "operator_peak_rss_mb": round(rss / 2**20, 1),
                 "host_cpus": os.cpu_count(),
             }
