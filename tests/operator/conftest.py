@@ -4,7 +4,9 @@
   kills them at the end. A subprocess, not a thread, so a test can SIGKILL it like a crashed pod.
 - `make_cluster`: creates an ElasticEPCluster whose member pods run a stand-in (STANDIN below) instead of the
   real worker: it serves /ready on $EEP_POD_IP:$EEP_HTTP_PORT, exits with a code on GET /exit/<code>, and,
-  when started with the join flag, gets Ready only STANDIN_JOIN_DELAY seconds after it started ("inf": never).
+  when started with the join flag, gets Ready only STANDIN_JOIN_DELAY seconds after it started ("inf": never),
+  or as many seconds as the file STANDIN_JOIN_DELAY_FILE says when it is asked (a test changes it while the
+  group runs: replacements keep the group's spec, so the spec cannot).
 - `eep`: small helpers to read the CR, its pods and Events.
 """
 
@@ -39,7 +41,11 @@ class H(http.server.BaseHTTPRequestHandler):
             self.send_response(200); self.end_headers(); self.wfile.flush()
             threading.Timer(0.05, os._exit, (int(self.path.split("/")[2]),)).start()
             return
-        ok = self.path == "/healthz" or (self.path == "/ready" and time.monotonic() - start >= delay)
+        wait = delay
+        if "--rejoin" in sys.argv and os.environ.get("STANDIN_JOIN_DELAY_FILE"):
+            with open(os.environ["STANDIN_JOIN_DELAY_FILE"]) as f:
+                wait = float(f.read())
+        ok = self.path == "/healthz" or (self.path == "/ready" and time.monotonic() - start >= wait)
         self.send_response(200 if ok else 503); self.end_headers()
     def log_message(self, *a):
         pass

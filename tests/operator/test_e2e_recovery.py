@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -132,10 +133,12 @@ def test_member_zero_failure_restarts_the_group(
 
 
 def test_replacement_never_ready_is_retried(
-    eep: Eep, operators: Operators, make_cluster: Any, wait_for: Any, kubectl: Any
+    eep: Eep, operators: Operators, make_cluster: Any, wait_for: Any, tmp_path: Path
 ) -> None:
     operators.start()
-    name = make_cluster(env={"STANDIN_JOIN_DELAY": "inf"}, rejoinTimeoutSeconds=3)
+    delay = tmp_path / "join-delay"
+    delay.write_text("inf")
+    name = make_cluster(env={"STANDIN_JOIN_DELAY_FILE": str(delay)}, rejoinTimeoutSeconds=3)
     wait_running(eep, wait_for, name, operators)
     eep.exit_member(name, 1)
     wait_for(
@@ -147,11 +150,7 @@ def test_replacement_never_ready_is_retried(
         lambda: eep.describe(name) + operators.logs(),
     )
     assert "MemberJoinTimeout" in eep.reasons(name)
-    # Let the next replacement join: it is rendered from the current spec.
-    kubectl(
-        "-n", eep.ns, "patch", "eep", name, "--type=merge",
-        "-p", '{"spec":{"template":{"env":[{"name":"STANDIN_JOIN_DELAY","value":"0"}]}}}',
-    )  # fmt: skip
+    delay.write_text("0")  # the next replacement joins
     wait_for(lambda: eep.running(name), 40, lambda: eep.describe(name) + operators.logs())
     assert eep.status(name)["groupRestarts"] == 0
 

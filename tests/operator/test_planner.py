@@ -696,3 +696,26 @@ def test_the_service_follows_the_groups_revision() -> None:
     p = plan(restart, w.status, replace(obs, generation=3), w.now)
     (update,) = kinds(p, A.UpdateService)
     assert 29999 in [port["port"] for port in update.manifest["spec"]["ports"]]
+
+
+def test_the_join_clock_starts_when_a_waiting_replacement_is_scheduled() -> None:
+    """An unschedulable replacement waits without a timeout; once bound to a node its `rejoinTimeoutSeconds`
+    counts from then, not from its creation. Before: `JoinTimeout` at once, the moment it was scheduled."""
+    spec = make_spec(rejoinTimeoutSeconds=8.0)
+    w = failed_world(spec)
+    w.tick()
+    w.advance(1)
+    w.reconcile()  # the replacement is created
+    obs = w.observed()
+    pod = member_pod(obs, 1)
+    waiting = replace(
+        pod, node=None, waiting_reason="Unschedulable", waiting_message="0/3 nodes are available"
+    )
+    p = plan(spec, w.status, with_pod(obs, 1, waiting), w.now + timedelta(seconds=60))
+    assert p.status.members[1].state == S.RESTARTING and p.status.members[1].waiting_reason == "Unschedulable"
+    later = w.now + timedelta(seconds=61)
+    bound = replace(pod, phase="Running", running=True, scheduled=later)
+    p = plan(spec, p.status, with_pod(obs, 1, bound), later + timedelta(seconds=2))
+    assert p.status.members[1].state == S.JOINING and p.status.members[1].last_exit.reason != "JoinTimeout"
+    p = plan(spec, p.status, with_pod(obs, 1, bound), later + timedelta(seconds=9))
+    assert p.status.members[1].state == S.FAILED and p.status.members[1].last_exit.reason == "JoinTimeout"

@@ -62,6 +62,8 @@ class PodObs:
     other than the routine ContainerCreating/PodInitializing (ErrImagePull, ImagePullBackOff,
     CreateContainerConfigError...), or `Unschedulable` (PodScheduled False)."""
     waiting_message: str = ""
+    scheduled: datetime | None = None
+    """When it was bound to a node (its PodScheduled condition's lastTransitionTime)."""
     owner_uid: str | None = None
     """uid of the pod's controller ownerReference (the ElasticEPCluster that created it), if any."""
 
@@ -182,6 +184,14 @@ def observe_pod(pod: Obj) -> PodObs | None:
         waiting_reason=waiting_reason,
         waiting_message=waiting_message,
         owner_uid=None if owner is None else owner.get("uid"),
+        scheduled=next(
+            (
+                _time(c.get("lastTransitionTime"))
+                for c in status.get("conditions") or []
+                if c.get("type") == "PodScheduled" and c.get("status") == "True"
+            ),
+            None,
+        ),
     )
 
 

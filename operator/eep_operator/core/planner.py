@@ -176,8 +176,8 @@ def detect_failure(
         not pod.ready
         and m.state != S.HEALTHY
         and pod.waiting_reason != UNSCHEDULABLE  # waiting for capacity is not a failed join
-        and pod.created is not None
-        and (now - pod.created).total_seconds() > spec.recovery.rejoin_timeout_seconds
+        and (since := _join_clock(pod)) is not None
+        and (now - since).total_seconds() > spec.recovery.rejoin_timeout_seconds
     ):
         return fail(
             FailureReason.JOIN_TIMEOUT,
@@ -188,6 +188,14 @@ def detect_failure(
 
 
 UNSCHEDULABLE = "Unschedulable"
+
+
+def _join_clock(pod: PodObs) -> datetime | None:
+    """When the pod's `rejoinTimeoutSeconds` starts: its creation, or its binding to a node if that came
+    later (time spent waiting for capacity is not time spent joining)."""
+    if pod.created is None:
+        return None
+    return max(pod.created, pod.scheduled) if pod.scheduled is not None else pod.created
 
 
 def _node_lost(pod: PodObs, observed: Observed) -> bool:
@@ -869,8 +877,9 @@ _STEPS: Mapping[MemberState, Callable[[_Ctx, MemberStatus, _Seen], None]] = {
 
 
 def _wake_for_timeout(ctx: _Ctx, pod: PodObs | None) -> None:
-    if pod is not None and not pod.ready and pod.created is not None:
-        ctx.wake_at(pod.created + timedelta(seconds=ctx.spec.recovery.rejoin_timeout_seconds + 1))
+    since = _join_clock(pod) if pod is not None and not pod.ready else None
+    if since is not None:
+        ctx.wake_at(since + timedelta(seconds=ctx.spec.recovery.rejoin_timeout_seconds + 1))
 
 
 def _start_replacement(ctx: _Ctx, m: MemberStatus) -> None:
