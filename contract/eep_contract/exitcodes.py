@@ -36,16 +36,37 @@ class ExitCode(IntEnum):
     A whole-group start fails the same way each time: see docs/runbook.md, "Worker exit NoDataPath"."""
 
     JOIN_REFUSED = 9
-    """Mooncake refused this joiner's registration because an earlier incarnation of its ranks is still
-    registered (a joiner that died inside its join stays registered as healthy until Mooncake's heartbeat
-    timeout, `JOINER_REGISTRATION_HOLD_S`). Not a crash: the operator retries after that window without
-    spending the member's restart budget."""
+    """Mooncake's coordinator refused this joiner's registration for the whole of Mooncake's registration
+    wait (30 s) because an earlier incarnation of its ranks is still registered as healthy: a joiner that
+    died inside its join stays so until Mooncake's heartbeat timeout (`JOINER_REGISTRATION_HOLD_S`), an old
+    process that still runs stays so for as long as it runs. The group's creation then raises "timed out
+    waiting for agent registration" (the refusal's reason is only in Mooncake's log), which a joiner takes
+    for this (`eep_worker.admission.registration_refused`). Not a crash: the operator retries after the
+    hold without spending the member's restart budget (once in a row)."""
 
 
 JOINER_REGISTRATION_HOLD_S = 30.0
-"""Seconds Mooncake keeps a dead joiner's ranks registered as healthy (its heartbeat timeout), during which a
-new registration of those ranks is refused. Measured with mooncake-transfer-engine 0.3.14 (issue #13,
-scenario 12); the operator waits it out before retrying a member that died inside its join."""
+"""Seconds Mooncake keeps a dead joiner's ranks registered as healthy, during which a new registration of
+those ranks is refused ("rank already registered and is Healthy; replacement must wait for the old process
+to leave the healthy set."); the operator waits it out before retrying a member that died inside its join.
+
+Source (mooncake-pg, kvcache-ai/Mooncake at 3b5a594; the same texts are in mooncake-transfer-engine
+0.3.13.post1's libmooncake_pg.so): the refusal, `src/control_plane/coordinator.cpp` lines 70-75
+(`handleRegisterAgent`); the hold, `kHeartbeatTimeout = std::chrono::seconds(30)` in
+`include/control_plane/coordinator.h` line 215, a compile-time constant (no setting, no environment
+variable), checked on every coordinator tick (coordinator.cpp lines 559-566; ticks every 50 ms or less);
+agents heartbeat every second. A refused agent retries on its own ticks
+(`src/control_plane/agent_host.cpp` lines 519-526) until the group's creation gives up after 30 s
+(`waitUntilRegistered(std::chrono::seconds(30))`, `src/mooncake_communicator.cpp` line 543).
+
+Measured on mooncake-cpu 0.3.13.post1 (2 members x 1 rank, issue 13, scenario 12): a joiner SIGKILLed while
+blocked in `join_group` was timed out ("handleTimedOutAgent rank=1 ... reason=heartbeat timeout") 29.7 s
+after its death; a second joiner started at once was refused from its first registration (5.3 s after the
+death, after its start-up) for 24.3 s, then registered and joined 30.8 s after the death. A joiner started
+while the first one still lived was refused for its whole 30 s wait and exited ("timed out waiting for agent
+registration"). So a retry sooner than this hold after a death blocks in its group's creation until the hold
+ends (its own 30 s wait starts after the death, so it outlasts the hold); a refusal that ends a joiner
+(`ExitCode.JOIN_REFUSED`) needs an earlier incarnation that still heartbeats."""
 
 
 def describe(code: int | None) -> str | None:

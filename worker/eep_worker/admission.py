@@ -20,6 +20,13 @@ band through the TCPStore:
 - ``eep/vote/<epoch>/...``: the survivors' per-group readiness votes (`recovery.recover_survivor`).
 
 Then every rank takes part in the metadata broadcast (`recovery.exchange_metadata`).
+
+Before all this, a joiner registers with Mooncake's coordinator when it creates its first group
+(`rank.RankRuntime.start`). The coordinator refuses the registration while an earlier incarnation of the
+rank is still registered as healthy (a joiner that died inside its join stays so until Mooncake's heartbeat
+timeout, `eep_contract.exitcodes.JOINER_REGISTRATION_HOLD_S`); Mooncake retries it inside the group's
+creation and raises only when its own registration wait runs out (`registration_refused`). The rank then exits
+with `ExitCode.JOIN_REFUSED`, which the operator does not count as a crash (once in a row).
 """
 
 from __future__ import annotations
@@ -46,11 +53,30 @@ from eep_worker.settings import Settings
 if TYPE_CHECKING:  # the rank passes its Mooncake in
     from eep_worker.mooncake import Mooncake
 
-__all__ = ["LIVENESS_TIMEOUT_S", "Admission", "Joined"]
+__all__ = ["LIVENESS_TIMEOUT_S", "REGISTRATION_TIMEOUT", "Admission", "Joined", "registration_refused"]
 
 log = logging.getLogger(__name__)
 LIVENESS_TIMEOUT_S = 0.2
 """How long the leader waits for a joiner's pod to accept a connection before it sends a RECOVER plan."""
+REGISTRATION_TIMEOUT = "timed out waiting for agent registration"
+"""Mooncake's error text when a process's agent is not registered with the coordinator within its registration
+wait (30 s, `agent_.waitUntilRegistered(std::chrono::seconds(30))` in mooncake-pg's
+`src/mooncake_communicator.cpp`), raised by the group's creation as `RuntimeError: mooncakePgCommCreate
+failed: operation timed out: timed out waiting for agent registration` (mooncake-transfer-engine
+0.3.13.post1). Until then the agent retries a refused registration (`AgentHost::startAgentRegistration`); the
+refusal's reason ("rank already registered and is Healthy; replacement must wait for the old process to leave
+the healthy set.") goes to Mooncake's log on stderr only."""
+
+
+def registration_refused(error: BaseException, *, rejoin: bool) -> bool:
+    """Whether ``error``, raised while this rank created its groups, means the coordinator kept refusing this
+    joiner's registration. Pure.
+
+    Mooncake does not say why a registration wait ran out; for a joiner the reason is an earlier incarnation
+    of its ranks still registered as healthy: the coordinator is in member 0's process, which this joiner
+    has just reached (the rendezvous, the TCPStore), and measured on mooncake-cpu 0.3.13.post1 the refusal
+    is the only reason seen. A rank of a fresh start (``rejoin`` False) has no earlier incarnation: never."""
+    return rejoin and isinstance(error, RuntimeError) and REGISTRATION_TIMEOUT in str(error)
 
 
 @dataclasses.dataclass(frozen=True)

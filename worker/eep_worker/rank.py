@@ -40,7 +40,7 @@ from eep_contract.exitcodes import ExitCode
 from eep_worker import datapath
 from eep_worker import expert_location as el
 from eep_worker import protocol as P
-from eep_worker.admission import Admission
+from eep_worker.admission import Admission, registration_refused
 from eep_worker.agreement import StoreAgreement
 from eep_worker.events import Exiting, Outbox, Ready
 from eep_worker.execution import StepExecutor, StepResult
@@ -165,15 +165,24 @@ class RankRuntime:
             wait_for_workers=False,
             timeout=timedelta(seconds=max(60.0, s.timeouts.join_timeout_s)),
         )
-        self.registry = GroupRegistry.create(
-            self.mc,
-            backend=s.backend,
-            store=store,
-            rank=self.rank,
-            specs=group_specs(self.world_size, c.rank_count, subgroups=s.subgroups),
-            is_extension=lambda spec: s.rejoin,
-            device_scope=self._device_scope,
-        )
+        try:
+            self.registry = GroupRegistry.create(
+                self.mc,
+                backend=s.backend,
+                store=store,
+                rank=self.rank,
+                specs=group_specs(self.world_size, c.rank_count, subgroups=s.subgroups),
+                is_extension=lambda spec: s.rejoin,
+                device_scope=self._device_scope,
+            )
+        except RuntimeError as e:
+            if registration_refused(e, rejoin=s.rejoin):
+                self.exit(
+                    ExitCode.JOIN_REFUSED,
+                    f"Mooncake refused this joiner's registration (an earlier incarnation of rank "
+                    f"{self.rank} is still registered): {e}",
+                )
+            raise
         self.world = self.registry.world
         m = s.model
         config = ModelConfig(
