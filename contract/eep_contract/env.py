@@ -25,6 +25,7 @@ from eep_contract.pause import DEFAULT_TAIL_TIMEOUT_S
 
 __all__ = [
     "FIELD_REFS",
+    "NODE_NAME",
     "POD_IP",
     "POD_NAME",
     "DataPath",
@@ -38,7 +39,14 @@ POD_IP = "EEP_POD_IP"
 """The pod's IP (downward API `status.podIP`): where the worker listens."""
 POD_NAME = "EEP_POD_NAME"
 """The pod's name (downward API `metadata.name`)."""
-FIELD_REFS: Mapping[str, str] = {POD_IP: "status.podIP", POD_NAME: "metadata.name"}
+NODE_NAME = "EEP_NODE_NAME"
+"""The node the pod runs on (downward API `spec.nodeName`): whether the members share a host decides which
+data path `Auto` may use (`DataPath.AUTO`)."""
+FIELD_REFS: Mapping[str, str] = {
+    POD_IP: "status.podIP",
+    POD_NAME: "metadata.name",
+    NODE_NAME: "spec.nodeName",
+}
 """Downward-API variables: name -> `fieldRef.fieldPath`."""
 
 
@@ -51,8 +59,12 @@ class DataPath(StrEnum):
     "Members on different hosts")."""
 
     AUTO = "Auto"
-    """Probe the device route; if it fails on any rank (an error, a wrong sum, or past its bound), probe and
-    use the staged route. Every rank uses the same one. The default."""
+    """Where the device route is known to hold (every member on one host: the peer-to-peer route; or RDMA
+    configured: `rdma`), probe it and, if it fails on any rank (an error, a wrong sum, or past its bound),
+    probe and use the staged route. Members on different hosts without RDMA would get the host-proxy device
+    route, which passes a probe and then stalls under load (docs/known-issues.md): they probe and use the
+    staged route only. When a rank does not know its node (no `EEP_NODE_NAME`), as with RDMA. Every rank
+    uses the same route. The default."""
     DEVICE = "Device"
     """Only Mooncake's device collectives on the device group (its peer-to-peer, RDMA or host-proxy route); a
     failed probe ends the pod. No host sync per combine."""
@@ -155,6 +167,10 @@ class MemberEnv(_Env):
     http_port: int = _var("EEP_HTTP_PORT")
     """Port of the engine's HTTP endpoints (readiness, inference)."""
     data_path: DataPath = _var("EEP_DATA_PATH", DataPath.AUTO)  # noqa: RUF009 - a dataclasses.field
+    """`spec.elasticEP.dataPath`."""
+    rdma: bool = _var("EEP_RDMA", False)
+    """RDMA is configured between the members (`spec.elasticEP.ibDevices` set and `forceTCP` off): the device
+    route between hosts is then RDMA's, which `Auto` may probe."""
     """How the combines travel (`DataPath`: `Auto`, `Device` or `Staged`); the CR's `elasticEP.dataPath`."""
 
 

@@ -42,7 +42,12 @@ def _pod_env(pod: dict[str, Any], pod_ip: str) -> dict[str, str]:
             out[var["name"]] = var["value"]
         else:
             path = var["valueFrom"]["fieldRef"]["fieldPath"]
-            out[var["name"]] = {"status.podIP": pod_ip, "metadata.name": pod["metadata"]["name"]}[path]
+            resolved = {
+                "status.podIP": pod_ip,
+                "metadata.name": pod["metadata"]["name"],
+                "spec.nodeName": "gpu-7",
+            }
+            out[var["name"]] = resolved[path]
     return out
 
 
@@ -82,6 +87,7 @@ def test_rendered_pod_env_parses_back_to_the_same_member(
     assert (s.timeouts.collective_timeout_s, s.timeouts.reconcile_window_s) == (timeout, window)
     assert (s.http_port, s.pod_ip, s.backend) == (port, "10.1.2.3", expected.backend)
     assert s.data_path is expected.data_path is DataPath(data_path or "Auto")
+    assert (s.node_name, s.rdma) == ("gpu-7", expected.rdma)
 
 
 def test_every_name_the_pod_carries_is_in_the_contract() -> None:

@@ -175,6 +175,8 @@ def _select_on_threads(
     bound_s: float = 10.0,
     drain_s: float = 10.0,
     ranks: list[int] | None = None,
+    nodes: list[str] | None = None,
+    rdma: bool = False,
 ) -> dict[int, Any]:
     """`select` on every rank (threads, each with its own store client, as rank processes have); each rank's
     Choice, or the exception it raised."""
@@ -184,6 +186,9 @@ def _select_on_threads(
         client = dist.TCPStore("127.0.0.1", port, 1, False, timeout=timedelta(seconds=10))
         build = {mode: (lambda mode=mode: routes(mode, rank)) for mode in (DataPath.DEVICE, DataPath.STAGED)}
         try:
+            where = D.UNKNOWN_PLACEMENT
+            if nodes is not None:
+                where = D.placement(client, rank=rank, world_size=world, node=nodes[rank], rdma=rdma)
             results[rank] = D.select(
                 requested,
                 build=build,
@@ -197,6 +202,7 @@ def _select_on_threads(
                 store=client,
                 bound_s=bound_s,
                 drain_s=drain_s,
+                where=where,
             )
         except Exception as e:
             results[rank] = e
@@ -322,3 +328,55 @@ def test_a_joiner_takes_the_groups_choice_from_the_store(store_port: int) -> Non
     assert _modes(joined) == {1: DataPath.STAGED}
     assert built == [DataPath.STAGED] and joined[1].probes == ()
     assert "the group's choice (joined)" in joined[1].describe()
+
+
+@pytest.mark.parametrize(
+    ("nodes", "rdma", "expected"),
+    [
+        (["n0", "n0", "n0"], False, DataPath.DEVICE),  # one host: peer-to-peer
+        (["n0", "n1", "n1"], True, DataPath.DEVICE),  # hosts with RDMA
+        (["n0", "n1", "n1"], False, DataPath.STAGED),  # hosts without RDMA: never the host-proxy route
+        (["n0", "", "n1"], False, DataPath.DEVICE),  # a rank that does not know its node: probe as before
+    ],
+)
+def test_auto_uses_the_device_route_only_where_it_holds(
+    store_port: int, nodes: list[str], rdma: bool, expected: DataPath
+) -> None:
+    """Issue #17: under `Auto` the host-proxy device route (members on different hosts, no RDMA) passed the
+    start-up probe and then stalled under load on 2 H200s (bench/README.md, "Auto" row). Before the fix the
+    third case chose `Device` (`assert {0: <DataPath.DEVICE...>} == {0: <DataPath.STAGED...>}`)."""
+    tried: list[DataPath] = []
+
+    def routes(mode: DataPath, rank: int) -> FakePath:
+        tried.append(mode)
+        return FakePath(mode, rank, 3)
+
+    results = _select_on_threads(store_port, 3, DataPath.AUTO, routes, nodes=nodes, rdma=rdma)
+    assert _modes(results) == dict.fromkeys(range(3), expected)
+    if expected is DataPath.STAGED:
+        assert DataPath.DEVICE not in tried  # not even probed
+
+
+def test_auto_without_a_route_says_the_device_route_was_skipped(store_port: int) -> None:
+    results = _select_on_threads(
+        store_port,
+        2,
+        DataPath.AUTO,
+        lambda mode, r: FakePath(mode, r, 2, values="own", reported=True),
+        nodes=["n0", "n1"],
+    )
+    assert "not tried: the ranks run on 2 hosts without RDMA" in str(results[0])
+
+
+@pytest.mark.parametrize(
+    ("hosts", "rdma", "order"),
+    [
+        (None, False, (DataPath.DEVICE, DataPath.STAGED)),
+        (1, False, (DataPath.DEVICE, DataPath.STAGED)),
+        (2, False, (DataPath.STAGED,)),
+        (2, True, (DataPath.DEVICE, DataPath.STAGED)),
+    ],
+)
+def test_probe_order_by_placement(hosts: int | None, rdma: bool, order: tuple[DataPath, ...]) -> None:
+    assert D.probe_order(DataPath.AUTO, D.Placement(hosts, rdma)) == order
+    assert D.probe_order(DataPath.DEVICE, D.Placement(hosts, rdma)) == (DataPath.DEVICE,)

@@ -26,11 +26,14 @@ rank does not fail a device collective by its lateness alone (a device collectiv
 a liveness check).
 
 Selection (`probe_order`, `select`): `Device` probes the device route only; `Staged` the staged route only;
-`Auto` the device route, then, if any rank failed it, the staged route. Before probing the staged route after
-a device probe that outlived its bound, a rank waits (`Settings.probe_drain_s`) for that collective to return:
-the staged copies queue on the same stream. When no route passes, `select` raises `NoDataPath` naming the
-routes and what this rank saw; the rank exits with `ExitCode.NO_DATA_PATH`. A joiner does not probe (the
-survivors serve meanwhile): it takes the mode rank 0 published in the TCPStore (`MODE_KEY`).
+`Auto` the device route, then, if any rank failed it, the staged route; but members on several hosts without
+RDMA (`placement`: every rank's node name, `EEP_NODE_NAME`, through the TCPStore) probe the staged route
+only, because the host-proxy device route passes a probe and stalls under load. Before probing the staged
+route after a device probe that outlived its bound, a rank waits (`Settings.probe_drain_s`) for that
+collective to return: the staged copies queue on the same stream. When no route passes, `select` raises
+`NoDataPath` naming the routes and what this rank saw; the rank exits with `ExitCode.NO_DATA_PATH`. A joiner
+does not probe (the survivors serve meanwhile): it takes the mode rank 0 published in the TCPStore
+(`MODE_KEY`).
 """
 
 from __future__ import annotations
@@ -49,15 +52,18 @@ from eep_contract.env import DataPath
 
 __all__ = [
     "MODE_KEY",
+    "NODE_KEY",
     "PROBE_REPEATS",
     "Choice",
     "CombinePath",
     "DevicePath",
     "NoDataPath",
+    "Placement",
     "ProbeResult",
     "StagedPath",
     "check_values",
     "pattern",
+    "placement",
     "probe",
     "probe_order",
     "probe_sizes",
@@ -169,11 +175,47 @@ class StagedPath:
 # ---------------------------------------------------------------------------------------------- the probe
 
 
-def probe_order(requested: DataPath) -> tuple[DataPath, ...]:
-    """The routes to probe, in order, for a requested mode; the first that every rank passes is used. Pure."""
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where the group's ranks run, as far as `Auto` needs it."""
+
+    hosts: int | None
+    """Distinct nodes the ranks run on; None when some rank does not know its node."""
+    rdma: bool
+    """RDMA is configured between the members (`MemberEnv.rdma`)."""
+
+    @property
+    def device_route_known(self) -> bool:
+        """The device route is one that holds under load: peer-to-peer on one host, or RDMA; also when the
+        hosts are unknown (the probe then decides, as before the placement was known)."""
+        return self.hosts is None or self.hosts <= 1 or self.rdma
+
+
+UNKNOWN_PLACEMENT = Placement(hosts=None, rdma=False)
+
+
+def probe_order(requested: DataPath, placement: Placement = UNKNOWN_PLACEMENT) -> tuple[DataPath, ...]:
+    """The routes to probe, in order, for a requested mode; the first that every rank passes is used. Under
+    `Auto`, members on several hosts without RDMA skip the device route: its host-proxy route passes a
+    probe and then stalls under load (docs/known-issues.md, "Members on different hosts"). Pure."""
     if requested is DataPath.AUTO:
+        if not placement.device_route_known:
+            return (DataPath.STAGED,)
         return (DataPath.DEVICE, DataPath.STAGED)
     return (requested,)
+
+
+NODE_KEY = "eep/node/"
+"""TCPStore key prefix under which each rank of a fresh group publishes its node name (`placement`)."""
+
+
+def placement(store: ModeStore, *, rank: int, world_size: int, node: str, rdma: bool) -> Placement:
+    """Every rank's node, through the TCPStore: each publishes its own and reads the others' (the store's
+    get waits for a key). Collective for the ranks of a fresh group. An empty `node` (unknown) makes the
+    placement unknown. Raises what ``store`` raises (a rank that never publishes: the store's timeout)."""
+    store.set(f"{NODE_KEY}{rank}", node)
+    nodes = {bytes(store.get(f"{NODE_KEY}{r}")).decode() for r in range(world_size)}
+    return Placement(hosts=None if "" in nodes else len(nodes), rdma=rdma)
 
 
 def probe_sizes(combine_numel: int) -> tuple[int, ...]:
@@ -348,6 +390,7 @@ def select(
     store: ModeStore,
     bound_s: float,
     drain_s: float,
+    where: Placement = UNKNOWN_PLACEMENT,
 ) -> Choice:
     """Choose the path (module doc). Collective for the ranks of a fresh group (every rank calls it, with the
     same arguments but ``rank``); a joiner (``rejoin``) reads the group's choice from ``store`` instead.
@@ -360,7 +403,7 @@ def select(
     voters = list(range(world_size))
     probes: list[tuple[DataPath, ProbeResult, bool]] = []
     routes: list[str] = []
-    for mode in probe_order(requested):
+    for mode in probe_order(requested, where):
         earlier = probes[-1][1] if probes else None
         if earlier is not None and earlier.pending is not None:
             # The staged copies would queue behind a device collective still on the stream: let it return.
@@ -402,6 +445,11 @@ def select(
         routes.append(
             f"{route}: " + (f"failed here: {result.detail}" if not result.ok else "failed on another rank")
         )
+    skipped = (
+        ""
+        if where.device_route_known or requested is not DataPath.AUTO
+        else (f" (the device route was not tried: the ranks run on {where.hosts} hosts without RDMA)")
+    )
     raise NoDataPath(
-        f"no data path passed its start-up probe (dataPath {requested.value}): " + "; ".join(routes)
+        f"no data path passed its start-up probe (dataPath {requested.value}{skipped}): " + "; ".join(routes)
     )

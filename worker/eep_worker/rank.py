@@ -265,6 +265,11 @@ class RankRuntime:
             ),
         }
         try:
+            where = datapath.UNKNOWN_PLACEMENT
+            if s.data_path is DataPath.AUTO and not s.rejoin:
+                where = datapath.placement(
+                    store, rank=self.rank, world_size=self.world_size, node=s.node_name, rdma=s.rdma
+                )
             choice = datapath.select(
                 s.data_path,
                 build=build,
@@ -280,6 +285,7 @@ class RankRuntime:
                 store=store,
                 bound_s=s.probe_timeout_s,
                 drain_s=s.probe_drain_s,
+                where=where,
             )
         except datapath.NoDataPath as e:
             self.exit(ExitCode.NO_DATA_PATH, str(e))

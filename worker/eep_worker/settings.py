@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from eep_contract.env import POD_IP, DataPath, EnvError, MemberEnv, TuningEnv
+from eep_contract.env import NODE_NAME, POD_IP, DataPath, EnvError, MemberEnv, TuningEnv
 from eep_contract.pause import DEFAULT_TAIL_TIMEOUT_S, RecoveryPause, combine_timeout, recovery_pause
 
 __all__ = ["PROBE_COLLECTIVES", "ClusterSettings", "ModelSettings", "Settings", "TimeoutSettings", "parse"]
@@ -106,6 +106,10 @@ class Settings:
     """Simulated weight-load time before a rank joins or reports Ready (benchmarks of time to capacity)."""
     data_path: DataPath = DataPath.AUTO
     """How the combines travel: `Auto` probes the device route and falls back to `Staged` (`datapath.py`)."""
+    node_name: str = ""
+    """The node this pod runs on (`EEP_NODE_NAME`, downward API); empty when not known."""
+    rdma: bool = False
+    """RDMA is configured between the members (`EEP_RDMA`): `Auto` may use the device route between hosts."""
 
     @property
     def combine_timeout_s(self) -> float | None:
@@ -220,6 +224,13 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         ),
     )
     s.add_argument("--pod-ip", default=env.get(POD_IP, "127.0.0.1"), help=f"(env {POD_IP})")
+    s.add_argument("--node-name", default=env.get(NODE_NAME, ""), help=f"(env {NODE_NAME})")
+    s.add_argument(
+        "--rdma",
+        action=argparse.BooleanOptionalAction,
+        default=member.rdma,
+        help=h("rdma", "RDMA between the members: Auto may use the device route between hosts"),
+    )
     s.add_argument("--http-port", type=int, default=member.http_port, help=h("http_port"))
     default_source = "kube" if "KUBERNETES_SERVICE_HOST" in env else "file"
     s.add_argument(
@@ -321,5 +332,7 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
         idle_step_s=a.idle_step_s,
         warmup_delay_s=a.warmup_delay_s,
         data_path=a.data_path,
+        node_name=a.node_name,
+        rdma=a.rdma,
         subgroups=a.subgroups == "column" or (a.subgroups == "auto" and a.backend == "mooncake"),
     )

@@ -185,6 +185,7 @@ def member_env(spec: ElasticEPClusterSpec, cluster: str, namespace: str, index: 
         reconcile_window_s=spec.elastic_ep.reconciliation_window_seconds,
         http_port=spec.engine.port,
         data_path=spec.elastic_ep.data_path,
+        rdma=bool(spec.elastic_ep.ib_devices) and not spec.elastic_ep.force_tcp,
     )
 
 
