@@ -743,6 +743,7 @@ def _remove_pod(ctx: _Ctx, m: MemberStatus, pod: PodObs, why: str) -> None:
             + (held or ": its kubelet has not confirmed that the containers stopped (a hung runtime, a "
                "process in uninterruptible sleep)"),
         )  # fmt: skip
+        ctx.wake_at(ctx.now + timedelta(seconds=ctx.spec.recovery.terminating_timeout_seconds))
         return
     evidence = gone_evidence(m, pod, ctx.observed)
     if evidence is None and pod.phase not in ("Failed", "Succeeded"):
