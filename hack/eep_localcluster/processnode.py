@@ -37,7 +37,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from eep_localcluster import ipam, podspec, runner
+from eep_localcluster import ipam, podspec, procs, runner
 from eep_localcluster.heartbeat import HOST_IP, NodeHeartbeat
 from eep_localcluster.informer import PodInformer
 from eep_localcluster.podrun import PodRun, Proc, Readiness, now_utc
@@ -145,8 +145,11 @@ class Agent:
         run.dir.mkdir(parents=True, exist_ok=True)
         self.runs[uid] = run
         if any("running" in (c.get("state") or {}) for c in status.get("containerStatuses") or []):
-            # Started by an earlier agent whose processes are gone: report them as killed, as a rebooted
-            # kubelet would, and let the restart policy decide.
+            # Started by an earlier agent. A kubelet would re-attach to containers that still run; this agent
+            # cannot wait on processes it did not start, so it ends any that live on (a dead agent's workers
+            # keep running until then) and reports them killed, as a rebooted kubelet would, and lets the
+            # restart policy decide. Never a report of "killed" while the process still runs.
+            self._end_orphans(run)
             for c in run.containers:
                 c.terminated = Termination(137, 9, "Error", "process node agent restarted", None, now_utc())
                 c.waiting_reason = "ContainerCreating"
@@ -160,6 +163,24 @@ class Agent:
                 c.running_since, c.ready, c.waiting_reason = now_utc(), True, ""
             return
         self._prepare_files(run)
+
+    def _end_orphans(self, run: PodRun) -> None:
+        """SIGKILL what still runs of the process groups an earlier agent started for this pod (`<pod
+        dir>/pids`: each container's group leader; the leader may be gone while its children run), and wait
+        (up to 5 s) until it is gone."""
+        try:
+            groups = {int(x) for x in (run.dir / "pids").read_text().split()}
+        except (OSError, ValueError):
+            return
+        live = procs.in_groups(self.s.state, groups)
+        for pid in live:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and procs.in_groups(self.s.state, groups):
+            time.sleep(0.05)
+        if live:
+            self.log(f"pod {run.ns}/{run.name}: ended {len(live)} process(es) an earlier agent started")
 
     # ---- files in the pod's namespace ----
 

@@ -143,6 +143,16 @@ def ours(state: Path) -> list[int]:
     return found
 
 
+def in_groups(state: Path, groups: set[int]) -> list[int]:
+    """The live processes of `state` whose process group is one of `groups` (a pod's containers)."""
+    found = []
+    for pid in ours(state):
+        fields = _stat(pid)
+        if fields is not None and int(fields[2]) in groups:
+            found.append(pid)
+    return found
+
+
 def stop(pid_file: Path, state: Path, *, grace_s: float, group: bool = True) -> None:
     """SIGTERM the process (its whole process group when `group`), SIGKILL after `grace_s`."""
     pid = read_pid(pid_file)

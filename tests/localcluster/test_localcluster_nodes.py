@@ -16,6 +16,8 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from eep_testkit.agents import node_pod_pids, signal_agent
+
 pytestmark = pytest.mark.cluster
 
 
@@ -152,3 +154,47 @@ def test_down_leaves_no_process_even_after_agent_crash(tmp_path: Path) -> None:
     finally:
         subprocess.run([*cli, "down"], check=True, timeout=120)
     assert _our_processes(state) == []
+
+
+def test_a_restarted_agent_ends_the_processes_it_reports_killed(
+    local_cluster: Any, kube: Any, namespace: str, wait_for: Any
+) -> None:
+    """An agent SIGKILLed while its pods run leaves their processes running (as a kubelet that dies leaves
+    its containers). Its restart reported them killed (exit 137) while they still ran, so the operator
+    replaced a member whose old process still served: the soak found two live incarnations of every member
+    after an agent kill. Now the restarted agent ends them before it says so."""
+    state = local_cluster.state
+    name = "eep-node-restart"
+    assert local_cluster.run("start-node", name, "--taint", "eep.local/test=restart:NoSchedule") == 0
+    core = client.CoreV1Api(kube)
+    try:
+        pod = {
+            "metadata": {"name": "r"},
+            "spec": {
+                "nodeName": name,
+                "restartPolicy": "Never",
+                "tolerations": [{"key": "eep.local/test", "operator": "Exists"}],
+                "containers": [{"name": "c", "image": "local/none", "command": ["sleep", "3600"]}],
+            },
+        }
+        core.create_namespaced_pod(namespace, pod)
+        wait_for(lambda: core.read_namespaced_pod("r", namespace).status.phase == "Running", 60, lambda: "")
+        uid = core.read_namespaced_pod("r", namespace).metadata.uid
+        wait_for(lambda: uid in node_pod_pids(state, name), 20, lambda: str(node_pod_pids(state, name)))
+        signal_agent(state, name, signal.SIGKILL)
+        time.sleep(1)
+        assert uid in node_pod_pids(state, name), "the pod's process died with its agent"
+        assert local_cluster.run("start-node", name, "--taint", "eep.local/test=restart:NoSchedule") == 0
+
+        def reported() -> bool:
+            st = core.read_namespaced_pod("r", namespace).status
+            term = (st.container_statuses or [None])[0]
+            return st.phase == "Failed" and term is not None and term.state.terminated is not None
+
+        wait_for(reported, 60, lambda: str(core.read_namespaced_pod("r", namespace).status))
+        assert uid not in node_pod_pids(state, name), "reported killed while its process still runs"
+        term = core.read_namespaced_pod("r", namespace).status.container_statuses[0].state.terminated
+        assert term.exit_code == 137
+    finally:
+        local_cluster.run("stop-node", name)
+        client.CoreV1Api(kube).delete_node(name)

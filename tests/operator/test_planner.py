@@ -719,3 +719,22 @@ def test_the_join_clock_starts_when_a_waiting_replacement_is_scheduled() -> None
     assert p.status.members[1].state == S.JOINING and p.status.members[1].last_exit.reason != "JoinTimeout"
     p = plan(spec, p.status, with_pod(obs, 1, bound), later + timedelta(seconds=9))
     assert p.status.members[1].state == S.FAILED and p.status.members[1].last_exit.reason == "JoinTimeout"
+
+
+def test_an_eviction_right_after_a_join_is_not_too_many_down() -> None:
+    """Found by the soak: a drain's second eviction came the moment member 1's replacement got Ready (the
+    PodDisruptionBudget counts it available), before the operator had moved member 1 to Healthy; the plan that
+    saw both counted two members down and restarted the whole group (`GroupRestart (TooManyUnavailable)`)."""
+    spec = make_spec(maxUnavailableMembers=1)
+    w = failed_world(spec, member=1)
+    w.tick()
+    w.advance(1)
+    w.reconcile()  # replacement created
+    w.tick()
+    w.reconcile()  # running: Joining
+    assert w.status.members[1].state == S.JOINING
+    w.tick()  # Ready (admitted)
+    w.evict(2)
+    p = w.reconcile()
+    assert not any(isinstance(a, A.RecordGroupRestart) for a in p.actions)
+    assert p.status.members[1].state == S.HEALTHY and p.status.members[2].state in (S.FAILED, S.RESTARTING)

@@ -522,7 +522,16 @@ def _handle_failures(ctx: _Ctx, failures: list[Failure]) -> None:
     for f in failures:
         _record_failure(ctx, f)
     failed_idx = {f.member for f in failures}
-    down_after = sum(1 for m in st.members if m.state in DOWN or m.index in failed_idx)
+    # A joiner whose pod is Ready has joined: it is Healthy as of this plan (`_progress`), so it is not down.
+    # (A PodDisruptionBudget counts it as available already: the next eviction may come in the same moment.)
+    joined = {
+        m.index
+        for m in st.members
+        if m.state == S.JOINING and (p := _current_pod(ctx.observed, m)) is not None and p.ready
+    }
+    down_after = sum(
+        1 for m in st.members if (m.state in DOWN and m.index not in joined) or m.index in failed_idx
+    )
     group_reason: str | None = None
     if spec.recovery.mode == RecoveryMode.GROUP_RESTART:
         group_reason = GroupRestartReason.GROUP_RESTART_MODE
