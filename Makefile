@@ -7,6 +7,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STATE ?= .local/cluster
+# Long installs run under the progress reporter (step, measured duration, elapsed; plain lines in CI logs). The
+# system's python3 runs it: the virtualenv may not exist yet.
+PROGRESS := python3 hack/eep_localcluster/progress.py
 # One distribution per folder (docs/architecture.md, "Map: folders, what each owns, what it may import"); all
 # installed editable into one virtualenv.
 DISTS := contract operator worker hack testkit demo
@@ -19,8 +22,8 @@ help: ## list the targets
 
 $(VENV)/.base: pyproject.toml $(foreach d,$(DISTS),$(d)/pyproject.toml)
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q $(foreach d,$(DISTS),-e ./$(d)) --group dev
+	$(PROGRESS) --step "pip: the project virtualenv" -- bash -c \
+	  '$(PIP) install -q --upgrade pip && $(PIP) install -q $(foreach d,$(DISTS),-e ./$(d)) --group dev'
 	touch $@
 
 $(VENV)/.worker: $(VENV)/.base hack/setup-mooncake-cpu.sh

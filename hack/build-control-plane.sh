@@ -16,6 +16,9 @@ want=(kube-apiserver kube-controller-manager kube-scheduler etcd)
 have=1; for b in "${want[@]}"; do [ -x "$out/$b" ] || have=0; done
 if [ "$have" = 1 ]; then echo "$out"; exit 0; fi
 mkdir -p "$out"
+# Each long step runs under the progress reporter: its name, its measured duration, elapsed time (on stderr;
+# stdout is this script's answer). Durations: EXPECTED in eep_localcluster/progress.py.
+step() { python3 "$here/eep_localcluster/progress.py" --step "$1" -- "${@:2}" >&2; }
 export GOFLAGS=-mod=mod GOTOOLCHAIN=local CGO_ENABLED=0
 # The compile cache of these four binaries is about 3 GB and worthless once they exist: keep it beside them
 # (an interrupted build resumes from it) and remove it at the end.
@@ -42,9 +45,9 @@ if [ ! -f "$wrap/.resolved" ]; then
   } > "$wrap/go.mod"
   echo 'package main' > "$wrap/doc.go"
   echo ">> resolving modules (first run downloads ~1 GB of Go modules)" >&2
-  (cd "$wrap" && go get "k8s.io/kubernetes/cmd/kube-apiserver@$KUBE_VERSION" \
+  (cd "$wrap" && step "go: resolve the Kubernetes modules" go get "k8s.io/kubernetes/cmd/kube-apiserver@$KUBE_VERSION" \
       "k8s.io/kubernetes/cmd/kube-controller-manager@$KUBE_VERSION" \
-      "k8s.io/kubernetes/cmd/kube-scheduler@$KUBE_VERSION" >&2)
+      "k8s.io/kubernetes/cmd/kube-scheduler@$KUBE_VERSION")
   touch "$wrap/.resolved"
 fi
 pkg=k8s.io/component-base/version
@@ -52,13 +55,11 @@ ldflags="-s -w -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMi
 ldflags="$ldflags -X k8s.io/client-go/pkg/version.gitVersion=$KUBE_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
 for b in kube-apiserver kube-controller-manager kube-scheduler; do
   if [ ! -x "$out/$b" ]; then
-    echo ">> building $b $KUBE_VERSION" >&2
-    (cd "$wrap" && go build -trimpath -ldflags "$ldflags" -o "$out/$b.tmp" "k8s.io/kubernetes/cmd/$b" >&2)
+    (cd "$wrap" && step "go build $b" go build -trimpath -ldflags "$ldflags" -o "$out/$b.tmp" "k8s.io/kubernetes/cmd/$b")
     mv "$out/$b.tmp" "$out/$b"
   fi
 done
 if [ ! -x "$out/etcd" ]; then
-  echo ">> building etcd $ETCD_VERSION" >&2
   # etcd's server module carries its main package (server/main.go), but its go.mod has replace directives
   # (../api, ../client/...), so `go install module@version` refuses it. A wrapper module that requires it
   # resolves its siblings at the published versions instead.
@@ -67,10 +68,10 @@ if [ ! -x "$out/etcd" ]; then
   if [ ! -f "$ewrap/.resolved" ]; then
     printf 'module eep.local/etcd\n\ngo %s\n' "$(go env GOVERSION | sed 's/^go//; s/\.[0-9]*$//')" > "$ewrap/go.mod"
     echo 'package main' > "$ewrap/doc.go"
-    (cd "$ewrap" && go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >&2)
+    (cd "$ewrap" && step "go: resolve the etcd modules" go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION")
     touch "$ewrap/.resolved"
   fi
-  (cd "$ewrap" && go build -trimpath -ldflags "-s -w" -o "$out/etcd.tmp" go.etcd.io/etcd/server/v3 >&2)
+  (cd "$ewrap" && step "go build etcd" go build -trimpath -ldflags "-s -w" -o "$out/etcd.tmp" go.etcd.io/etcd/server/v3)
   mv "$out/etcd.tmp" "$out/etcd"
 fi
 rm -rf "$GOCACHE"

@@ -42,7 +42,8 @@ for dir in "$VENV" "${TMPDIR:-/tmp}"; do
   fi
 done
 echo ">> pip: worker[cpu] ($TORCH_SPEC) + $CUDART_SPEC" >&2
-"$PY" -m pip install -q --no-cache-dir "$TORCH_SPEC" -e "$here/contract" -e "$here/worker[cpu]" "$CUDART_SPEC"
+python3 "$here/hack/eep_localcluster/progress.py" --step "pip: the worker runtime (torch, mooncake)" -- \
+  "$PY" -m pip install -q --no-cache-dir "$TORCH_SPEC" -e "$here/contract" -e "$here/worker[cpu]" "$CUDART_SPEC"
 
 SP=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 MC="$SP/mooncake"

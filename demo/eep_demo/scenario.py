@@ -14,10 +14,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import random
+import shutil
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,8 @@ from eep_contract.v1alpha1 import Labels
 from eep_demo.client import ClientSettings, LoadClient
 from eep_demo.cluster import Kube, PodEndpoint, StatusSampler, find_pod_processes, kill_pod_processes
 from eep_demo.live import View
-from eep_demo.timeline import RecoveryMetrics, StatusSample, epoch_regressions, recovery_metrics
+from eep_demo.timeline import Attempt, RecoveryMetrics, StatusSample, epoch_regressions, recovery_metrics
+from eep_localcluster.progress import EXPECTED, Expected, Reporter, run_step
 from eep_testkit.http_client import HTTPError
 from eep_testkit.membership import at_full_capacity
 from eep_testkit.prometheus import Prometheus
@@ -82,19 +85,43 @@ def ensure_cluster(state: Path, say: Callable[[str], None]) -> bool:
         say(f"reusing the local control plane in {state}")
         return False
     say(f"starting the local control plane in {state}")
-    up = subprocess.run([*cli, "up"], capture_output=True, text=True, timeout=300, check=False)
-    if up.returncode != 0:
-        raise StepFailed(f"eep-localcluster up failed:\n{up.stdout[-3000:]}{up.stderr[-3000:]}")
+    tty = sys.stdout.isatty()
+    reporter = Reporter(sys.stdout, tty=tty, width=shutil.get_terminal_size().columns if tty else None)
+    step = "demo: start the local control plane"
+    rc, out = run_step([*cli, "up"], reporter, step, expected=EXPECTED[step], echo=False, timeout_s=300)
+    if rc != 0:
+        raise StepFailed(f"eep-localcluster up failed:\n{out[-6000:]}")
     return True
+
+
+@contextlib.contextmanager
+def ticking(view: View, note: str, bound_s: float, every_s: float = 1.0) -> Iterator[None]:
+    """While the body blocks (a subprocess that waits), redraw the view's progress line every `every_s`
+    seconds from a thread, with the elapsed time against `bound_s`."""
+    done = threading.Event()
+
+    def tick() -> None:
+        while not done.wait(every_s):
+            with contextlib.suppress(Exception):
+                view.update(None, None, note, bound_s=bound_s)
+
+    thread = threading.Thread(target=tick, name="view-ticker", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(every_s + 5)
 
 
 def install_operator(ctx: DemoContext, release: str, extra_sets: tuple[str, ...] = ()) -> None:
     """`helm upgrade --install` the chart into the namespace; its Deployment runs `eep-operator run` as a
     process on the process node. Waits for the Deployment to be available."""
     try:
-        ctx.tools.install_chart(
-            release, ctx.namespace, "watch.mode=namespaces", *extra_sets, wait_s=180, upgrade=True
-        )
+        with ticking(ctx.view, "helm: waiting until the operator is available", 180):
+            ctx.tools.install_chart(
+                release, ctx.namespace, "watch.mode=namespaces", *extra_sets, wait_s=180, upgrade=True
+            )
     except RuntimeError as exc:
         logs = operator_logs(ctx, release)
         raise StepFailed(f"{exc}\noperator logs:\n{logs}") from exc
@@ -148,14 +175,21 @@ def describe(ctx: DemoContext, name: str) -> str:
     return "\n".join(parts)
 
 
-def wait_ready(ctx: DemoContext, name: str, timeout_s: float, note: str = "waiting until Ready") -> None:
-    """Until phase Running with every rank active and member 0's pod Running."""
+def wait_ready(
+    ctx: DemoContext,
+    name: str,
+    timeout_s: float,
+    note: str = "waiting until Ready",
+    expected: Expected | None = EXPECTED["demo: wait until Ready"],
+) -> None:
+    """Until phase Running with every rank active and member 0's pod Running. `expected`: how long the
+    demo's cluster took (shown beside the elapsed time); None for another cluster."""
     deadline = time.monotonic() + timeout_s
     cr: dict[str, Any] | None = None
     while time.monotonic() < deadline:
         with contextlib.suppress(Exception):
             cr = ctx.kube.get_cr(ctx.namespace, name)
-        ctx.view.update(cr, None, note)
+        ctx.view.update(cr, None, note, bound_s=timeout_s, expected=expected)
         with contextlib.suppress(ValueError):
             if at_full_capacity(cr):
                 return
@@ -189,6 +223,10 @@ class FailureResult:
     epoch_regressions: list[tuple[float, int, int]]
     wrong_details: list[str]
     kill_t: float
+    attempts: tuple[Attempt, ...] = ()
+    """Every client attempt (the recorded timeline `eep_demo.picture` draws)."""
+    end_t: float | None = None
+    """When the client stopped sending (monotonic seconds, the clock of `kill_t`)."""
 
     def ok(self) -> bool:
         r = self.metrics.requests
@@ -241,11 +279,13 @@ def follow(
     until: Callable[[], bool],
     timeout_s: float,
     note: str,
+    expected: Expected | None = None,
 ) -> bool:
     """Redraw the view every 0.25 s until `until()` or the timeout; True when reached."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        ctx.view.update(sampler.latest, client.snapshot() if client else None, note)
+        counters = client.snapshot() if client else None
+        ctx.view.update(sampler.latest, counters, note, bound_s=timeout_s, expected=expected)
         if until():
             return True
         time.sleep(0.25)
@@ -301,6 +341,7 @@ def run_failure(
             until=full_again,
             timeout_s=recovery_timeout_s,
             note=f"recovering member {chosen}",
+            expected=EXPECTED["demo: recovery to full capacity"],
         )
         settle = settle_s if reached else 0
         follow(
@@ -326,7 +367,17 @@ def run_failure(
         end_t=end_t,
     )
     wrong = [f"{a.request_id}: {a.detail}" for a in client.attempts if a.result.value == "wrong"]
-    result = FailureResult(chosen, killed, metrics, samples, epoch_regressions(samples), wrong[:10], kill_t)
+    result = FailureResult(
+        chosen,
+        killed,
+        metrics,
+        samples,
+        epoch_regressions(samples),
+        wrong[:10],
+        kill_t,
+        attempts=tuple(client.attempts),
+        end_t=end_t,
+    )
     if not reached:
         raise StepFailed(
             f"member {chosen} not back to full capacity {recovery_timeout_s:.0f}s after the kill "
@@ -420,7 +471,13 @@ def alert_cycle(ctx: DemoContext, watcher: AlertWatcher, name: str, *, timeout_s
     while time.monotonic() < deadline and watcher.resolved_after_s is None:
         phase = "fired, waiting for it to resolve" if watcher.fired_after_s is not None else "not fired yet"
         with contextlib.suppress(Exception):
-            ctx.view.update(ctx.kube.get_cr(ctx.namespace, name), None, f"alert {watcher.alert}: {phase}")
+            ctx.view.update(
+                ctx.kube.get_cr(ctx.namespace, name),
+                None,
+                f"alert {watcher.alert}: {phase}",
+                bound_s=timeout_s,
+                expected=EXPECTED["demo: alert fires and resolves"],
+            )
         time.sleep(1.0)
     watcher.stop()
     return watcher.result()
