@@ -7,8 +7,11 @@ the chart, for each simulated weight-load time (every member start sleeps that l
 worker; see `eep_testkit.crs.from_example`) and each mode: apply the CPU example (4 members x 1 rank),
 wait until Ready, run the checking client, SIGKILL member `--member`'s processes, follow until full capacity,
 delete the cluster. Per run: seconds with no serving at all, seconds until full capacity, capacity lost
-(rank-seconds), requests failed / wrong (definitions: `eep_demo.timeline`). Writes bench/results/mttr.json
-and prints a table. Whatever it measures is what it reports.
+(rank-seconds), requests failed / wrong (definitions: `eep_demo.timeline`), and the recorded timeline
+(`timeline`: status samples and client attempts, seconds since the kill; `eep_demo.picture.Recording`).
+Writes bench/results/mttr.json, its picture (bench/results/mttr.png and .svg: PerMember against
+GroupRestart side by side, `eep_demo.picture.draw_mttr`) and prints a table. Whatever it measures is what it
+reports. `--draw` redraws the picture from an existing JSON without running anything.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from rich.table import Table
 from eep_demo import scenario
 from eep_demo.client import ClientSettings
 from eep_demo.live import LiveView, LogView, View
+from eep_demo.picture import Recording, draw_mttr
 from eep_demo.scenario import StepFailed
 from eep_localcluster.__main__ import tools_bin_dir
 from eep_testkit import crs
@@ -81,6 +85,14 @@ def one_run(session: scenario.Session, mode: str, delay_s: float, member: int, n
         "group_restart_seen": any(s.phase == "Restarting" for s in result.samples),
         "phases_seen": sorted({s.phase for s in result.samples}),
         "ok": result.ok(),
+        "timeline": Recording(
+            title=f"{mode}, weight-load time {delay_s:g} s",
+            member=result.member,
+            kill_t=result.kill_t,
+            samples=tuple(result.samples),
+            attempts=result.attempts,
+            end_t=result.end_t,
+        ).to_json(),
     }
 
 
@@ -144,7 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(OUT))
     p.add_argument("--keep", action="store_true")
     p.add_argument("--plain", action="store_true")
+    p.add_argument("--draw", action="store_true", help="only redraw the picture of --out's JSON")
     a = p.parse_args(argv)
+    if a.draw:
+        paths = draw_mttr(json.loads(Path(a.out).read_text()), Path(a.out))
+        print("wrote " + " ".join(str(x) for x in paths))
+        return 0
     console = Console()
     if not console.is_terminal:
         console = Console(width=200)
@@ -185,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(doc, indent=2) + "\n")
     console.print(table(runs))
     console.print(f"wrote {out}")
+    console.print("wrote " + " ".join(str(x) for x in draw_mttr(doc, out)))
     return 0 if all(r.get("ok") for r in runs) else 1
 
 

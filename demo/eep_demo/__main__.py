@@ -3,13 +3,15 @@
 Reads the environment here only: `KEEP=1` keeps what it started (cluster, operator, CR, Prometheus stops
 anyway), `STATE` the local cluster's state directory (the Makefile's default `.local/cluster`). The last line
 is machine-readable: `DEMO OK detect_s=... resume_s=... full_s=... requests=... failed=0 wrong=0`, or
-`DEMO FAILED <step>: <what was seen>` with exit code 1.
+`DEMO FAILED <step>: <what was seen>` with exit code 1. Before it, the paths of the recovery's picture
+(`--picture`: .png and .svg, `eep_demo.picture`) and of the recorded timeline it was drawn from (.json).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -26,6 +28,7 @@ from eep_demo import scenario
 from eep_demo.client import ClientSettings
 from eep_demo.cluster import Kube
 from eep_demo.live import LiveView, LogView, View
+from eep_demo.picture import Recording, draw_recovery
 from eep_demo.scenario import AlertResult, DemoContext, FailureResult, StepFailed
 from eep_localcluster.__main__ import tools_bin_dir
 from eep_testkit import crs
@@ -55,6 +58,11 @@ def parse_args(argv: Sequence[str], env: dict[str, str]) -> argparse.Namespace:
     p.add_argument("--no-prometheus", action="store_true")
     p.add_argument("--keep", action="store_true", default=env.get("KEEP", "") not in ("", "0"))
     p.add_argument("--plain", action="store_true", help="log lines instead of the live table")
+    p.add_argument(
+        "--picture",
+        default=".local/demo/recovery",
+        help="where the recovery's timeline goes: PATH.png, PATH.svg and the recorded timeline PATH.json",
+    )
     return p.parse_args(list(argv))
 
 
@@ -109,6 +117,25 @@ def ok_line(failure: FailureResult) -> str:
     )
 
 
+def write_picture(failure: FailureResult, name: str, out: Path) -> list[Path]:
+    """The recorded timeline as `out`.json and its picture as `out`.png/.svg; returns the paths (picture
+    first). Raises OSError when they cannot be written."""
+    m = failure.metrics
+    full = "not reached" if m.full_s is None else f"full capacity after {m.full_s:.1f} s"
+    rec = Recording(
+        title=f"{name}: member {failure.member} SIGKILLed under load ({full})",
+        member=failure.member,
+        kill_t=failure.kill_t,
+        samples=tuple(failure.samples),
+        attempts=failure.attempts,
+        end_t=failure.end_t,
+    )
+    paths = draw_recovery(rec, out)
+    data = out.with_suffix(".json")
+    data.write_text(json.dumps(rec.to_json()) + "\n")
+    return [*paths, data]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     a = parse_args(sys.argv[1:] if argv is None else argv, dict(os.environ))
     console = Console()
@@ -124,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ctx: DemoContext | None = None
     failure: FailureResult | None = None
     alert: AlertResult | None = None
+    pictures: list[Path] = []
     error = ""
     try:
         view.step(step)
@@ -173,6 +201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             alert = scenario.alert_cycle(ctx, watchers[0], a.name, timeout_s=a.alert_timeout)
         view.close()
         console.print(summary_table(failure, alert, time.monotonic() - started))
+        try:
+            pictures = write_picture(failure, a.name, Path(a.picture).resolve())
+        except (OSError, ValueError) as exc:
+            console.print(f"picture not written: {exc}", markup=False)
         step = "check every answer"
         if failure.metrics.requests.wrong:
             error = f"wrong answers: {failure.wrong_details}"
@@ -211,6 +243,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 check=False,
             )
         shutil.rmtree(workdir, ignore_errors=True)
+    if pictures:
+        console.print(
+            f"picture of the recovery: {pictures[0]} (and {pictures[1].name}, from {pictures[2].name})",
+            markup=False,
+        )
     if error or failure is None:
         print(f"DEMO FAILED {step}: {error}", flush=True)
         return 1
