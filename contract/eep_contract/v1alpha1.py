@@ -60,6 +60,10 @@ class Annotations:
     """Membership epoch at which the pod was created."""
     INCARNATION = "elasticep.io/incarnation"
     """How many times this member's pod has been created (1 for the first pod)."""
+    GROUP_SPEC = "elasticep.io/group-spec"
+    """On the ElasticEPCluster: the pod-shaping spec the running group was started with (`status.groupSpec`,
+    as JSON) and the `restartGeneration` acted on. Written before the status that changes them, so a lost
+    status neither applies a pending spec edit nor takes a raised `restartGeneration` for a new request."""
     EPOCH_FLOOR = "elasticep.io/epoch-floor"
     """On the ElasticEPCluster: the highest membership epoch the operator has published. Written before the
     status that raises the epoch, so a lost status (a `status: null` patch, a backup restored without its

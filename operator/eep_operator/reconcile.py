@@ -16,6 +16,7 @@ Other CRs are not affected.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -28,7 +29,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from eep_contract.v1alpha1 import ElasticEPClusterSpec, ElasticEPClusterStatus, EngineName, Labels
+from eep_contract.v1alpha1 import (
+    Annotations,
+    ElasticEPClusterSpec,
+    ElasticEPClusterStatus,
+    EngineName,
+    Labels,
+)
 from eep_operator.core.actions import (
     Action,
     CreatePod,
@@ -41,6 +48,7 @@ from eep_operator.core.admission import AdmissionTarget, admission_target
 from eep_operator.core.observe import NodeObs, Observed, observe
 from eep_operator.core.planner import plan
 from eep_operator.core.podspec import pdb_name as spec_pdb_name
+from eep_operator.core.revision import with_policy
 from eep_operator.io.admission import AdmissionTrigger
 from eep_operator.io.events import ClusterRef, EventSink
 from eep_operator.io.executor import Executor
@@ -79,6 +87,28 @@ class _Refusal:
 _LOST_NODE = NodeObs(name="", ready=False)
 _STATUS_WRITE = "writing the status"
 KUBE_CREATES = (CreatePod, EnsureService, EnsurePodDisruptionBudget)
+
+
+def _records(status: ElasticEPClusterStatus, observed: Observed) -> dict[str, str]:
+    """The CR annotations the new status needs written first (`Annotations.EPOCH_FLOOR`, `GROUP_SPEC`)."""
+    out: dict[str, str] = {}
+    if status.membership.epoch > observed.epoch_floor:
+        out[Annotations.EPOCH_FLOOR] = str(status.membership.epoch)
+    if status.group_spec is not None:
+        record = {"spec": status.group_spec, "restartGeneration": status.restart_generation}
+        if observed.group_record != record:
+            out[Annotations.GROUP_SPEC] = json.dumps(record, sort_keys=True, separators=(",", ":"))
+    return out
+
+
+def _group_spec(spec: ElasticEPClusterSpec, status: ElasticEPClusterStatus) -> ElasticEPClusterSpec:
+    """The spec the running group was started with (its engine, its port), the current one if unknown."""
+    if status.group_spec is None:
+        return spec
+    try:
+        return with_policy(status.group_spec, spec)
+    except ValidationError:
+        return spec
 
 
 def _describe(action: Action) -> str:
@@ -265,17 +295,19 @@ class Reconciler:
             pdb_exists=self._pdb_exists(namespace, spec_pdb_name(name)),
             refused=refusal.message if refusal is not None else None,
         )
-        observed = self._with_group_view(spec, observed)
+        observed = self._with_group_view(_group_spec(spec, status), observed)
         now, planned_at = self.clock(), time.monotonic()
         p = plan(spec, status, observed, now)
         if refusal is not None and refusal.status_write and time.monotonic() < refusal.retry_at:
             return Result(requeue_at=refusal.retry_at)  # the status was refused: wait before trying again
         if p.status != status:
             try:
-                if p.status.membership.epoch > observed.epoch_floor:
+                records = _records(p.status, observed)
+                if records:
                     # Write-ahead, like the status before the actions: no status ever shows an epoch above
-                    # the floor, so a lost status resumes above every epoch a worker has seen.
-                    cr = self.kube.set_epoch_floor(cr, p.status.membership.epoch)
+                    # the floor or a group spec not recorded, so a lost status resumes above every epoch a
+                    # worker has seen and with the spec the group runs.
+                    cr = self.kube.annotate_cluster(cr, records)
                 self.kube.replace_status(cr, p.status.to_wire())
             except ConflictError:
                 return None  # someone wrote first (another operator, the user): recompute from fresh state
@@ -287,7 +319,7 @@ class Reconciler:
             self._service_seen.pop(key, None)  # read it again next time
         retry_at = self._execute(ref, p.actions, now, refusal)
         self.metrics.update_from_status(namespace, name, spec, p.status, now)
-        self._admit(namespace, name, admission_target(spec, p.status, observed))
+        self._admit(namespace, name, admission_target(_group_spec(spec, p.status), p.status, observed))
         wanted = None if p.requeue_after is None else planned_at + p.requeue_after
         return Result(requeue_at=min((t for t in (wanted, retry_at) if t is not None), default=None))
 

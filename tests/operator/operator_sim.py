@@ -88,6 +88,10 @@ class World:
     """Processes whose pod object is gone while their node's agent was down (they die when it is back)."""
     epoch_floor: int = 0
     """The CR's `elasticep.io/epoch-floor` annotation, written before each status that raises the epoch."""
+    group_record: dict[str, object] | None = None
+    """The CR's `elasticep.io/group-spec` annotation (the reconciler writes it before the status)."""
+    group_image: str | None = None
+    """The image of the running group's fresh pods: every replacement must run it."""
     service: bool = False
     status: ElasticEPClusterStatus = field(default_factory=ElasticEPClusterStatus)
     generation: int = 1
@@ -113,6 +117,7 @@ class World:
             nodes={n: NodeObs(n, r, n in self.out_of_service) for n, r in self.nodes.items()},
             service_exists=self.service,
             epoch_floor=self.epoch_floor,
+            group_record=self.group_record,
             live_ranks=self.group_view(),
         )
 
@@ -137,6 +142,11 @@ class World:
         check_step(before, p, obs)
         serving = [x.name for x in self.processes() if x.served]
         for c in (a for a in p.actions if isinstance(a, A.CreatePod)):
+            image = c.manifest["spec"]["containers"][0]["image"]
+            if not c.join:
+                self.group_image = image
+            elif image != self.group_image:
+                raise InvariantError(f"replacement of {c.member} runs {image}, the group {self.group_image}")
             if not c.join and serving:
                 # What the workers see, not what the status says: a lost status says nothing serves.
                 raise InvariantError(f"fresh pod for member {c.member} beside serving processes {serving}")
@@ -144,9 +154,7 @@ class World:
             if c.incarnation < self.max_incarnation.get(c.member, 0):
                 raise InvariantError(f"member {c.member} recreated with an old incarnation {c.incarnation}")
             self.max_incarnation[c.member] = max(self.max_incarnation.get(c.member, 0), c.incarnation)
-        self.epoch_floor = max(
-            self.epoch_floor, p.status.membership.epoch
-        )  # the reconciler's write-ahead floor
+        self.write_records(p.status)  # the reconciler's write-ahead records on the CR
         self.status = p.status
         self.last_requeue = p.requeue_after
         self.execute(p.actions)
@@ -283,6 +291,18 @@ class World:
         """A person or the cloud controller deletes the Node object of a machine that is gone."""
         self._kill_processes(node)
         self.nodes.pop(node, None)
+
+    def write_records(self, status: ElasticEPClusterStatus) -> None:
+        """What the reconciler writes on the CR before a status: the epoch floor and the group's spec."""
+        self.epoch_floor = max(self.epoch_floor, status.membership.epoch)
+        if status.group_spec is not None:
+            self.group_record = {"spec": status.group_spec, "restartGeneration": status.restart_generation}
+
+    def edit_spec(self, **wire: object) -> None:
+        """A person edits the spec (a new generation)."""
+        current = self.spec.model_dump(mode="json", by_alias=True)
+        self.spec = ElasticEPClusterSpec.model_validate({**current, **wire})
+        self.generation += 1
 
     def wipe_status(self) -> None:
         """`kubectl patch --subresource=status -p '{"status":null}'`, or a backup restored without it."""

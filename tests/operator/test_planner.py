@@ -738,3 +738,24 @@ def test_an_eviction_right_after_a_join_is_not_too_many_down() -> None:
     p = w.reconcile()
     assert not any(isinstance(a, A.RecordGroupRestart) for a in p.actions)
     assert p.status.members[1].state == S.HEALTHY and p.status.members[2].state in (S.FAILED, S.RESTARTING)
+
+
+def test_a_status_wipe_neither_restarts_the_group_nor_applies_a_pending_edit() -> None:
+    """Found by a new user's review: the rebuild forgot `restartGeneration` (a wipe after any user restart
+    restarted the whole group: `GroupRestart (UserRequested)`) and the group's spec (a wipe applied a pending
+    edit: the next replacement ran `img:v2` beside a group running `img`)."""
+    spec = make_spec()
+    w = running(spec)
+    w.edit_spec(restartGeneration=1)  # a user restart, applied
+    w.settle()
+    assert w.status.group_restarts == 1
+    w.edit_spec(image="img:v2")  # an edit that waits (Manual)
+    w.reconcile()
+    w.wipe_status()
+    p = w.reconcile()
+    assert not any(isinstance(a, A.RecordGroupRestart) for a in p.actions)
+    assert not kinds(p, A.DeletePod | A.ForceDeletePod | A.CreatePod)
+    assert next(c for c in p.status.conditions if c.type == "UpdatePending").status == "True"
+    w.kill(2)
+    w.settle()  # the replacement must run the group's image (the world checks it)
+    assert [c.manifest["spec"]["containers"][0]["image"] for c in w.created if c.join] == ["img"]

@@ -38,6 +38,8 @@ def events(members: int) -> st.SearchStrategy[tuple[Any, ...]]:
         st.tuples(st.just("out_of_service"), n),
         st.tuples(st.just("delete_node"), n),
         st.tuples(st.just("wipe_status")),
+        st.tuples(st.just("edit_image"), st.integers(1, 3)),
+        st.tuples(st.just("restart_generation")),
         st.tuples(st.just("tick")),
         st.tuples(st.just("advance"), st.floats(0.05, 20.0)),
         st.tuples(st.just("reconcile")),
@@ -70,6 +72,10 @@ def apply(w: World, ev: tuple[Any, ...]) -> None:
         w.delete_node(ev[1])
     elif kind == "wipe_status":
         w.wipe_status()
+    elif kind == "edit_image":
+        w.edit_spec(image=f"img:v{ev[1]}")
+    elif kind == "restart_generation":
+        w.edit_spec(restartGeneration=w.spec.restart_generation + 1)
     elif kind == "tick":
         w.tick()
     elif kind == "advance":
@@ -85,7 +91,7 @@ def apply(w: World, ev: tuple[Any, ...]) -> None:
         obs = w.observed()
         p = plan(w.spec, w.status, obs, w.now)
         check_step(w.status, p, obs)
-        w.epoch_floor = max(w.epoch_floor, p.status.membership.epoch)  # written before the status
+        w.write_records(p.status)  # written before the status
         w.status = p.status  # status written, actions never run
 
 

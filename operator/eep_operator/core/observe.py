@@ -7,6 +7,7 @@ Called by `eep_operator.reconcile`; pure.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -99,6 +100,9 @@ class Observed:
     epoch_floor: int = 0
     """The highest epoch the operator ever published for this CR (the CR's `elasticep.io/epoch-floor`
     annotation, written before each status that raises the epoch): survives a lost status."""
+    group_record: Mapping[str, Any] | None = None
+    """The CR's `elasticep.io/group-spec` annotation, parsed: {"spec": the group's pod-shaping spec,
+    "restartGeneration": int}; None when absent or unreadable."""
     live_ranks: frozenset[int] | None = None
     """The group's own view (member 0's `GroupView.live_ranks`), asked only while a member's node is lost;
     None when not asked or member 0 did not answer."""
@@ -270,9 +274,20 @@ def observe(
         pdb_exists=pdb_exists,
         foreign_pods=tuple(foreign),
         epoch_floor=_int(annotations.get(Annotations.EPOCH_FLOOR), 0),
+        group_record=_group_record(annotations.get(Annotations.GROUP_SPEC)),
         live_ranks=live_ranks,
         refused=refused,
     )
+
+
+def _group_record(raw: Any) -> Mapping[str, Any] | None:
+    try:
+        record = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("spec"), dict):
+        return None
+    return record
 
 
 def _owned_by_a_cluster(pod: Obj) -> bool:

@@ -198,6 +198,10 @@ def _join_clock(pod: PodObs) -> datetime | None:
     return max(pod.created, pod.scheduled) if pod.scheduled is not None else pod.created
 
 
+def _int(value: object, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
 def _node_lost(pod: PodObs, observed: Observed) -> bool:
     """The pod is bound to a node that is gone, not Ready, or out of service."""
     if pod.node is None:
@@ -417,6 +421,15 @@ def _rebuild(ctx: _Ctx) -> None:
         rebuilt.append(m)
     st.members = rebuilt
     st.phase = Phase.PENDING
+    record = o.group_record
+    if record is not None:
+        st.group_spec = dict(record["spec"])
+        st.group_revision = revision.revision_of(st.group_spec)
+        st.restart_generation = _int(record.get("restartGeneration"), spec.restart_generation)
+    else:
+        # No record (an older operator, or the annotation removed too): a raised restartGeneration of the
+        # spec is taken as handled, never as a new request to restart a serving group.
+        st.restart_generation = max(st.restart_generation, spec.restart_generation)
     ctx.epoch_base = max(ctx.epoch_base, st.membership.epoch, *(p.epoch for p in o.pods))
     ctx.bump_epoch = True
     if any(m.state != S.HEALTHY for m in rebuilt):
@@ -427,7 +440,8 @@ def _rebuild(ctx: _Ctx) -> None:
         "StatusRebuilt",
         f"the status did not describe the {len(o.pods)} pods of this cluster (lost or restored from an "
         f"older copy): members rebuilt from their pods ({states}); the epoch resumes above "
-        f"{ctx.epoch_base}; restart budgets count only the replacements the pods show",
+        f"{ctx.epoch_base}; restart budgets count only the replacements the pods show"
+        + ("" if record is not None else "; no record of the group's spec: the current spec is taken as it"),
     )
 
 
@@ -758,6 +772,11 @@ def _remove_pod(ctx: _Ctx, m: MemberStatus, pod: PodObs, why: str) -> None:
     if evidence is None and pod.phase not in ("Failed", "Succeeded"):
         # A lost node's processes may still run: a same-name replacement would be a second copy of the
         # member's ranks. `MembersUnreachable` says what evidence would let the operator go on.
+        ctx.unreachable.append(
+            f"member {m.index}'s old pod {pod.name} is Terminating on node {pod.node}, which is not Ready "
+            "(its replacement has the same name)"
+        )
+        ctx.wake_at(ctx.now + timedelta(seconds=_UNREACHABLE_RECHECK_S))
         return
     if pod.finalizers:
         ctx.stall("PodStuckTerminating", f"pod {pod.name} of member {m.index} on lost node {pod.node}{held}")

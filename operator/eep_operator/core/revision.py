@@ -27,7 +27,12 @@ def pod_shaping(spec: ElasticEPClusterSpec) -> dict[str, Any]:
 
 def revision(spec: ElasticEPClusterSpec) -> str:
     """A 12-hex-digit hash of `pod_shaping(spec)` (sha256 of its canonical JSON)."""
-    canonical = json.dumps(pod_shaping(spec), sort_keys=True, separators=(",", ":"))
+    return revision_of(pod_shaping(spec))
+
+
+def revision_of(shaping: dict[str, Any]) -> str:
+    """`revision` of a spec already reduced to its pod-shaping wire fields (`status.groupSpec`)."""
+    canonical = json.dumps(shaping, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 

@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from eep_contract.v1alpha1 import GROUP, PLURAL, VERSION, Annotations
+from eep_contract.v1alpha1 import GROUP, PLURAL, VERSION
 
 Obj = dict[str, Any]
 T = TypeVar("T")
@@ -83,10 +83,10 @@ class KubeClient(Protocol):
         """JSON merge patch of the Service's `spec` (lists such as `ports` are replaced whole). Raises
         NotFoundError."""
 
-    def set_epoch_floor(self, cr: Obj, epoch: int) -> Obj:
-        """Write `epoch` into the CR's `elasticep.io/epoch-floor` annotation, compare-and-set on `cr`'s
-        resourceVersion; returns the updated CR (its new resourceVersion is what the status write needs).
-        Raises ConflictError."""
+    def annotate_cluster(self, cr: Obj, annotations: dict[str, str]) -> Obj:
+        """Write `annotations` on the CR (the operator's durable records: `elasticep.io/epoch-floor`,
+        `elasticep.io/group-spec`), compare-and-set on `cr`'s resourceVersion; returns the updated CR (its new
+        resourceVersion is what the status write needs). Raises ConflictError."""
 
     def remove_finalizer(self, namespace: str, name: str, finalizer: str) -> bool:
         """Remove `finalizer` from the CR's `metadata.finalizers` and nothing else (a JSON patch whose `test`
@@ -320,14 +320,9 @@ class ApiKubeClient:
             return False
         return True
 
-    def set_epoch_floor(self, cr: Obj, epoch: int) -> Obj:
+    def annotate_cluster(self, cr: Obj, annotations: dict[str, str]) -> Obj:
         meta = cr["metadata"]
-        body: Any = {
-            "metadata": {
-                "resourceVersion": meta["resourceVersion"],
-                "annotations": {Annotations.EPOCH_FLOOR: str(epoch)},
-            }
-        }
+        body: Any = {"metadata": {"resourceVersion": meta["resourceVersion"], "annotations": annotations}}
         return dict(
             with_retries(
                 lambda: _json(
