@@ -252,9 +252,12 @@ def _reference_rows(schema: Schema, prefix: str, rows: list[tuple[str, str, str,
             facts.append("required")
         if "default" in prop and prop["default"] not in ({}, []):
             facts.append(f"default `{prop['default']}`")
-        for key, word in (("minimum", "min"), ("maximum", "max"), ("maxItems", "max items")):
+        for key, word, strict in (("minimum", "min", "> "), ("maximum", "max", "< ")):
             if key in prop:
-                facts.append(f"{word} {prop[key]}")
+                exclusive = prop.get(f"exclusive{key.capitalize()}") is True
+                facts.append(f"{strict}{prop[key]}" if exclusive else f"{word} {prop[key]}")
+        if "maxItems" in prop:
+            facts.append(f"max items {prop['maxItems']}")
         rows.append((path, kind, ", ".join(facts), prop.get("description", "").replace("|", "\\|")))
         if prop.get("type") == "object" and "properties" in prop:
             _reference_rows(prop, path, rows)

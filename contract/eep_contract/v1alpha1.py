@@ -717,8 +717,10 @@ class ConditionType(StrEnum):
     Manual`); the message names the changed fields and how to apply them (`restartGeneration`)."""
     STALLED = "Stalled"
     """True while the operator cannot make progress without help (kstatus' meaning): a pod stuck
-    Terminating past `recovery.terminatingTimeoutSeconds`, an API request refused for good (403, 422),
-    pods of a previous cluster of the same name still present. The reason and message say which."""
+    Terminating past `recovery.terminatingTimeoutSeconds` (PodStuckTerminating), an API request refused for
+    good, 403 or 422 (APIRequestRefused), pods of a previous cluster of the same name still present
+    (PreviousClusterPods), a `status.groupSpec` that is not a valid spec (GroupSpecUnreadable). The reason and
+    message say which."""
 
 
 class ConditionStatus(StrEnum):
@@ -843,7 +845,9 @@ class ElasticEPClusterStatus(_StatusModel):
 
     phase: Phase = Field(default=Phase.PENDING, description="Overall phase.")
     conditions: list[Condition] = Field(
-        default_factory=list, description="Ready, Degraded, Recovering, RecoveryPauseBounded."
+        default_factory=list,
+        description="Ready, Degraded, Recovering, RecoveryPauseBounded, MembersUnreachable, UpdatePending, "
+        "Stalled (docs/runbook.md has a section for each).",
     )
     observed_generation: int | None = Field(default=None, ge=0, description="Spec generation last acted on.")
     world_size: int = Field(default=0, ge=0, description="nodes x ranksPerNode.")
