@@ -579,8 +579,9 @@ class ElasticEPClusterSpec(_Model):
     recovery: RecoverySpec = Field(default_factory=RecoverySpec, description="Recovery policy.")
     update_strategy: UpdateStrategy = Field(
         default_factory=UpdateStrategy,
-        description="How a change of the pod-shaping fields (everything but `recovery`, `updateStrategy` and "
-        "`restartGeneration`) reaches the running group.",
+        description="How a change of the pod-shaping fields (everything but `recovery`, `updateStrategy`, "
+        "`restartGeneration` and `engine.sglang.admissionTrigger`, which take effect at once) reaches the "
+        "running group.",
     )
     restart_generation: int = Field(
         default=0,

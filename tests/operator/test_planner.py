@@ -20,7 +20,7 @@ from eep_contract.v1alpha1 import (
     Phase,
 )
 from eep_operator.core import actions as A
-from eep_operator.core import podspec
+from eep_operator.core import podspec, revision
 from eep_operator.core.conditions import get_condition
 from eep_operator.core.members import Move
 from eep_operator.core.observe import Observed, PodObs
@@ -759,3 +759,32 @@ def test_a_status_wipe_neither_restarts_the_group_nor_applies_a_pending_edit() -
     w.kill(2)
     w.settle()  # the replacement must run the group's image (the world checks it)
     assert [c.manifest["spec"]["containers"][0]["image"] for c in w.created if c.join] == ["img"]
+
+
+def test_the_admission_trigger_is_policy_not_a_revision() -> None:
+    """Found by the clean-clone run: turning the SGLang admission trigger on was a new revision, so the
+    running group kept it off and a replacement was never admitted (the chart's SGLang admission test)."""
+    base = edited(make_spec(), engine__name="sglang", engine__sglang={"modelPath": "m", "version": "0.5.23"})
+    on = edited(base, engine__sglang__admissionTrigger={"enabled": True})
+    off = edited(base, engine__sglang__admissionTrigger={"enabled": False})
+    assert revision.revision(on) == revision.revision(off)
+    group = revision.pod_shaping(off)
+    assert revision.with_policy(group, on).engine.sglang is not None
+    assert revision.with_policy(group, on).engine.sglang.admission_trigger.enabled  # type: ignore[union-attr]
+
+
+def test_a_pod_gone_from_a_cordoned_node_is_an_eviction() -> None:
+    """Found by the clean-clone run: under load a drain's eviction finished before the operator saw the pod's
+    DisruptionTarget condition, and the member was counted as a crash (`MemberPodDeleted ... disappeared`),
+    spending `maxRestartsPerMember`."""
+    spec = make_spec()
+    w = running(spec)
+    node = w.pods["c-1"].node
+    assert node is not None
+    del w.pods["c-1"]  # evicted and gone between two looks
+    obs = w.observed()
+    obs = replace(obs, nodes={**obs.nodes, node: replace(obs.nodes[node], unschedulable=True)})
+    p = plan(spec, w.status, obs, w.now)
+    m = p.status.members[1]
+    assert m.last_exit is not None and m.last_exit.reason == "Evicted" and m.eviction_times == [w.now]
+    assert m.state == S.RESTARTING and m.restart_times == []  # replaced at once, no crash budget spent

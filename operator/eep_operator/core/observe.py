@@ -78,6 +78,8 @@ class NodeObs:
     out_of_service: bool = False
     """Tainted `node.kubernetes.io/out-of-service` (Kubernetes' non-graceful node shutdown): a person or a
     tool says its pods' processes are gone."""
+    unschedulable: bool = False
+    """Cordoned (`spec.unschedulable`): what `kubectl drain` does before it evicts."""
 
 
 @dataclass(frozen=True)
@@ -226,6 +228,7 @@ def observe_node(node: Obj) -> NodeObs:
         name=meta.get("name", ""),
         ready=conditions.get("Ready") == "True",
         out_of_service=any(t.get("key") == OUT_OF_SERVICE_TAINT for t in taints),
+        unschedulable=bool((node.get("spec") or {}).get("unschedulable")),
     )
 
 

@@ -133,13 +133,22 @@ def detect_failure(
         return Failure(member=m.index, reason=reason, exit=rec)
 
     if pod is None:
-        if m.pod_uid is not None:
+        if m.pod_uid is None:
+            return None
+        node = observed.nodes.get(m.node) if m.node else None
+        if node is not None and node.unschedulable:
+            # Gone before the operator saw its eviction (a fast drain): a pod that vanishes from a cordoned
+            # node is taken for what `kubectl drain` does, an eviction, not a crash.
             return fail(
-                FailureReason.POD_DELETED,
-                FailureReason.POD_DELETED,
-                f"pod {m.pod_name} ({m.pod_uid}) disappeared",
+                FailureReason.EVICTED,
+                FailureReason.EVICTED,
+                f"pod {m.pod_name} ({m.pod_uid}) is gone from cordoned node {m.node}: taken for an eviction",
             )
-        return None
+        return fail(
+            FailureReason.POD_DELETED,
+            FailureReason.POD_DELETED,
+            f"pod {m.pod_name} ({m.pod_uid}) disappeared",
+        )
     if _node_lost(pod, observed):
         evidence = gone_evidence(m, pod, observed)
         if evidence is not None:
