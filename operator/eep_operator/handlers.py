@@ -180,6 +180,12 @@ def register(registry: kopf.OperatorRegistry, runtime: Runtime) -> None:
         settings.watching.connect_timeout = 10
         settings.networking.request_timeout = 30
         settings.watching.label_selectors["v1", "pods"] = POD_SELECTOR
+        # With named namespaces kopf would list/watch Namespace objects (for glob patterns, which we do not
+        # use) and, without that cluster-scope permission (the chart grants none in namespaces mode), retry
+        # for about a minute before it watches anything: every pod event of that minute was lost, and a
+        # member's death was seen only by the resync (measured: detection 9.8 s in `make demo`, 0.3 s once
+        # the pod watch runs). The CRD exists before the operator starts (the chart installs it).
+        settings.scanning.disabled = bool(runtime.settings.watch.namespaces)
         loop = asyncio.get_running_loop()
         # Without an elector this process leads from the start: one pass now, as a new leader makes.
         first = runtime.elect_forever(stopped) if runtime.elector is not None else runtime.kick_all()
