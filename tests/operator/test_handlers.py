@@ -94,6 +94,10 @@ def test_startup_selects_pods_on_the_server_and_runs_one_pass() -> None:
     crs = Resource(GROUP, VERSION, PLURAL, namespaced=True, preferred=True)
     assert ksettings.watching.label_selectors.collect(pods) == [f"{Labels.MANAGED_BY}={MANAGED_BY_VALUE}"]
     assert ksettings.watching.label_selectors.collect(crs) == []
+    # Named namespaces: kopf must not scan Namespace objects. Without that cluster-scope permission it
+    # retried for about a minute before it watched pods, and `make demo` saw a member's death only at the
+    # 10 s resync (detect_s=9.82 before, 0.82 after).
+    assert ksettings.scanning.disabled
     assert sorted(rec.calls) == [("ns", "a"), ("ns", "b")]
     assert kube.removed == [("ns", "b", KOPF_FINALIZER)]
     assert not runtime._tasks
