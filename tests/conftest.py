@@ -92,7 +92,17 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
         crds = sorted((REPO / "crds").glob("*.yaml"))
         if crds:
             _kubectl(cluster, "apply", "--server-side", *[f"-f={c}" for c in crds])
-            _kubectl(cluster, "wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+            # A CRD just created has no status yet: kubectl wait fails at once on the missing conditions
+            # (`.status.conditions accessor error: <nil>`) instead of waiting; try again until it has them.
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    _kubectl(cluster, "wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+                    break
+                except AssertionError as e:
+                    if "accessor error" not in str(e) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
         yield cluster
     finally:
         if cluster.started_here:

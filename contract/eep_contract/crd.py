@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from eep_contract import k8s_schema
 from eep_contract import v1alpha1 as api
 
 Schema = dict[str, Any]
@@ -32,6 +33,7 @@ CRD_FILE = Path("crds") / f"{api.GROUP}_{api.PLURAL}.yaml"
 # so the two can never drift.
 CHART_CRD_FILE = Path("charts") / "elastic-ep-operator" / CRD_FILE
 REFERENCE_FILE = Path("docs") / "reference.md"
+POD_SPEC_PATH = "spec.template.spec"
 
 
 @cache
@@ -77,6 +79,14 @@ def to_structural(node: Any, defs: dict[str, Schema]) -> Any:
         return node
     node = dict(node)
     description = node.pop("description", None)
+    if node.pop(api.POD_SPEC_SCHEMA_MARK, False):
+        rules = node.get("x-kubernetes-validations", [])
+        pod_spec = {"description": " ".join((description or "").split()), **k8s_schema.pod_spec_schema()}
+        containers = pod_spec["properties"]["containers"]["items"]
+        containers["x-kubernetes-validations"] = [
+            {"rule": r, "message": m} for r, m in api.ENGINE_CONTAINER_RULES
+        ]
+        return pod_spec | ({"x-kubernetes-validations": rules} if rules else {})
     if "$ref" in node:
         name = node.pop("$ref").rsplit("/", 1)[-1]
         target = dict(defs[name])
@@ -259,6 +269,8 @@ def _reference_rows(schema: Schema, prefix: str, rows: list[tuple[str, str, str,
         if "maxItems" in prop:
             facts.append(f"max items {prop['maxItems']}")
         rows.append((path, kind, ", ".join(facts), prop.get("description", "").replace("|", "\\|")))
+        if path == POD_SPEC_PATH:
+            continue  # Kubernetes' PodSpec: its reference is Kubernetes' own (`kubectl explain` shows it too)
         if prop.get("type") == "object" and "properties" in prop:
             _reference_rows(prop, path, rows)
         items = prop.get("items", {})
@@ -275,6 +287,7 @@ def reference_markdown() -> str:
         "do not edit by hand. `kubectl explain eep.spec` shows the same text.",
         "",
     ]
+    out += pod_template_section()
     for section in ("spec", "status"):
         sub = schema["properties"][section]
         out += [f"## {section}", "", sub.get("description", ""), ""]
@@ -289,6 +302,57 @@ def reference_markdown() -> str:
         out += [f"| `{p}` | {k} | {f} | {d} |" for p, k, f, d in rows]
         out += [""]
     return "\n".join(out)
+
+
+def pod_template_section() -> list[str]:
+    """The reference's "The pod template" section: what the operator does to each part of `spec.template`."""
+    engine = f"`{api.ENGINE_CONTAINER}`"
+    owned_env = ", ".join(f"`{n}`" for n in api.OWNED_ENV)
+    rows = [
+        ("`metadata.labels`, `metadata.annotations`", "merged",
+         f"the operator's keys win (`{api.OWNED_LABEL_PREFIX}*`, `app.kubernetes.io/managed-by`); keys under "
+         f"`{api.OWNED_LABEL_PREFIX}` are rejected"),
+        ("`spec.restartPolicy`", "set to `Never`",
+         "rejected unless `Never`: every restart is the operator's, in a new pod with the join flag"),
+        ("`spec.hostname`, `spec.subdomain`", "set", "rejected: the member's stable DNS name"),
+        (f"`metadata.labels[{api.Kueue.POD_GROUP_LABEL}]`, "
+         f"`metadata.annotations[{api.Kueue.POD_GROUP_TOTAL_ANNOTATION}]`",
+         "set when the template names a Kueue LocalQueue",
+         f"rejected: one Kueue pod group per group start (`{api.Kueue.QUEUE_LABEL}` in the labels asks for "
+         "gang admission: docs/install.md, \"Gang admission with Kueue\")"),
+        (f"container {engine}: `image`", "set from `spec.image`", "rejected"),
+        (f"container {engine}: `command`, `args`", "set",
+         "`args` rejected; a `command` of the template is kept as a wrapper and the engine's command line "
+         "becomes `args`"),
+        (f"container {engine}: `env`", "merged", f"the contract's variables first, then the template's; "
+         f"{owned_env} rejected; `MC_FORCE_TCP` follows `elasticEP.forceTCP`"),
+        (f"container {engine}: `ports`", "merged",
+         "the `http` port (`engine.port`) replaces a template port of that name or number"),
+        (f"container {engine}: `readinessProbe`, `livenessProbe`", "default",
+         "the operator's only when the template has none (readiness: how the operator learns that a "
+         "replacement joined; liveness: SGLang's scheduler check)"),
+        (f"container {engine}: `terminationMessagePolicy`", "default", "`FallbackToLogsOnError`"),
+        ("everything else", "kept", "volumes, init containers, sidecars, `securityContext`, `resources`, "
+         "`hostNetwork`, `dnsPolicy`, `resourceClaims`, `schedulerName`, affinity, tolerations, ..."),
+    ]  # fmt: skip
+    return [
+        "## The pod template",
+        "",
+        "`spec.template` is a core/v1 PodTemplateSpec, checked against Kubernetes' own PodSpec schema "
+        f"(Kubernetes {k8s_schema.KUBE_VERSION}, `eep_contract.k8s_schema`); "
+        f"`kubectl explain eep.spec.template.spec` shows it. The container named {engine} runs the "
+        "engine; the operator adds it, first, when the template has none. Every member pod, first or "
+        "replacement, is the template of the group's revision "
+        "(`status.groupSpec`) with these changes:",
+        "",
+        "| part | operator | notes |",
+        "| --- | --- | --- |",
+        *[f"| {part} | {what} | {notes} |" for part, what, notes in rows],
+        "",
+        "Only the engine container decides whether a member runs: a sidecar that ends leaves the member "
+        "serving. `ephemeralContainers` is not part of the schema (the API server refuses it on creation).",
+        "",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

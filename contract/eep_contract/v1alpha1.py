@@ -6,7 +6,8 @@ are generated from these models by `eep_contract.crd`; tests fail when the commi
 
 Who reads it: the operator (writes status), the worker runtime (reads `status.membership`),
 the status CLI, the chart tests. It imports nothing from the rest of the project but the contract's
-`env.DataPath` (defined there without pydantic, for the worker's settings).
+`env` (`DataPath`, defined there without pydantic for the worker's settings, and the names of the member
+contract's variables).
 
 Field names are camelCase on the wire (Kubernetes convention) and snake_case in Python.
 """
@@ -20,7 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-from eep_contract.env import DataPath
+from eep_contract.env import FIELD_REFS, DataPath, MemberEnv
 
 GROUP = "elasticep.io"
 VERSION = "v1alpha1"
@@ -71,6 +72,20 @@ class Annotations:
 
 
 MANAGED_BY_VALUE = "elastic-ep-operator"
+
+
+class Kueue:
+    """Kueue's keys (v0.17.0, plain-pod groups) the operator reads or sets on member pods for gang admission
+    (the operator's `core/gang.py`)."""
+
+    QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+    """Names a LocalQueue: in `spec.template.metadata.labels`, the cluster's choice of gang admission."""
+    POD_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
+    """Groups plain pods into one Workload (its name); set by the operator."""
+    POD_GROUP_TOTAL_ANNOTATION = "kueue.x-k8s.io/pod-group-total-count"
+    """How many pods the group has (`nodes`); set by the operator."""
+    FINALIZER = "kueue.x-k8s.io/managed"
+    """Kueue's finalizer on every pod it manages."""
 
 
 class _Model(BaseModel):
@@ -475,55 +490,155 @@ class RecoverySpec(_Model):
     )
 
 
-class EnvVar(_Model):
-    """An environment variable for every member container."""
+ENGINE_CONTAINER = "engine"
+"""Name of the engine container in `spec.template.spec.containers`; the operator adds it when absent."""
 
-    name: str = Field(min_length=1, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$", description="Variable name.")
-    value: str | None = Field(default=None, description="Literal value.")
-    value_from: dict[str, Any] | None = Field(
-        default=None,
-        description="A Kubernetes EnvVarSource (secretKeyRef, configMapKeyRef, fieldRef, resourceFieldRef).",
-        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
-    )
+OWNED_LABEL_PREFIX = "elasticep.io/"
+"""Label and annotation keys under this prefix are the operator's (`Labels`, `Annotations`)."""
+
+POD_SPEC_SCHEMA_MARK = "x-eep-core-v1-pod-spec"
+"""JSON-schema mark on `PodTemplate.spec`: the CRD generator puts Kubernetes' own PodSpec schema there
+(`eep_contract.k8s_schema`)."""
 
 
-class PodTemplateOverlay(_Model):
-    """Pod settings merged into every member pod the operator renders."""
+OWNED_ENV = tuple(sorted([*MemberEnv.names().values(), *FIELD_REFS]))
+"""Environment variables of the engine container that the operator renders (`eep_contract.env.MemberEnv` and
+the downward-API ones); a template may not set them. Tuning variables (`TuningEnv`) stay the user's."""
 
-    labels: dict[str, str] = Field(default_factory=dict, description="Extra pod labels.")
-    annotations: dict[str, str] = Field(default_factory=dict, description="Extra pod annotations.")
-    resources: dict[str, Any] | None = Field(
-        default=None,
-        description="Container ResourceRequirements (requests/limits, e.g. `nvidia.com/gpu`).",
-        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+TEMPLATE_SPEC_RULES: tuple[tuple[str, str], ...] = (
+    (
+        "!has(self.restartPolicy) || self.restartPolicy == 'Never'",
+        "template.spec.restartPolicy must be Never or unset: a member is restarted by the operator, in a new "
+        "pod with the join flag, never by the kubelet with its original arguments",
+    ),
+    (
+        "!has(self.hostname) && !has(self.subdomain)",
+        "template.spec.hostname and template.spec.subdomain are set by the operator: they give each member "
+        "its stable DNS name under the cluster's headless Service",
+    ),
+)
+"""CEL rules on `spec.template.spec` (rule, message): what the operator owns in a member pod."""
+
+ENGINE_CONTAINER_RULES: tuple[tuple[str, str], ...] = (
+    (
+        f"self.name != '{ENGINE_CONTAINER}' || (!has(self.image) && !has(self.args))",
+        f"the '{ENGINE_CONTAINER}' container takes its image from spec.image and its arguments from the "
+        "operator (the join flag among them): leave out image and args there; add engine arguments with "
+        "engine.args",
+    ),
+    (
+        f"self.name != '{ENGINE_CONTAINER}' || !has(self.env) || "
+        f"self.env.all(e, !(e.name in {list(OWNED_ENV)!r}))",
+        f"the '{ENGINE_CONTAINER}' container's {', '.join(OWNED_ENV)} are the operator's (each member's "
+        "identity and the group's settings); set them through the spec's fields",
+    ),
+)
+"""CEL rules on each item of `spec.template.spec.containers`: what the operator owns in the engine
+container."""
+
+TEMPLATE_METADATA_RULES: tuple[tuple[str, str], ...] = (
+    (
+        f"!has(self.labels) || self.labels.all(k, !k.startsWith('{OWNED_LABEL_PREFIX}'))",
+        f"template.metadata.labels under {OWNED_LABEL_PREFIX} are the operator's",
+    ),
+    (
+        f"!has(self.annotations) || self.annotations.all(k, !k.startsWith('{OWNED_LABEL_PREFIX}'))",
+        f"template.metadata.annotations under {OWNED_LABEL_PREFIX} are the operator's",
+    ),
+    (
+        f"(!has(self.labels) || !('{Kueue.POD_GROUP_LABEL}' in self.labels)) && "
+        f"(!has(self.annotations) || !('{Kueue.POD_GROUP_TOTAL_ANNOTATION}' in self.annotations))",
+        f"{Kueue.POD_GROUP_LABEL} and {Kueue.POD_GROUP_TOTAL_ANNOTATION} are set by the operator (one Kueue "
+        f"pod group per group start): name a LocalQueue with {Kueue.QUEUE_LABEL} only",
+    ),
+)
+"""CEL rules on `spec.template.metadata`."""
+
+
+def _cel(rules: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
+
+
+class PodTemplateMetadata(_Model):
+    """Labels and annotations of every member pod."""
+
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Pod labels (e.g. `kueue.x-k8s.io/queue-name`); the operator's own (`elasticep.io/*`, "
+        "`app.kubernetes.io/managed-by`) win.",
     )
-    node_selector: dict[str, str] = Field(default_factory=dict, description="Pod nodeSelector.")
-    tolerations: list[dict[str, Any]] = Field(
-        default_factory=list,
-        description="Pod tolerations.",
-        json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+    annotations: dict[str, str] = Field(default_factory=dict, description="Pod annotations.")
+
+    model_config = ConfigDict(json_schema_extra=_cel(TEMPLATE_METADATA_RULES))
+
+
+class PodTemplate(_Model):
+    """A Kubernetes PodTemplateSpec for every member pod, as LeaderWorkerSet's `workerTemplate`."""
+
+    metadata: PodTemplateMetadata = Field(
+        default_factory=PodTemplateMetadata, description="Labels and annotations of every member pod."
     )
-    affinity: dict[str, Any] | None = Field(
-        default=None,
-        description="Pod affinity.",
-        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    spec: dict[str, Any] = Field(
+        default_factory=dict,
+        description="core/v1 PodSpec of every member pod, validated against Kubernetes' own schema. The "
+        f"container named `{ENGINE_CONTAINER}` runs the engine (added when absent). The operator sets: its "
+        "`image` (from `spec.image`), its command line (as `args` when the container sets `command`, e.g. "
+        "a wrapper), the `EEP_*` environment of the member contract, the `http` port, the pod's `hostname`, "
+        "`subdomain` and `restartPolicy: Never`. It merges: the container's other env (after the "
+        "contract's), "
+        "its other ports, the pod labels and annotations (the operator's keys win). It adds, only when the "
+        "engine container has none: the readiness probe (how the operator learns a replacement joined: it "
+        "must turn Ready only once the member serves) and, for SGLang, the liveness probe. Everything else "
+        "(volumes, init containers, sidecars, securityContext, resources, hostNetwork, resourceClaims, "
+        'schedulerName, ...) is the template\'s, unchanged. docs/reference.md, "The pod template".',
+        json_schema_extra={POD_SPEC_SCHEMA_MARK: True, **_cel(TEMPLATE_SPEC_RULES)},
+        # The engine container's rules go on `containers`' items (`ENGINE_CONTAINER_RULES`, eep_contract.crd).
     )
-    env: list[EnvVar] = Field(
-        default_factory=list, max_length=256, description="Extra container environment."
-    )
-    service_account_name: str | None = Field(
-        default=None, description="ServiceAccount of the member pods; it needs read access to this CR."
-    )
-    priority_class_name: str | None = Field(default=None, description="Pod priorityClassName.")
-    termination_grace_period_seconds: int | None = Field(
-        default=None, ge=0, le=3600, description="Seconds between SIGTERM and SIGKILL on pod deletion."
-    )
-    command: list[str] | None = Field(
-        default=None,
-        max_length=128,
-        description="Replaces the container's entrypoint; the engine's command line (with the join flag of "
-        "a replacement) is then passed as the container's `args`. For debugging and tests (a stand-in).",
-    )
+
+    @model_validator(mode="after")
+    def _operator_fields_left_alone(self) -> PodTemplate:
+        """The CEL rules above, for whoever builds the model without the API server."""
+        problems = template_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def engine_container(self) -> dict[str, Any]:
+        """The template's engine container as written (camelCase keys), or `{}` when it has none."""
+        for c in self.spec.get("containers") or []:
+            if isinstance(c, dict) and c.get("name") == ENGINE_CONTAINER:
+                return c
+        return {}
+
+    def engine_env(self) -> list[dict[str, Any]]:
+        """The engine container's env entries as written (`[{name, value | valueFrom}]`)."""
+        return list(self.engine_container().get("env") or [])
+
+
+def template_problems(template: PodTemplate) -> list[str]:
+    """The messages of the template's CEL rules (`TEMPLATE_SPEC_RULES`, `ENGINE_CONTAINER_RULES`,
+    `TEMPLATE_METADATA_RULES`) that `template` breaks, in order."""
+    spec = template.spec
+    out = []
+    if spec.get("restartPolicy", "Never") != "Never":
+        out.append(TEMPLATE_SPEC_RULES[0][1])
+    if "hostname" in spec or "subdomain" in spec:
+        out.append(TEMPLATE_SPEC_RULES[1][1])
+    engine = template.engine_container()
+    if "image" in engine or "args" in engine:
+        out.append(ENGINE_CONTAINER_RULES[0][1])
+    if any(e.get("name") in OWNED_ENV for e in engine.get("env") or []):
+        out.append(ENGINE_CONTAINER_RULES[1][1])
+    if any(k.startswith(OWNED_LABEL_PREFIX) for k in template.metadata.labels):
+        out.append(TEMPLATE_METADATA_RULES[0][1])
+    if any(k.startswith(OWNED_LABEL_PREFIX) for k in template.metadata.annotations):
+        out.append(TEMPLATE_METADATA_RULES[1][1])
+    if (
+        Kueue.POD_GROUP_LABEL in template.metadata.labels
+        or Kueue.POD_GROUP_TOTAL_ANNOTATION in template.metadata.annotations
+    ):
+        out.append(TEMPLATE_METADATA_RULES[2][1])
+    return out
 
 
 class UpdateStrategyType(StrEnum):
@@ -589,8 +704,10 @@ class ElasticEPClusterSpec(_Model):
         description="Raise it to restart the whole group once, with the current spec (the way to apply a "
         "pending update under `updateStrategy: Manual`). Not counted against the restart budget.",
     )
-    template: PodTemplateOverlay = Field(
-        default_factory=PodTemplateOverlay, description="Overlay merged into every member pod."
+    template: PodTemplate = Field(
+        default_factory=PodTemplate,
+        description="Pod template of every member (a core/v1 PodTemplateSpec); what the operator sets in it "
+        "and what it merges: `template.spec`.",
     )
 
     model_config = ConfigDict(
@@ -707,8 +824,8 @@ class ConditionType(StrEnum):
     """True when the recovery pause the spec implies (a member lost mid-step -> the survivors serve again,
     `eep_contract.pause`) is at most `recovery.maxRecoveryPauseSeconds`; False above it (with a Warning Event
     `RecoveryPauseAboveBound`); Unknown when it cannot be computed (`engine.modelLayers` unset, engine
-    `sglang`, or an unreadable tuning variable in `template.env`). It describes the settings, not a
-    measurement."""
+    `sglang`, or an unreadable tuning variable in the engine container's env). It describes the settings,
+    not a measurement."""
     MEMBERS_UNREACHABLE = "MembersUnreachable"
     """True while a member's node has been NotReady/Unknown for `recovery.nodeLostGraceSeconds` and the
     operator has no evidence that its ranks are gone; the message names the members, nodes and what evidence

@@ -7,6 +7,7 @@ and the process-node agents. The only module that reads the environment (EEP_CAC
     env                                  shell exports: KUBECONFIG and PATH with our kubectl/helm first
     node --name X                        run one agent in the foreground (what `up` starts detached)
     start-node X / stop-node X           start or stop one agent (stop = a lost node to the cluster)
+    kueue up|down|status                 Kueue on the running control plane (`make kueue` builds it)
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 from kubernetes import client, config
 
-from eep_localcluster import controlplane, ipam, pki, procs
+from eep_localcluster import controlplane, ipam, kueue, pki, procs
 from eep_localcluster.kubeconfig import write_kubeconfig
 from eep_localcluster.layout import COMPONENTS, Layout
 from eep_localcluster.processnode import Agent
@@ -49,6 +50,11 @@ def _cache() -> Path:
 def default_bin_dir() -> Path:
     v = _versions()
     return _cache() / "control-plane" / f"{v['KUBE_VERSION']}-etcd-{v['ETCD_VERSION']}" / "bin"
+
+
+def default_kueue_home() -> Path:
+    """hack/build-kueue.sh's output: bin/kueue, crds/, webhook/."""
+    return _cache() / "kueue" / _versions()["KUEUE_VERSION"]
 
 
 def tools_bin_dir() -> Path:
@@ -230,6 +236,29 @@ def cmd_start_node(a: argparse.Namespace, layout: Layout) -> int:
     return 0
 
 
+def cmd_kueue(a: argparse.Namespace, layout: Layout) -> int:
+    if a.action == "down":
+        kueue.stop(layout)
+        _say("kueue stopped")
+        return 0
+    if a.action == "status":
+        info = kueue.running(layout)
+        print(f"kueue {'ready, webhook on 127.0.0.1:' + str(info.webhook_port) if info else 'not running'}")
+        return 0 if info else 1
+    if controlplane.healthy(layout) is None:
+        print("no healthy control plane in this state directory: run `up` first", file=sys.stderr)
+        return 1
+    home = Path(a.home) if a.home else default_kueue_home()
+    try:
+        info = kueue.start(layout, kueue.KueueSettings(home=home))
+    except kueue.KueueError as e:
+        print(f"kueue failed: {e}", file=sys.stderr)
+        return 1
+    selector = f"{kueue.MANAGED_LABEL}={kueue.MANAGED_VALUE}"
+    _say(f"kueue ready (webhook 127.0.0.1:{info.webhook_port}); it manages namespaces labelled {selector}")
+    return 0
+
+
 def cmd_stop_node(a: argparse.Namespace, layout: Layout) -> int:
     _stop_agent(layout, a.name)
     return 0
@@ -267,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("name")
     start.add_argument("agent_args", nargs=argparse.REMAINDER, help="agent options for a new node")
     sub.add_parser("stop-node", help="stop one node agent").add_argument("name")
+    kq = sub.add_parser("kueue", help="start, stop or show Kueue on the running control plane")
+    kq.add_argument("action", choices=("up", "down", "status"))
+    kq.add_argument("--home", help="hack/build-kueue.sh's output (default: its cache directory)")
     a = p.parse_args(argv)
     layout = Layout(Path(a.state).resolve())
     handlers = {
@@ -278,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         "start-node": cmd_start_node,
         "stop-node": cmd_stop_node,
         "watch": cmd_watch,
+        "kueue": cmd_kueue,
     }
     return handlers[a.cmd](a, layout)
 

@@ -182,6 +182,18 @@ def ensure_apiserver_cert(pki: Pki, service_ip: str) -> None:
     _issue(pki.apiserver, _load_ca(pki.ca), _name("kube-apiserver"), server=True, sans=sans)
 
 
+def ensure_local_serving_cert(pki: Pki, pair: CertPair, common_name: str) -> CertPair:
+    """A serving cert for `localhost` and 127.0.0.1 at `pair`'s paths, signed by the cluster's CA (a webhook
+    that the API server calls by URL); kept when it exists."""
+    if not (pair.cert.exists() and pair.key.exists()):
+        sans: list[x509.GeneralName] = [
+            x509.DNSName("localhost"),
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        ]
+        _issue(pair, _load_ca(pki.ca), _name(common_name), server=True, sans=sans)
+    return pair
+
+
 def ensure_client_cert(pki: Pki, file_name: str, user: str, groups: tuple[str, ...] = ()) -> CertPair:
     """A client cert whose CN is the Kubernetes user name and whose O entries are its groups."""
     pair = pki.client(file_name)

@@ -54,6 +54,9 @@ _CP_RUN = (
     "for its first 4 min; from the mtimes in $EEP_CACHE/control-plane"
 )
 _VENV_RUN = "same first run, 2026-11-30 15:26-15:30 UTC; from the birth times of .venv's files"
+_TOOLS_RUN = (
+    "first builds from an empty cache, 2026-11-30 21:30-21:45 UTC, read from the reporter's end lines"
+)
 _DEMO_RUN = "`make demo` with the control plane built, 2026-11-30 17:35 UTC (131 s in all), LogView's lines"
 
 EXPECTED: dict[str, Expected] = {
@@ -68,6 +71,13 @@ EXPECTED: dict[str, Expected] = {
     "go build kube-scheduler": Expected(9, 2, f"{_CP_RUN}; reuses the packages built before it"),
     "go: resolve the etcd modules": Expected(8, 2, _CP_RUN),
     "go build etcd": Expected(76, 2, _CP_RUN),
+    "go: resolve the Kueue modules": Expected(16, 2, f"{_TOOLS_RUN}; hack/build-kueue.sh"),
+    "go build kueue": Expected(357, 2, f"{_TOOLS_RUN}; hack/build-kueue.sh, the Go cache cold"),
+    "go build kubeconform": Expected(58, 2, f"{_TOOLS_RUN}; hack/build-kubeconform.sh"),
+    "pip: openapi2jsonschema": Expected(2, 2, f"{_TOOLS_RUN}; hack/build-kubeconform.sh"),
+    "openapi2jsonschema: the Kubernetes schemas": Expected(
+        75, 2, f"{_TOOLS_RUN}; hack/build-kubeconform.sh, 63-75 s over three runs"
+    ),
     # pip: mostly download and unpack time, bound by the network and the disk more than by cores.
     "pip: the project virtualenv": Expected(48, 2, f"{_VENV_RUN} (pyvenv.cfg to .base)"),
     "pip: the worker runtime (torch, mooncake)": Expected(

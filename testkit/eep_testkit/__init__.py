@@ -18,8 +18,8 @@ Modules (what each holds -> who uses it):
 - `stream`: `Stream`, one thread of checked requests with timed answers and kept errors; `tokens_for`
   (the i-th request's tokens) -> bench/cpu_recovery.py, tests/worker, bench/gpu_recovery.py (`tokens_for`).
 - `crs`: ElasticEPCluster objects: `cluster` (bare, for stand-in or fake pods), `from_example` (the CPU
-  example) -> tests/operator, bench/operator_scale.py, the demo, bench/mttr.py, bench/soak.py, tests/chart,
-  tests/alerts, tests/cli.
+  example), `pod_template` / `engine_container` (a `spec.template`) -> tests/operator,
+  bench/operator_scale.py, the demo, bench/mttr.py, bench/soak.py, tests/chart, tests/alerts, tests/cli.
 - `membership`: `membership_of` (a CR's membership), `at_full_capacity`, `read_membership` (a snapshot file)
   -> the demo, tests/alerts, tests/chart.
 - `pump`: `Pump` (a step repeated in a thread until stopped), `QueuePump` (queued typed events, by type)
@@ -35,4 +35,8 @@ Modules (what each holds -> who uses it):
 - `tools`: `Tools`, the pinned kubectl and helm with one kubeconfig (`install_chart`: the operator's chart),
   `OperatorPorts` -> the demo, tests/conftest.py, tests/chart, tests/alerts.
 - `http_client`: one HTTP request on a fresh connection -> `client`, `reference`, `pods`, `prometheus`.
+- `kueue`: Kueue on a test cluster (`start_kueue`, `enable_namespace`), a queue with a quota
+  (`create_queue`), plain group pods, `strip_finalizers` -> tests/localcluster, tests/operator (gang
+  admission).
+- `agents`: the process node's agents and their pods' processes -> tests/localcluster, bench/soak.py.
 """

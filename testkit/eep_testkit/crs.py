@@ -4,6 +4,8 @@
   fakes, not the real worker.
 - `from_example(...)`: the CPU example (`examples/cpu-demo.yaml`, the real worker on mooncake-cpu) renamed
   and resized, with the recovery mode and an optional simulated weight-load time.
+- `pod_template(...)`, `engine_container(cr)`: a `spec.template` in a few keywords; the engine container of
+  a CR.
 
 Pure (`from_example` reads the example file). Who uses it: tests/operator/conftest.py (stand-in pods),
 bench/operator_scale.py (fake kubelets), the demo and bench/mttr.py, bench/soak.py (the example),
@@ -13,15 +15,15 @@ tests/chart, tests/alerts, tests/cli (the example).
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from eep_contract.v1alpha1 import API_VERSION, KIND
+from eep_contract.v1alpha1 import API_VERSION, ENGINE_CONTAINER, KIND
 
-__all__ = ["EXAMPLE", "WORKER_SA", "cluster", "from_example"]
+__all__ = ["EXAMPLE", "WORKER_SA", "cluster", "engine_container", "from_example", "pod_template"]
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cpu-demo.yaml"
 WORKER_SA = "elastic-ep-worker"
@@ -70,8 +72,39 @@ def from_example(
         spec["nodes"] = nodes
     spec.setdefault("recovery", {})["mode"] = mode
     spec["recovery"].update(recovery or {})
-    template = spec.setdefault("template", {})
-    template["serviceAccountName"] = WORKER_SA
+    pod = spec.setdefault("template", {}).setdefault("spec", {})
+    pod["serviceAccountName"] = WORKER_SA
     if load_delay_s > 0:
-        template["command"] = ["/bin/sh", "-c", 'sleep "$0" && exec "$@"', f"{load_delay_s:g}"]
+        engine_container(cr)["command"] = ["/bin/sh", "-c", 'sleep "$0" && exec "$@"', f"{load_delay_s:g}"]
     return cr
+
+
+def pod_template(
+    *,
+    command: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
+    **pod_spec: Any,
+) -> dict[str, Any]:
+    """A `spec.template` (PodTemplateSpec, wire form): the engine container's `command` and literal `env` when
+    given, pod labels, and any PodSpec fields (`terminationGracePeriodSeconds=1`, `nodeSelector={...}`)."""
+    engine: dict[str, Any] = {"name": ENGINE_CONTAINER}
+    if command is not None:
+        engine["command"] = list(command)
+    if env:
+        engine["env"] = [{"name": k, "value": v} for k, v in env.items()]
+    template: dict[str, Any] = {"spec": {"containers": [engine], **pod_spec}}
+    if labels:
+        template["metadata"] = {"labels": dict(labels)}
+    return template
+
+
+def engine_container(cr: dict[str, Any]) -> dict[str, Any]:
+    """The engine container of `cr`'s template (wire form), added when absent; edit it in place."""
+    pod = cr["spec"].setdefault("template", {}).setdefault("spec", {})
+    containers: list[dict[str, Any]] = pod.setdefault("containers", [])
+    for c in containers:
+        if c.get("name") == ENGINE_CONTAINER:
+            return c
+    containers.insert(0, {"name": ENGINE_CONTAINER})
+    return containers[0]

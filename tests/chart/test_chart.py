@@ -53,7 +53,7 @@ OPERATOR_NAMESPACED = (
     grants("elasticep.io", ["elasticepclusters"], ["get", "list", "watch", "patch"])
     | grants("elasticep.io", ["elasticepclusters/status"], ["get", "update"])
     | grants("elasticep.io", ["elasticepclusters/finalizers"], ["update"])
-    | grants("", ["pods"], ["get", "list", "watch", "create", "delete"])
+    | grants("", ["pods"], ["get", "list", "watch", "create", "delete", "patch"])
     | grants("", ["services"], ["get", "list", "watch", "create", "patch"])
     | grants("policy", ["poddisruptionbudgets"], ["get", "create"])
     | grants("", ["events"], ["create"])

@@ -65,14 +65,11 @@ def sglang_cr(name: str, *, trigger: bool) -> dict[str, Any]:
             "rejoinTimeoutSeconds": 20,
             "maxUnavailableMembers": 1,
         },
-        template={
-            "command": ["python3", str(STANDIN)],
-            "terminationGracePeriodSeconds": 1,
-            "env": [
-                {"name": "STANDIN_ADMIT_S", "value": "3"},
-                {"name": "STANDIN_HEALTH_WAIT_S", "value": "2"},
-            ],
-        },
+        template=crs.pod_template(
+            command=["python3", str(STANDIN)],
+            env={"STANDIN_ADMIT_S": "3", "STANDIN_HEALTH_WAIT_S": "2"},
+            terminationGracePeriodSeconds=1,
+        ),
     )
 
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from eep_contract import crd
+from eep_contract import crd, k8s_schema
 from eep_contract import v1alpha1 as api
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,11 +36,14 @@ def _walk(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
 
 def test_schema_is_structural_and_documented() -> None:
     schema = crd.openapi_schema()
+    int_or_string = [{"type": "integer"}, {"type": "string"}]
     for path, node in _walk(schema):
+        # The one union a structural schema allows (Kubernetes' IntOrString and Quantity in the pod template).
+        union = node.get("x-kubernetes-int-or-string") is True and node.get("anyOf") == int_or_string
         for banned in ("$ref", "anyOf", "oneOf", "allOf", "$defs", "title", "const"):
-            assert banned not in node, f"{path} has {banned}: not structural"
+            assert banned not in node or (banned == "anyOf" and union), f"{path} has {banned}: not structural"
         if path.startswith((".spec", ".status")):
-            assert "type" in node, f"{path} has no type"
+            assert "type" in node or union, f"{path} has no type"
             is_item = path.endswith(("[]", "{}"))
             assert is_item or node.get("description"), f"{path} has no description (kubectl explain shows it)"
         if node.get("additionalProperties") is not None:
@@ -102,13 +105,18 @@ def test_there_are_enough_invalid_examples_each_with_an_expectation() -> None:
         assert path.read_text().startswith("# expect: "), f"{path.name} lacks its '# expect: ' line"
 
 
-# The spec models reject what the schema's per-field bounds reject; cross-field (CEL) rules are the API
-# server's alone, so those files are checked only on the cluster.
+# The spec models reject what the schema's per-field bounds reject; cross-field (CEL) rules and Kubernetes'
+# own PodSpec schema in `spec.template.spec` are the API server's alone (and, for the PodSpec, the offline
+# validator's: tests/contract/test_offline_validation.py), so those files are checked only there.
 CEL_ONLY = {
     "world-too-large.yaml",
     "sglang-without-model.yaml",
     "max-unavailable-not-below-nodes.yaml",
     "backoff-max-below-initial.yaml",
+    "template-bad-quantity.yaml",
+    "template-container-without-name.yaml",
+    "template-unknown-pod-field.yaml",
+    "template-wrong-type.yaml",
 }
 
 
@@ -127,3 +135,30 @@ def test_defaults_in_schema_match_model_defaults() -> None:
         for key, prop in schema[section]["properties"].items():
             if "default" in prop:
                 assert wire[section][key] == prop["default"], f"{section}.{key}"
+
+
+def test_the_vendored_pod_schema_is_of_the_pinned_kubernetes() -> None:
+    """`spec.template.spec`'s schema comes from the Kubernetes the control plane runs: a bump of
+    hack/versions.env's KUBE_VERSION must refresh it (`python -m eep_contract.k8s_schema`)."""
+    pinned = dict(
+        line.split("=", 1)
+        for line in (ROOT / "hack" / "versions.env").read_text().splitlines()
+        if "=" in line
+    )
+    assert pinned["KUBE_VERSION"] == k8s_schema.KUBE_VERSION
+
+
+def test_the_pod_schema_is_kubernetes_podspec_without_references() -> None:
+    pod = crd.openapi_schema()["properties"]["spec"]["properties"]["template"]["properties"]["spec"]
+    for field in (
+        "containers",
+        "initContainers",
+        "volumes",
+        "hostNetwork",
+        "resourceClaims",
+        "schedulerName",
+    ):
+        assert field in pod["properties"], field
+    assert "ephemeralContainers" not in pod["properties"]
+    limits = pod["properties"]["containers"]["items"]["properties"]["resources"]["properties"]["limits"]
+    assert limits["additionalProperties"]["x-kubernetes-int-or-string"] is True

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
+from eep_contract import v1alpha1 as api
+from eep_operator.core import podspec
+
 ROOT = Path(__file__).resolve().parents[2]
 INVALID = sorted((ROOT / "tests" / "data" / "invalid").glob("*.yaml"))
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 
 pytestmark = pytest.mark.cluster
+UID = "00000000-0000-4000-8000-000000000001"
 
 Kubectl = Callable[..., str]
 
@@ -55,6 +60,35 @@ def test_examples_are_accepted_and_printed_with_columns(
     assert header == ["NAME", "PHASE", "ACTIVE", "WORLD", "EPOCH", "RESTARTS", "AGE"], table
     explained = kubectl("explain", "eep.spec.recovery.maxUnavailableMembers")
     assert "whole-group restart" in explained
+
+
+def test_the_examples_member_pods_pass_pod_validation(
+    kubectl: Kubectl, namespace: str, tmp_path: Path
+) -> None:
+    """Each example's member pods as the operator renders them (member 0 as first started, the last member as
+    a replacement), created with `--dry-run=server`: Kubernetes' pod validation and admission, which the CRD's
+    schema does not run (a volume a mount names, an env variable's name, the service account's existence)."""
+    kubectl("create", "serviceaccount", "elastic-ep-worker", "-n", namespace)
+    for path in EXAMPLES:
+        doc = yaml.safe_load(path.read_text())
+        spec = api.ElasticEPClusterSpec.model_validate(doc["spec"])
+        name = doc["metadata"]["name"]
+        for index, join in ((0, False), (spec.nodes - 1, True)):
+            pod = podspec.render_pod(
+                spec,
+                cluster=name,
+                namespace=namespace,
+                uid=UID,
+                index=index,
+                join=join,
+                epoch=1,
+                incarnation=1,
+            )
+            local = tmp_path / f"{name}-{index}.json"
+            local.write_text(json.dumps(pod))
+            created = json.loads(kubectl("create", "--dry-run=server", "-o", "json", "-f", str(local)))
+            engine = next(c for c in created["spec"]["containers"] if c["name"] == "engine")
+            assert engine["image"] == spec.image, path.name
 
 
 def test_defaults_are_filled_in_by_the_api_server(kubectl: Kubectl, namespace: str) -> None:

@@ -149,7 +149,9 @@ def test_every_dashboard_query_returns_series_through_a_recovery(  # noqa: PLR09
         cr = yaml.safe_load((ROOT / "examples" / "cpu-demo.yaml").read_text())
         cr["metadata"] = {"name": CLUSTER}
         cr["spec"]["nodes"] = 2
-        cr["spec"].setdefault("template", {})["serviceAccountName"] = "elastic-ep-worker"
+        cr["spec"].setdefault("template", {}).setdefault("spec", {})["serviceAccountName"] = (
+            "elastic-ep-worker"
+        )
         port = int(cr["spec"]["engine"]["port"])
         (tmp_path / "cr.json").write_text(json.dumps(cr))
         kubectl("apply", "-n", ns, "-f", str(tmp_path / "cr.json"))

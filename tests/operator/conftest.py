@@ -207,7 +207,7 @@ def cluster_manifest(name: str, namespace: str, nodes: int = 3, **recovery: Any)
         ranks_per_node=2,
         engine={"port": 18080},
         recovery=rec,
-        template={"command": ["python3", "-c", STANDIN], "terminationGracePeriodSeconds": 1},
+        template=crs.pod_template(command=["python3", "-c", STANDIN], terminationGracePeriodSeconds=1),
     )
 
 
@@ -216,14 +216,22 @@ def make_cluster(eep: Eep, namespace: str) -> Callable[..., str]:
     def make(
         name: str = "eep",
         nodes: int = 3,
-        env: dict[str, str] | None = None,
-        template: dict[str, Any] | None = None,
+        env: dict[str, str] | list[dict[str, Any]] | None = None,
+        command: list[str] | None = None,
+        pod: dict[str, Any] | None = None,
         **recovery: Any,
     ) -> str:
+        """`env` (literal values, or env entries) and `command` go to the engine container, `pod` (PodSpec
+        fields) to the template's pod spec."""
         body = cluster_manifest(name, namespace, nodes, **recovery)
-        body["spec"]["template"].update(template or {})
-        if env:
-            body["spec"]["template"]["env"] = [{"name": k, "value": v} for k, v in env.items()]
+        body["spec"]["template"]["spec"].update(pod or {})
+        engine = crs.engine_container(body)
+        if command is not None:
+            engine["command"] = command
+        if isinstance(env, dict):
+            engine["env"] = [{"name": k, "value": v} for k, v in env.items()]
+        elif env:
+            engine["env"] = env
         eep.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
         return name
 

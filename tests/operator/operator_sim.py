@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 from eep_contract.v1alpha1 import ElasticEPClusterSpec, ElasticEPClusterStatus, MemberState, Phase
 from eep_operator.core import actions as A
-from eep_operator.core import members
+from eep_operator.core import gang, members
 from eep_operator.core.observe import NodeObs, Observed, PodObs, Termination
 from eep_operator.core.planner import plan
 
@@ -49,6 +49,10 @@ class SimPod:
     served: bool = False
     """Its ranks were admitted into the group once (it got Ready); the data plane's view, not the API's."""
     epoch: int = 0
+    pod_group: str | None = None
+    """Its Kueue pod group (label), for a queued cluster."""
+    finalizers: tuple[str, ...] = ()
+    """Kueue's finalizer on a queued cluster's pods: a deleted pod stays (its process ended) until it goes."""
 
     def obs(self) -> PodObs:
         return PodObs(
@@ -69,6 +73,8 @@ class SimPod:
             created=self.created,
             epoch=self.epoch,
             owner_uid=UID,
+            pod_group=self.pod_group,
+            finalizers=self.finalizers,
         )
 
 
@@ -178,14 +184,35 @@ class World:
                     created=self.now,
                     node=self._schedule(),
                     epoch=int(a.manifest["metadata"]["annotations"]["elasticep.io/epoch"]),
+                    pod_group=a.manifest["metadata"]["labels"].get(gang.POD_GROUP_LABEL),
+                    # Kueue's webhook puts its finalizer on every pod of a queue (and admits at once here).
+                    finalizers=(gang.FINALIZER,)
+                    if gang.QUEUE_LABEL in a.manifest["metadata"]["labels"]
+                    else (),
                 )
             elif isinstance(a, A.DeletePod):
                 pod = self.pods.get(a.name)
                 if pod is not None and pod.uid == a.uid and not pod.deleting:
                     pod.deleting, pod.deletion_started = True, self.now
+            elif isinstance(a, A.ReleaseKueueFinalizer):
+                pod = self.pods.get(a.name)
+                if (
+                    pod is not None
+                    and pod.uid == a.uid
+                    and pod.finalizers[a.index : a.index + 1] == (gang.FINALIZER,)
+                ):
+                    pod.finalizers = pod.finalizers[: a.index] + pod.finalizers[a.index + 1 :]
+                    if pod.deleting and not pod.finalizers and not pod.process:
+                        del self.pods[a.name]
             elif isinstance(a, A.ForceDeletePod):
                 pod = self.pods.get(a.name)
-                if pod is not None and pod.uid == a.uid:
+                if pod is not None and pod.uid == a.uid and pod.finalizers:
+                    # Grace 0 ends the containers' wait, not a finalizer's hold: the object stays.
+                    pod.deleting, pod.deletion_started = True, pod.deletion_started or self.now
+                    if pod.node is None or self.nodes.get(pod.node, False):
+                        pod.process, pod.running, pod.ready = False, False, False
+                        pod.phase = "Failed" if pod.phase != "Succeeded" else pod.phase
+                elif pod is not None and pod.uid == a.uid:
                     del self.pods[a.name]
                     if pod.process and pod.node is not None and not self.nodes.get(pod.node, False):
                         self.orphans.append(pod)  # its agent is down: nobody stops the process yet
@@ -202,16 +229,20 @@ class World:
         rpn = self.spec.ranks_per_node
         for name, pod in list(self.pods.items()):
             if pod.node is None:
-                if pod.deleting:
+                if pod.deleting and not pod.finalizers:
                     del self.pods[name]
-                else:
+                elif not pod.deleting:
                     pod.node = self._schedule()
                 continue
             if not self.nodes.get(pod.node, False):
                 continue  # kubelet gone: nothing moves
             if pod.deleting:
                 pod.process = False
-                del self.pods[name]
+                if pod.finalizers:  # the containers end; the object waits for its finalizers
+                    pod.running = pod.ready = False
+                    pod.phase = "Failed" if pod.phase != "Succeeded" else pod.phase
+                else:
+                    del self.pods[name]
                 continue
             if pod.terminated is not None or pod.phase in ("Failed", "Succeeded"):
                 continue
@@ -342,6 +373,10 @@ def check_world(w: World) -> None:
                 f"member {member} has {len(procs)} live incarnations: "
                 + ", ".join(f"{p.name}/i{p.incarnation}" for p in procs)
             )
+    if gang.queued(w.spec):
+        groups = {p.pod_group for p in w.pods.values() if not p.deleting}
+        if len(groups) > 1 or None in groups:
+            raise InvariantError(f"member pods of a queued cluster in pod groups {sorted(map(str, groups))}")
 
 
 def summary(st: ElasticEPClusterStatus) -> str:

@@ -140,6 +140,25 @@ def test_observe_terminated_deleting_evicted() -> None:
     assert p.terminated is not None and (p.terminated.exit_code, p.terminated.reason) == (137, "OOMKilled")
 
 
+def test_only_the_engine_container_decides_whether_a_member_runs() -> None:
+    """A sidecar's exit is not the member's: before the fix the first terminated container of any name was the
+    member's termination (``p.terminated`` was the sidecar's exit 1), so a log shipper's crash replaced a
+    serving member; an engine that ended beside a running sidecar still counts."""
+    running = {"running": {"startedAt": "x"}}
+    ended = {"terminated": {"exitCode": 1, "reason": "Error"}}
+
+    def obs(engine: dict[str, Any], sidecar: dict[str, Any]) -> Any:
+        statuses = [{"name": "log-shipper", "state": sidecar}, {"name": "engine", "state": engine}]
+        pod = raw_pod(1, phase="Running", containerStatuses=statuses)
+        (p,) = observe({"metadata": {"name": "c", "uid": "cu"}}, [pod], [], service_exists=True).pods
+        return p
+
+    p = obs(engine=running, sidecar=ended)
+    assert p.running and p.terminated is None
+    p = obs(engine=ended, sidecar=running)
+    assert not p.running and p.terminated is not None and p.terminated.exit_code == 1
+
+
 # ------------------------------------------------------------------------------------------ podspec
 
 
@@ -187,33 +206,6 @@ def test_eep_worker_pod_contract() -> None:
         md["annotations"][Annotations.JOIN] == "false" and md["annotations"][Annotations.INCARNATION] == "2"
     )
     assert md["ownerReferences"][0]["controller"] is True
-
-
-def test_template_overlay_and_command_override() -> None:
-    spec = ElasticEPClusterSpec.model_validate(
-        {
-            "image": "i",
-            "nodes": 2,
-            "ranksPerNode": 1,
-            "elasticEP": {"forceTCP": True},
-            "template": {
-                "labels": {"team": "x", Labels.MEMBER: "spoofed"},
-                "env": [{"name": "EXTRA", "value": "1"}, {"name": "EEP_WORLD_SIZE", "value": "99"}],
-                "nodeSelector": {"gpu": "h100"},
-                "command": ["sh", "-c", "exec stand-in", "--"],
-                "resources": {"limits": {"nvidia.com/gpu": 8}},
-            },
-        }
-    )
-    pod = render(spec, 1, join=True)
-    c = pod["spec"]["containers"][0]
-    assert c["command"] == ["sh", "-c", "exec stand-in", "--"]
-    assert c["args"] == ["eep-worker", "serve", "--rejoin"]
-    env = [(e["name"], e.get("value")) for e in c["env"]]
-    assert ("EXTRA", "1") in env and ("EEP_WORLD_SIZE", "2") in env and ("EEP_WORLD_SIZE", "99") not in env
-    assert ("MC_FORCE_TCP", "true") in env
-    assert pod["metadata"]["labels"]["team"] == "x" and pod["metadata"]["labels"][Labels.MEMBER] == "1"
-    assert pod["spec"]["nodeSelector"] == {"gpu": "h100"} and c["resources"]["limits"]["nvidia.com/gpu"] == 8
 
 
 def test_sglang_command_line() -> None:

@@ -500,8 +500,11 @@ def test_recreated_cluster_does_not_adopt_the_old_pods(
     for members 0-2) and the group restarted.
     """
     operators.start()
-    template = {"command": ["python3", "-c", STUBBORN], "terminationGracePeriodSeconds": 5}
-    name = make_cluster(nodes=3, template=template)
+    stubborn: dict[str, Any] = {
+        "command": ["python3", "-c", STUBBORN],
+        "pod": {"terminationGracePeriodSeconds": 5},
+    }
+    name = make_cluster(nodes=3, **stubborn)
     wait_running(eep, wait_for, name, operators)
     old_uid = eep.cr(name)["metadata"]["uid"]
     old_pods = set(_uids(eep, name).values())
@@ -532,7 +535,7 @@ def test_recreated_cluster_does_not_adopt_the_old_pods(
                 return getattr(e, "status", None) == 404
 
         wait_for(gone, 30, describe(name))
-        make_cluster(nodes=3, template=template)
+        make_cluster(nodes=3, **stubborn)
         new_uid = eep.cr(name)["metadata"]["uid"]
         assert any(p.owner_uid == old_uid for p in rec.samples[-1].pods), "the old pods went too fast to test"
 

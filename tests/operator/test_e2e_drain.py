@@ -172,7 +172,7 @@ def test_drains_evict_one_member_at_a_time_without_spending_the_crash_budget(  #
             maxRestartsPerMember=1,
             maxUnavailableMembers=1,
             env={"STANDIN_JOIN_DELAY": str(JOIN_DELAY_S)},
-            template={"nodeSelector": {label: "yes"}, "affinity": one_per_node},
+            pod={"nodeSelector": {label: "yes"}, "affinity": one_per_node},
         )
         wait_running(eep, wait_for, name, operators)
         st = eep.status(name)

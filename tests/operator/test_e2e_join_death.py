@@ -125,7 +125,7 @@ def test_retry_after_a_death_inside_the_join_waits_out_the_registration_hold(  #
         },
     )
     # Groups exist (the rank is registered) this long before it joins: the window to kill it inside its join.
-    cr["spec"]["template"]["env"] = [{"name": "EEP_WARMUP_DELAY_S", "value": "6"}]
+    crs.engine_container(cr)["env"] = [{"name": "EEP_WARMUP_DELAY_S", "value": "6"}]
     eep.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, cr)
     operators.start()
     state = local_cluster.state

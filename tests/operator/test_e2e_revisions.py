@@ -1,9 +1,9 @@
 """End to end: a spec edited during a recovery (issue #13, scenario 6).
 
-Patching a field the running group was started with (here the template's env and `elasticEP.coordinatorPort`)
-while a member waits in backoff used to give a replacement rendered from the new spec, which cannot join the
-group that runs the old one; the Service kept its first ports forever. Before the fix (base 0076d16):
-`AssertionError: the replacement runs the edited spec: ['X']` for the first test.
+Patching a field the running group was started with (here the template's pod annotations and
+`elasticEP.coordinatorPort`) while a member waits in backoff used to give a replacement rendered from the new
+spec, which cannot join the group that runs the old one; the Service kept its first ports forever. Before the
+fix (base 0076d16): `AssertionError: the replacement runs the edited spec: ['X']` for the first test.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
 
 def _env_names(pod: dict[str, Any]) -> list[str]:
-    return [e["name"] for e in pod["spec"]["containers"][0].get("env") or [] if e["name"] == "X"]
+    """["X"] when the pod carries the edited template's annotation (an edit of `spec.template`)."""
+    return ["X"] if (pod["metadata"].get("annotations") or {}).get("example.com/x") == "1" else []
 
 
 def _service_ports(eep: Eep, name: str) -> set[int]:
@@ -45,7 +46,10 @@ def test_a_replacement_keeps_the_groups_revision_until_a_group_restart(
     _patch(
         eep,
         name,
-        {"template": {"env": [{"name": "X", "value": "1"}]}, "elasticEP": {"coordinatorPort": port + 1}},
+        {
+            "template": {"metadata": {"annotations": {"example.com/x": "1"}}},
+            "elasticEP": {"coordinatorPort": port + 1},
+        },
     )
     wait_for(
         lambda: eep.running(name) and eep.member(name, 1).get("podUid") not in (None, old),

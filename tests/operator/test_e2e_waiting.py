@@ -36,7 +36,7 @@ def test_a_replacement_waiting_for_a_secret_is_reported_within_seconds(
     _secret(eep, "t0")
     operators.start()
     env = [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}}]
-    name = make_cluster(template={"env": env}, rejoinTimeoutSeconds=120)
+    name = make_cluster(env=env, rejoinTimeoutSeconds=120)
     wait_running(eep, wait_for, name, operators)
     _secret(eep, None)  # the Secret is rotated away under the running group
     old = eep.exit_member(name, 1)

@@ -18,6 +18,7 @@ from eep_operator.core import actions as A
 from eep_operator.core import pause, podspec
 from eep_operator.core.conditions import get_condition
 from eep_operator.core.planner import plan
+from eep_testkit import crs
 
 
 def spec(
@@ -52,7 +53,7 @@ def spec(
             "EngineNotModelled",
         ),
         (
-            spec(61, template={"env": [{"name": "EEP_TAIL_TIMEOUT_S", "value": "soon"}]}),
+            spec(61, template=crs.pod_template(env={"EEP_TAIL_TIMEOUT_S": "soon"})),
             ConditionStatus.UNKNOWN,
             "InvalidTuning",
         ),
@@ -65,7 +66,7 @@ def test_condition_from_the_spec(body: ElasticEPClusterSpec, status: ConditionSt
 
 
 def test_the_condition_uses_the_workers_formula() -> None:
-    s = spec(30, timeout=0.5, window=2.0, template={"env": [{"name": "EEP_TAIL_TIMEOUT_S", "value": "0.01"}]})
+    s = spec(30, timeout=0.5, window=2.0, template=crs.pod_template(env={"EEP_TAIL_TIMEOUT_S": "0.01"}))
     v = pause.verdict(s)
     want = recovery_pause(layers=30, collective_timeout_s=0.5, reconcile_window_s=2.0, tail_timeout_s=0.01)
     assert v.pause == want

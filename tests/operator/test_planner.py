@@ -655,7 +655,7 @@ def test_raising_restart_generation_applies_the_update_without_spending_the_budg
 def test_update_strategy_group_restart_applies_a_change_at_once() -> None:
     spec = edited(make_spec(), updateStrategy__type="GroupRestart")
     w = running(spec)
-    w.spec = edited(spec, template__env=[{"name": "X", "value": "1"}])
+    w.spec = edited(spec, template__metadata__annotations={"example.com/x": "1"})
     w.generation += 1
     p = w.reconcile()
     assert A.RecordGroupRestart("SpecChanged") in p.actions

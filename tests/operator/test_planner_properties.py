@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from operator_builders import make_spec
 from operator_sim import World, check_step
 
-from eep_contract.v1alpha1 import ElasticEPClusterStatus, MemberState, Phase
+from eep_contract.v1alpha1 import ElasticEPClusterSpec, ElasticEPClusterStatus, Kueue, MemberState, Phase
 from eep_operator.core.planner import plan
 
 NODES = ["n0", "n1", "n2"]
@@ -139,6 +139,23 @@ def test_invariants_hold_under_random_events(spec: Any, data: st.DataObject) -> 
     if st_.phase != Phase.FAILED:
         assert st_.membership.active_ranks == list(range(spec.world_size))
         assert st_.membership.joining_ranks == []
+
+
+def queued(spec: ElasticEPClusterSpec) -> ElasticEPClusterSpec:
+    """The same spec with a Kueue LocalQueue in its template (gang admission): pods carry Kueue's finalizer in
+    the simulation, so every deletion waits for the operator to release it."""
+    template = {"metadata": {"labels": {Kueue.QUEUE_LABEL: "q"}}}
+    return ElasticEPClusterSpec.model_validate(
+        {**spec.model_dump(mode="json", by_alias=True), "template": template}
+    )
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=SPECS.map(queued), data=st.data())
+def test_invariants_hold_for_a_queued_cluster(spec: Any, data: st.DataObject) -> None:
+    """As above with gang admission: besides the invariants, the live member pods are always of one Kueue pod
+    group (`check_world`), and no deletion stays held by Kueue's finalizer (the group settles)."""
+    test_invariants_hold_under_random_events.hypothesis.inner_test(spec, data)  # type: ignore[attr-defined]
 
 
 @settings(max_examples=100, deadline=None)

@@ -13,9 +13,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pydantic import ValidationError
 from sglang_releases import Parsed, environment, parse, torch_path
 
@@ -99,6 +101,24 @@ CASES = [
     if flag == "Auto" or join  # the flag only changes a replacement's command line
 ]
 
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+
+
+def example_commands() -> dict[str, list[list[str]]]:
+    """The SGLang examples' command lines (member 0 first started, the last member a replacement) by
+    release."""
+    out: dict[str, list[list[str]]] = {}
+    for path in EXAMPLES:
+        doc = yaml.safe_load(path.read_text())
+        spec = ElasticEPClusterSpec.model_validate(doc["spec"])
+        if spec.engine.sglang is None:
+            continue
+        name, release = doc["metadata"]["name"], spec.engine.sglang.version
+        for member, join in ((0, False), (spec.nodes - 1, True)):
+            out.setdefault(release, []).append(engine_command(spec, name, "prod", member, join=join))
+    return out
+
+
 OLD_REJOIN = spec_of("2x8-ib", "0.5.20", "Rejoin")
 """What the operator rendered for a replacement before the release was part of the spec, with `Rejoin`."""
 
@@ -112,7 +132,8 @@ def verdicts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[tuple[st
     envs = {release: environment(release).path for release in RELEASES}  # built one at a time
 
     def run(release: str) -> dict[tuple[str, tuple[str, ...]], Parsed]:
-        argvs = sorted({tuple(c.command()[3:]) for c in CASES if c.release == release} | {old})
+        examples = {tuple(cmd[3:]) for cmd in example_commands().get(release, [])}
+        argvs = sorted({tuple(c.command()[3:]) for c in CASES if c.release == release} | {old} | examples)
         version, results = parse(envs[release], torch_dir, argvs)
         assert version == release, f"the environment of {release} imports sglang {version}"
         return {(release, argv): result for argv, result in zip(argvs, results, strict=True)}
@@ -171,3 +192,22 @@ def test_releases_after_0_5_20_reject_the_rejoin_flag_and_so_does_the_schema(
     assert not newest.ok and "unrecognized arguments: --elastic-ep-rejoin" in newest.error
     with pytest.raises(ValidationError, match=r"joinFlag Rejoin \(--elastic-ep-rejoin\) is accepted by"):
         spec_of("2x8-ib", "0.5.23", "Rejoin")
+
+
+def test_the_examples_run_a_release_that_accepts_their_command_lines(
+    verdicts: dict[tuple[str, tuple[str, ...]], Parsed],
+) -> None:
+    """examples/gpu-sglang-*.yaml: the image is the release `engine.sglang.version` names, that release is one
+    tested here, and its parser accepts the first start's and a replacement's command lines."""
+    commands = example_commands()
+    assert commands, "no SGLang example"
+    for path in EXAMPLES:
+        doc = yaml.safe_load(path.read_text())
+        sglang = doc["spec"].get("engine", {}).get("sglang")
+        if sglang is not None:
+            assert f":v{sglang['version']}-" in doc["spec"]["image"], f"{path.name}: image and release differ"
+    for release, cmds in commands.items():
+        assert release in RELEASES, f"the examples name {release}, which this test does not parse"
+        for cmd in cmds:
+            got = verdicts[(release, tuple(cmd[3:]))]
+            assert got.ok, f"sglang {release} rejects {cmd[3:]}: {got.error}"

@@ -95,10 +95,11 @@ app.kubernetes.io/part-of: elastic-ep-operator
 - apiGroups: [elasticep.io]
   resources: [elasticepclusters/status]
   verbs: [get, update]
-# One pod per member: observe, create replacements, delete failed or stuck ones. Never update.
+# One pod per member: observe, create replacements, delete failed or stuck ones. Never update; patch only to
+# remove Kueue's `kueue.x-k8s.io/managed` finalizer from a member pod it deleted (gang admission).
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch, create, delete]
+  verbs: [get, list, watch, create, delete, patch]
 # The headless Service that gives members their DNS names; patch puts its ports back to the group's.
 - apiGroups: [""]
   resources: [services]

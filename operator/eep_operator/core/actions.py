@@ -68,6 +68,19 @@ class ForceDeletePod:
 
 
 @dataclass(frozen=True)
+class ReleaseKueueFinalizer:
+    """Remove Kueue's finalizer (`gang.FINALIZER`, at `index` of `metadata.finalizers`) from a member pod the
+    operator deleted and whose containers have ended, and nothing else; only if the pod still has `uid` and
+    the entry at `index` is that finalizer (a JSON patch's `test` ops). NotFound and a failed test are
+    success."""
+
+    member: int
+    name: str
+    uid: str
+    index: int
+
+
+@dataclass(frozen=True)
 class EmitEvent:
     """A Kubernetes Event on the CR, and a structured log line with cluster, member and epoch."""
 
@@ -114,6 +127,7 @@ Action = (
     | CreatePod
     | DeletePod
     | ForceDeletePod
+    | ReleaseKueueFinalizer
     | EmitEvent
     | RecordFailure
     | RecordMemberRestart
@@ -121,7 +135,15 @@ Action = (
     | RecordRecovery
 )
 
-KUBE_ACTIONS = (EnsureService, UpdateService, EnsurePodDisruptionBudget, CreatePod, DeletePod, ForceDeletePod)
+KUBE_ACTIONS = (
+    EnsureService,
+    UpdateService,
+    EnsurePodDisruptionBudget,
+    CreatePod,
+    DeletePod,
+    ForceDeletePod,
+    ReleaseKueueFinalizer,
+)
 """Actions that change the cluster; the rest only report."""
 
 

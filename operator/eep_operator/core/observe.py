@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from eep_contract.v1alpha1 import GROUP, KIND, Annotations, Labels
+from eep_contract.v1alpha1 import ENGINE_CONTAINER, GROUP, KIND, Annotations, Labels
+from eep_operator.core import gang
 
 Obj = Mapping[str, Any]
 
@@ -67,6 +68,8 @@ class PodObs:
     """When it was bound to a node (its PodScheduled condition's lastTransitionTime)."""
     owner_uid: str | None = None
     """uid of the pod's controller ownerReference (the ElasticEPCluster that created it), if any."""
+    pod_group: str | None = None
+    """The Kueue pod group the pod belongs to (`gang.POD_GROUP_LABEL`), if any."""
 
 
 @dataclass(frozen=True)
@@ -142,9 +145,12 @@ def observe_pod(pod: Obj) -> PodObs | None:
     status = pod.get("status") or {}
     conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
     container_statuses = status.get("containerStatuses") or []
+    # The engine container alone says whether the member runs: a sidecar that ends (a log shipper's crash)
+    # leaves the ranks serving, and one that keeps running does not keep a dead engine's member alive.
+    engine = [cs for cs in container_statuses if cs.get("name") == ENGINE_CONTAINER]
     running = False
     terminated: Termination | None = None
-    for cs in container_statuses:
+    for cs in engine or container_statuses:
         state = cs.get("state") or {}
         last = cs.get("lastState") or {}
         if "running" in state and state["running"] is not None:
@@ -187,6 +193,7 @@ def observe_pod(pod: Obj) -> PodObs | None:
         ip=status.get("podIP") or None,
         epoch=_int(annotations.get(Annotations.EPOCH), 0),
         finalizers=tuple(meta.get("finalizers") or ()),
+        pod_group=labels.get(gang.POD_GROUP_LABEL) or None,
         waiting_reason=waiting_reason,
         waiting_message=waiting_message,
         owner_uid=None if owner is None else owner.get("uid"),

@@ -4,7 +4,8 @@ Called by the planner on every plan (`planner._set_conditions`). The formula is 
 (`eep_contract.pause.recovery_pause`), the one the reference worker sizes Mooncake's reconciliation window
 with, so the condition and the worker cannot disagree about the same settings. Inputs: `engine.modelLayers`,
 `elasticEP` (backend, data path, collective timeout, window) and the reference worker's tuning variables that
-a user may set as literal values in `template.env` (`EEP_TAIL_TIMEOUT_S`, `EEP_DEVICE_COLLECTIVE_TIMEOUT_S`).
+a user may set as literal values in the engine container's env in `spec.template` (`EEP_TAIL_TIMEOUT_S`,
+`EEP_DEVICE_COLLECTIVE_TIMEOUT_S`).
 
 Unknown when the pause cannot be computed: no `engine.modelLayers` (the depth is what the pause grew with,
 issue #14), engine `sglang` (SGLang recovers through its own path, which this formula does not describe), or a
@@ -54,11 +55,12 @@ def verdict(spec: ElasticEPClusterSpec) -> PauseVerdict:
             f"set engine.modelLayers: the recovery pause grows with the model's depth and cannot be bounded "
             f"without it (bound {limit:g}s)",
         )
-    literal = {e.name: e.value for e in spec.template.env if e.value is not None}
+    env = spec.template.engine_env()
+    literal = {e["name"]: e["value"] for e in env if isinstance(e.get("value"), str)}
     try:
         tuning = TuningEnv.from_env(literal)
     except EnvError as e:
-        return PauseVerdict(unknown, "InvalidTuning", f"template.env: {e}")
+        return PauseVerdict(unknown, "InvalidTuning", f"the engine container's env: {e}")
     ep = spec.elastic_ep
     t = ep.collective_timeout_seconds
     combine = combine_timeout(

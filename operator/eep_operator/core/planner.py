@@ -71,7 +71,7 @@ from eep_contract.v1alpha1 import (
     RecoveryMode,
     UpdateStrategyType,
 )
-from eep_operator.core import members, pause, podspec, revision
+from eep_operator.core import gang, members, pause, podspec, revision
 from eep_operator.core.actions import (
     Action,
     CreatePod,
@@ -85,6 +85,7 @@ from eep_operator.core.actions import (
     RecordGroupRestart,
     RecordMemberRestart,
     RecordRecovery,
+    ReleaseKueueFinalizer,
     UpdateService,
 )
 from eep_operator.core.conditions import get_condition, set_condition
@@ -757,6 +758,16 @@ def _remove_pod(ctx: _Ctx, m: MemberStatus, pod: PodObs, why: str) -> None:
         else:
             ctx.actions.append(DeletePod(member=m.index, name=pod.name, uid=pod.uid, reason=why))
         return
+    kueue = gang.finalizer_to_release(pod.finalizers)
+    ended = pod.phase in ("Failed", "Succeeded") or pod.node is None
+    if kueue is not None and (
+        ended or (_node_lost(pod, ctx.observed) and gone_evidence(m, pod, ctx.observed))
+    ):
+        # Kueue keeps a group's dead pod until its replacement exists, which one of the same name cannot
+        # (core/gang.py): release that hold, and only that one, once nothing runs in the pod (its containers
+        # ended, it never ran, or its node is known gone).
+        ctx.actions.append(ReleaseKueueFinalizer(member=m.index, name=pod.name, uid=pod.uid, index=kueue))
+        return
     if pod.node is None:
         return  # never bound: the API server finishes it
     started = pod.deletion_started or ctx.now
@@ -945,8 +956,15 @@ def _create(ctx: _Ctx, m: MemberStatus, *, join: bool) -> CreatePod:
     name = podspec.pod_name(o.name, m.index)
     m.pod_name = name
     m.revision = ctx.status.group_revision
+    spec = _pod_spec(ctx)
+    pod_group = None
+    if gang.queued(spec):
+        # The running members' group (a replacement joins their admitted Workload; the later pods of a start
+        # join the start's), else a new one: a start or a whole-group restart.
+        live = (p.pod_group for p in o.pods if not p.deleting and p.pod_group)
+        pod_group = next(live, None) or gang.new_group_name(o.name, ctx.status.membership.epoch)
     manifest = podspec.render_pod(
-        _pod_spec(ctx),
+        spec,
         cluster=o.name,
         namespace=o.namespace,
         uid=o.uid,
@@ -954,6 +972,7 @@ def _create(ctx: _Ctx, m: MemberStatus, *, join: bool) -> CreatePod:
         join=join,
         epoch=ctx.status.membership.epoch,
         incarnation=m.incarnation,
+        pod_group=pod_group,
     )
     return CreatePod(member=m.index, name=name, join=join, incarnation=m.incarnation, manifest=manifest)
 

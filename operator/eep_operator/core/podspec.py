@@ -6,15 +6,24 @@ Called by the planner, which puts the rendered manifests into its actions; pure.
 Pods use `restartPolicy: Never`: a kubelet restart would rerun the container with its original arguments, i.e.
 without the join flag, and a fresh rank would try to initialise a group that is already running. Every restart
 therefore goes through the operator, which creates a new pod with the flag.
+
+The template: a member pod is `spec.template` (a PodTemplateSpec) with what the operator owns set: the engine
+container's image, command line and contract environment, its `http` port, the pod's name, labels,
+annotations, owner, hostname, subdomain and restart policy. The schema rejects a template that sets those
+(`v1alpha1.TEMPLATE_SPEC_RULES`, `ENGINE_CONTAINER_RULES`); the renderer still overwrites them, so a CR stored
+before a rule existed renders the same pod. Probes are defaults: a template's own probe replaces the
+operator's.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from eep_contract.env import FIELD_REFS, MemberEnv
 from eep_contract.v1alpha1 import (
     API_VERSION,
+    ENGINE_CONTAINER,
     KIND,
     MANAGED_BY_VALUE,
     Annotations,
@@ -26,9 +35,9 @@ from eep_contract.v1alpha1 import (
     SGLangOptions,
     SGLangReleases,
 )
+from eep_operator.core import gang
 
 Manifest = dict[str, Any]
-CONTAINER_NAME = "engine"
 
 
 def pod_name(cluster: str, index: int) -> str:
@@ -190,27 +199,51 @@ def member_env(spec: ElasticEPClusterSpec, cluster: str, namespace: str, index: 
 
 
 def _env(spec: ElasticEPClusterSpec, cluster: str, namespace: str, index: int) -> list[Manifest]:
+    """The contract's variables first, then the template's own (a variable may refer to the contract's as
+    `$(EEP_...)`, which Kubernetes expands only for variables defined before it)."""
     plain = member_env(spec, cluster, namespace, index).to_env()
     env: list[Manifest] = [{"name": k, "value": v} for k, v in plain.items()]
     if spec.elastic_ep.force_tcp:
         env.append({"name": "MC_FORCE_TCP", "value": "true"})
     env += [{"name": k, "valueFrom": {"fieldRef": {"fieldPath": path}}} for k, path in FIELD_REFS.items()]
     ours = {e["name"] for e in env}
-    # The overlay may add variables but not replace the contract's: the worker relies on them.
-    env += [e.to_wire() for e in spec.template.env if e.name not in ours]
+    # The schema rejects the contract's names in the template; MC_FORCE_TCP follows `elasticEP.forceTCP`.
+    env += [copy.deepcopy(e) for e in spec.template.engine_env() if e.get("name") not in ours]
     return env
 
 
 def member_labels(cluster: str, spec: ElasticEPClusterSpec, index: int) -> dict[str, str]:
     rpn = spec.ranks_per_node
     return {
-        **spec.template.labels,
+        **spec.template.metadata.labels,
         Labels.CLUSTER: cluster,
         Labels.MEMBER: str(index),
         Labels.FIRST_RANK: str(index * rpn),
         Labels.RANK_COUNT: str(rpn),
         Labels.MANAGED_BY: MANAGED_BY_VALUE,
     }
+
+
+def _engine_container(
+    spec: ElasticEPClusterSpec, cluster: str, namespace: str, index: int, *, join: bool
+) -> Manifest:
+    """The template's engine container with what the operator owns set (module docstring, "The template")."""
+    container: Manifest = copy.deepcopy(spec.template.engine_container()) or {"name": ENGINE_CONTAINER}
+    engine = engine_command(spec, cluster, namespace, index, join=join)
+    container["image"] = spec.image
+    container["args" if container.get("command") else "command"] = engine
+    container["env"] = _env(spec, cluster, namespace, index)
+    http: Manifest = {"name": "http", "containerPort": spec.engine.port, "protocol": "TCP"}
+    theirs = [
+        p
+        for p in container.get("ports") or []
+        if p.get("name") != "http" and p.get("containerPort") != spec.engine.port
+    ]
+    container["ports"] = [http, *theirs]
+    for probe, default in _probes(spec, index).items():
+        container.setdefault(probe, default)
+    container.setdefault("terminationMessagePolicy", "FallbackToLogsOnError")
+    return container
 
 
 def render_pod(
@@ -223,51 +256,44 @@ def render_pod(
     join: bool,
     epoch: int,
     incarnation: int,
+    pod_group: str | None = None,
 ) -> Manifest:
-    """The Pod of member `index`. `join` marks a replacement (join flag + `elasticep.io/join` annotation)."""
+    """The Pod of member `index`: `spec.template` with the operator's fields set. `join` marks a replacement
+    (join flag + `elasticep.io/join` annotation); `pod_group` names the Kueue pod group of a queued cluster
+    (`core/gang.py`), with `nodes` as its size."""
     tpl = spec.template
-    engine = engine_command(spec, cluster, namespace, index, join=join)
-    container: Manifest = {
-        "name": CONTAINER_NAME,
-        "image": spec.image,
-        "command": list(tpl.command) if tpl.command else engine,
-        "env": _env(spec, cluster, namespace, index),
-        "ports": [{"name": "http", "containerPort": spec.engine.port, "protocol": "TCP"}],
-        **_probes(spec, index),
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
-    if tpl.command:
-        container["args"] = engine
-    if tpl.resources is not None:
-        container["resources"] = tpl.resources
-    pod_spec: Manifest = {
+    pod_spec: Manifest = copy.deepcopy(tpl.spec)
+    containers: list[Manifest] = list(pod_spec.get("containers") or [])
+    engine = _engine_container(spec, cluster, namespace, index, join=join)
+    at = next((i for i, c in enumerate(containers) if c.get("name") == ENGINE_CONTAINER), None)
+    if at is None:
+        containers.insert(0, engine)
+    else:
+        containers[at] = engine
+    pod_spec |= {
+        "containers": containers,
         "restartPolicy": "Never",
         "hostname": pod_name(cluster, index),
         "subdomain": cluster,
-        "containers": [container],
     }
-    optional = {
-        "nodeSelector": tpl.node_selector or None,
-        "tolerations": tpl.tolerations or None,
-        "affinity": tpl.affinity,
-        "serviceAccountName": tpl.service_account_name,
-        "priorityClassName": tpl.priority_class_name,
-        "terminationGracePeriodSeconds": tpl.termination_grace_period_seconds,
+    labels = member_labels(cluster, spec, index)
+    annotations = {
+        **tpl.metadata.annotations,
+        Annotations.JOIN: "true" if join else "false",
+        Annotations.EPOCH: str(epoch),
+        Annotations.INCARNATION: str(incarnation),
     }
-    pod_spec.update({k: v for k, v in optional.items() if v is not None})
+    if pod_group is not None:
+        labels[gang.POD_GROUP_LABEL] = pod_group
+        annotations[gang.POD_GROUP_TOTAL_ANNOTATION] = str(spec.nodes)
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
             "name": pod_name(cluster, index),
             "namespace": namespace,
-            "labels": member_labels(cluster, spec, index),
-            "annotations": {
-                **tpl.annotations,
-                Annotations.JOIN: "true" if join else "false",
-                Annotations.EPOCH: str(epoch),
-                Annotations.INCARNATION: str(incarnation),
-            },
+            "labels": labels,
+            "annotations": annotations,
             "ownerReferences": [owner_reference(cluster, uid)],
         },
         "spec": pod_spec,

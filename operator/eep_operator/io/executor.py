@@ -13,6 +13,7 @@ import logging
 from datetime import datetime
 
 from eep_operator.core import actions as A
+from eep_operator.core import gang
 from eep_operator.io.events import ClusterRef, EventSink
 from eep_operator.io.kube import AlreadyExistsError, ConflictError, KubeClient, NotFoundError
 from eep_operator.metrics import OperatorMetrics
@@ -55,6 +56,17 @@ class Executor:
                 self.kube.delete_pod(ref.namespace, action.name, action.uid, force=force)
             log.info(
                 "%sdeleted pod %s (member %d)", "force-" if force else "", action.name, action.member,
+                extra={**extra, "member": action.member},
+            )  # fmt: skip
+        elif isinstance(action, A.ReleaseKueueFinalizer):
+            # NotFound: gone already. Conflict: another pod, or the finalizer moved; the next plan looks
+            # again.
+            with contextlib.suppress(NotFoundError, ConflictError):
+                self.kube.release_pod_finalizer(
+                    ref.namespace, action.name, action.uid, action.index, gang.FINALIZER
+                )
+            log.info(
+                "released Kueue's finalizer of pod %s (member %d)", action.name, action.member,
                 extra={**extra, "member": action.member},
             )  # fmt: skip
         elif isinstance(action, A.EmitEvent):

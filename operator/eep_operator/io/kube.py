@@ -88,6 +88,11 @@ class KubeClient(Protocol):
         `elasticep.io/group-spec`), compare-and-set on `cr`'s resourceVersion; returns the updated CR (its new
         resourceVersion is what the status write needs). Raises ConflictError."""
 
+    def release_pod_finalizer(self, namespace: str, name: str, uid: str, index: int, finalizer: str) -> None:
+        """Remove entry `index` of the pod's `metadata.finalizers` if it is `finalizer` and the pod still has
+        `uid` (a JSON patch with `test` ops). Raises NotFoundError; ConflictError when a test fails (the pod
+        or its finalizers changed: nothing removed)."""
+
     def remove_finalizer(self, namespace: str, name: str, finalizer: str) -> bool:
         """Remove `finalizer` from the CR's `metadata.finalizers` and nothing else (a JSON patch whose `test`
         op checks the entry it removes). Returns False if the CR does not carry it. Raises NotFoundError."""
@@ -207,21 +212,37 @@ class ApiKubeClient:
         return True
 
     def create(self, manifest: Obj) -> Obj:
+        """POST the manifest as rendered. Not through the client's typed `create_namespaced_*`: those validate
+        the body against the client's own models first, which refuse what the API server accepts (a quantity
+        written as a number, `nvidia.com/gpu: 8`, in a user's pod template) and know only the fields of the
+        client's release. The API server is the one validator."""
         ns = manifest["metadata"]["namespace"]
-        kind = manifest["kind"]
-        if kind == "Pod":
-            fn: Callable[..., Any] = self.core.create_namespaced_pod
-        elif kind == "Service":
-            fn = self.core.create_namespaced_service
-        elif kind == "PodDisruptionBudget":
-            fn = self.policy.create_namespaced_pod_disruption_budget
-        else:
-            raise PermanentError(f"cannot create kind {kind}")
-        return dict(
-            with_retries(
-                lambda: _json(fn(ns, manifest, _preload_content=False, _request_timeout=self.timeout))
-            )
+        paths = {
+            "Pod": "/api/v1/namespaces/{namespace}/pods",
+            "Service": "/api/v1/namespaces/{namespace}/services",
+            "PodDisruptionBudget": "/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets",
+        }
+        path = paths.get(manifest["kind"])
+        if path is None:
+            raise PermanentError(f"cannot create kind {manifest['kind']}")
+        return dict(with_retries(lambda: self._post(path, ns, manifest)))
+
+    def _post(self, path: str, namespace: str, body: Obj) -> Any:
+        """The API's answer to a POST of `body`; raises ApiException (typed by status) on anything but 2xx."""
+        api = self.core.api_client
+        method, url, headers, data, _ = api.param_serialize(
+            method="POST",
+            resource_path=path,
+            path_params={"namespace": namespace},
+            header_params={"Content-Type": "application/json", "Accept": "application/json"},
+            body=body,
+            auth_settings=["BearerToken"],
         )
+        resp = api.call_api(method, url, header_params=headers, body=data, _request_timeout=self.timeout)
+        raw = resp.read()
+        if not 200 <= resp.status <= 299:
+            raise ApiException.from_response(http_resp=resp, body=raw.decode(errors="replace"), data=None)
+        return json.loads(raw)
 
     def delete_pod(self, namespace: str, name: str, uid: str, *, force: bool = False) -> None:
         body: Any = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": uid}}
@@ -271,6 +292,28 @@ class ApiKubeClient:
             ),
             attempts=2,
         )
+
+    def release_pod_finalizer(self, namespace: str, name: str, uid: str, index: int, finalizer: str) -> None:
+        path = f"/metadata/finalizers/{index}"
+        ops: Any = [
+            {"op": "test", "path": "/metadata/uid", "value": uid},
+            {"op": "test", "path": path, "value": finalizer},
+            {"op": "remove", "path": path},
+        ]
+        try:
+            with_retries(
+                lambda: _drain(
+                    self.core.patch_namespaced_pod(
+                        name, namespace, ops,
+                        _content_type="application/json-patch+json",
+                        _preload_content=False, _request_timeout=self.timeout,
+                    )
+                )
+            )  # fmt: skip
+        except PermanentError as e:
+            if str(e).startswith("422"):  # a `test` failed: another pod, or the finalizers changed
+                raise ConflictError(f"{namespace}/{name}: {e}") from e
+            raise
 
     def remove_finalizer(self, namespace: str, name: str, finalizer: str) -> bool:
         for _ in range(4):
