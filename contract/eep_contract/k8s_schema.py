@@ -173,11 +173,13 @@ BOUNDS: dict[tuple[str, ...], dict[str, int]] = {
     ("containers", "[]", "name"): {"maxLength": 63},
     ("containers", "[]", "env"): {"maxItems": 1024},
     ("containers", "[]", "env", "[]", "name"): {"maxLength": 256},
+    ("initContainers",): {"maxItems": 64},
+    ("initContainers", "[]", "name"): {"maxLength": 63},
 }
 """Limits the CRD adds to Kubernetes' schema (which has none), so the API server can bound the cost of the CEL
 rules on the engine container: a container name is a DNS label (63, Kubernetes' own validation), the others
 are
-far above any real pod (64 containers, 1024 variables, 256-character names)."""
+far above any real pod (64 containers or init containers, 1024 variables, 256-character names)."""
 
 
 def _bound(schema: Schema) -> None:

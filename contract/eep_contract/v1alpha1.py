@@ -61,6 +61,8 @@ class Annotations:
     """Membership epoch at which the pod was created."""
     INCARNATION = "elasticep.io/incarnation"
     """How many times this member's pod has been created (1 for the first pod)."""
+    REVISION = "elasticep.io/revision"
+    """The spec revision the pod was rendered from (`status.groupRevision` when it was created)."""
     GROUP_SPEC = "elasticep.io/group-spec"
     """On the ElasticEPCluster: the pod-shaping spec the running group was started with (`status.groupSpec`,
     as JSON) and the `restartGeneration` acted on. Written before the status that changes them, so a lost
@@ -516,6 +518,20 @@ TEMPLATE_SPEC_RULES: tuple[tuple[str, str], ...] = (
         "template.spec.hostname and template.spec.subdomain are set by the operator: they give each member "
         "its stable DNS name under the cluster's headless Service",
     ),
+    (
+        "!has(self.activeDeadlineSeconds)",
+        "template.spec.activeDeadlineSeconds would have the kubelet end every member after that time: a "
+        "serving member has no deadline",
+    ),
+    (
+        "!has(self.nodeName)",
+        "template.spec.nodeName would put every member on that one node, past the scheduler (and a gang's "
+        "admission): choose nodes with nodeSelector, affinity or tolerations",
+    ),
+    (
+        f"!has(self.initContainers) || self.initContainers.all(c, c.name != '{ENGINE_CONTAINER}')",
+        f"the name '{ENGINE_CONTAINER}' is the engine container's: an init container may not take it",
+    ),
 )
 """CEL rules on `spec.template.spec` (rule, message): what the operator owns in a member pod."""
 
@@ -531,6 +547,11 @@ ENGINE_CONTAINER_RULES: tuple[tuple[str, str], ...] = (
         f"self.env.all(e, !(e.name in {list(OWNED_ENV)!r}))",
         f"the '{ENGINE_CONTAINER}' container's {', '.join(OWNED_ENV)} are the operator's (each member's "
         "identity and the group's settings); set them through the spec's fields",
+    ),
+    (
+        f"self.name != '{ENGINE_CONTAINER}' || (!has(self.restartPolicy) && !has(self.restartPolicyRules))",
+        f"the '{ENGINE_CONTAINER}' container may not restart in place (restartPolicy, restartPolicyRules): "
+        "the kubelet would start it again without the join flag; the operator replaces a failed member",
     ),
 )
 """CEL rules on each item of `spec.template.spec.containers`: what the operator owns in the engine
@@ -624,11 +645,19 @@ def template_problems(template: PodTemplate) -> list[str]:
         out.append(TEMPLATE_SPEC_RULES[0][1])
     if "hostname" in spec or "subdomain" in spec:
         out.append(TEMPLATE_SPEC_RULES[1][1])
+    if "activeDeadlineSeconds" in spec:
+        out.append(TEMPLATE_SPEC_RULES[2][1])
+    if "nodeName" in spec:
+        out.append(TEMPLATE_SPEC_RULES[3][1])
+    if any(c.get("name") == ENGINE_CONTAINER for c in spec.get("initContainers") or []):
+        out.append(TEMPLATE_SPEC_RULES[4][1])
     engine = template.engine_container()
     if "image" in engine or "args" in engine:
         out.append(ENGINE_CONTAINER_RULES[0][1])
     if any(e.get("name") in OWNED_ENV for e in engine.get("env") or []):
         out.append(ENGINE_CONTAINER_RULES[1][1])
+    if "restartPolicy" in engine or "restartPolicyRules" in engine:
+        out.append(ENGINE_CONTAINER_RULES[2][1])
     if any(k.startswith(OWNED_LABEL_PREFIX) for k in template.metadata.labels):
         out.append(TEMPLATE_METADATA_RULES[0][1])
     if any(k.startswith(OWNED_LABEL_PREFIX) for k in template.metadata.annotations):

@@ -17,7 +17,13 @@ import itertools
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from eep_contract.v1alpha1 import ElasticEPClusterSpec, ElasticEPClusterStatus, MemberState, Phase
+from eep_contract.v1alpha1 import (
+    Annotations,
+    ElasticEPClusterSpec,
+    ElasticEPClusterStatus,
+    MemberState,
+    Phase,
+)
 from eep_operator.core import actions as A
 from eep_operator.core import gang, members
 from eep_operator.core.observe import NodeObs, Observed, PodObs, Termination
@@ -53,6 +59,8 @@ class SimPod:
     """Its Kueue pod group (label), for a queued cluster."""
     finalizers: tuple[str, ...] = ()
     """Kueue's finalizer on a queued cluster's pods: a deleted pod stays (its process ended) until it goes."""
+    revision: str | None = None
+    """The spec revision it was rendered from (its annotation)."""
 
     def obs(self) -> PodObs:
         return PodObs(
@@ -75,6 +83,7 @@ class SimPod:
             owner_uid=UID,
             pod_group=self.pod_group,
             finalizers=self.finalizers,
+            revision=self.revision,
         )
 
 
@@ -185,6 +194,7 @@ class World:
                     node=self._schedule(),
                     epoch=int(a.manifest["metadata"]["annotations"]["elasticep.io/epoch"]),
                     pod_group=a.manifest["metadata"]["labels"].get(gang.POD_GROUP_LABEL),
+                    revision=a.manifest["metadata"]["annotations"].get(Annotations.REVISION),
                     # Kueue's webhook puts its finalizer on every pod of a queue (and admits at once here).
                     finalizers=(gang.FINALIZER,)
                     if gang.QUEUE_LABEL in a.manifest["metadata"]["labels"]

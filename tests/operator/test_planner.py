@@ -721,6 +721,28 @@ def test_the_join_clock_starts_when_a_waiting_replacement_is_scheduled() -> None
     assert p.status.members[1].state == S.FAILED and p.status.members[1].last_exit.reason == "JoinTimeout"
 
 
+@pytest.mark.parametrize("reason", ["SchedulingGated", "Unschedulable"])
+def test_a_start_waiting_for_admission_is_not_a_failed_start(reason: str) -> None:
+    """A gang Kueue has not admitted yet (every pod `SchedulingGated`, none bound) may wait for quota longer
+    than `rejoinTimeoutSeconds`: no member fails, nothing is deleted, no budget is spent. Before the fix only
+    `Unschedulable` stopped the clock: a gated start failed with `JoinTimeout` and the group restarted."""
+    spec = make_spec(nodes=3, rejoinTimeoutSeconds=8.0)
+    w = World(spec, ["n0", "n1"])
+    p = w.reconcile()  # the start's pods are created
+    assert len(kinds(p, A.CreatePod)) == 3
+    obs = w.observed()
+    gated = replace(
+        obs,
+        pods=tuple(
+            replace(q, node=None, phase="Pending", running=False, waiting_reason=reason) for q in obs.pods
+        ),
+    )
+    p = plan(spec, w.status, gated, w.now + timedelta(seconds=600))
+    assert [m.state for m in p.status.members] == [S.PENDING] * 3
+    assert not kinds(p, A.DeletePod | A.ForceDeletePod | A.CreatePod)
+    assert p.status.group_restarts == 0 and {m.waiting_reason for m in p.status.members} == {reason}
+
+
 def test_an_eviction_right_after_a_join_is_not_too_many_down() -> None:
     """Found by the soak: a drain's second eviction came the moment member 1's replacement got Ready (the
     PodDisruptionBudget counts it available), before the operator had moved member 1 to Healthy; the plan that

@@ -230,3 +230,29 @@ def test_a_status_lost_during_a_group_restart_waits_for_the_going_pods() -> None
     repair(w)
     w.settle(max_steps=1000)  # checks the invariants at every step
     assert w.done()
+
+
+def test_a_group_restart_whose_status_was_lost_is_carried_out() -> None:
+    """Found by the property test above. A start loses member 0's pod, the image is edited, the operator
+    decides a group restart (its record of the new spec written, its status written) and crashes before it
+    deletes anything; then the status is lost. Before the fix the rebuilt status took the running member 1
+    for a serving group and replaced member 0 from the record: `InvariantError: replacement of 0 runs img:v1,
+    the group img`. Now the pods' revision (`elasticep.io/revision`) shows that the recorded restart never
+    happened, and it is carried out."""
+    spec = make_spec(
+        nodes=2, rpn=2, maxUnavailableMembers=0, maxRestartsPerMember=1, rejoinTimeoutSeconds=15.0
+    )
+    w = World(spec, list(NODES))
+    for ev in [
+        ("reconcile",),
+        ("tick",),
+        ("delete", 0),
+        ("edit_image", 1),
+        ("crash_after_write",),
+        ("wipe_status",),
+    ]:
+        apply(w, ev)
+    repair(w)
+    w.settle(max_steps=1000)
+    assert w.done()
+    assert {c.manifest["spec"]["containers"][0]["image"] for c in w.created[-2:]} == {"img:v1"}

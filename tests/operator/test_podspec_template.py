@@ -149,6 +149,17 @@ def test_rendering_does_not_change_the_spec() -> None:
         ({"spec": {"restartPolicy": "Always"}}, TEMPLATE_SPEC_RULES[0]),
         ({"spec": {"hostname": "x"}}, TEMPLATE_SPEC_RULES[1]),
         ({"spec": {"subdomain": "x"}}, TEMPLATE_SPEC_RULES[1]),
+        ({"spec": {"activeDeadlineSeconds": 3600}}, TEMPLATE_SPEC_RULES[2]),
+        ({"spec": {"nodeName": "gpu-7"}}, TEMPLATE_SPEC_RULES[3]),
+        ({"spec": {"initContainers": [{"name": "engine", "image": "i"}]}}, TEMPLATE_SPEC_RULES[4]),
+        (
+            {"spec": {"containers": [{"name": "engine", "restartPolicy": "Always"}]}},
+            ENGINE_CONTAINER_RULES[2],
+        ),
+        (
+            {"spec": {"containers": [{"name": "engine", "restartPolicyRules": [{"action": "Restart"}]}]}},
+            ENGINE_CONTAINER_RULES[2],
+        ),
         ({"spec": {"containers": [{"name": "engine", "image": "other"}]}}, ENGINE_CONTAINER_RULES[0]),
         ({"spec": {"containers": [{"name": "engine", "args": ["--x"]}]}}, ENGINE_CONTAINER_RULES[0]),
         (

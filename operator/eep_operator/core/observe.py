@@ -70,6 +70,8 @@ class PodObs:
     """uid of the pod's controller ownerReference (the ElasticEPCluster that created it), if any."""
     pod_group: str | None = None
     """The Kueue pod group the pod belongs to (`gang.POD_GROUP_LABEL`), if any."""
+    revision: str | None = None
+    """The spec revision it was rendered from (`Annotations.REVISION`); None on pods of older operators."""
 
 
 @dataclass(frozen=True)
@@ -194,6 +196,7 @@ def observe_pod(pod: Obj) -> PodObs | None:
         epoch=_int(annotations.get(Annotations.EPOCH), 0),
         finalizers=tuple(meta.get("finalizers") or ()),
         pod_group=labels.get(gang.POD_GROUP_LABEL) or None,
+        revision=annotations.get(Annotations.REVISION) or None,
         waiting_reason=waiting_reason,
         waiting_message=waiting_message,
         owner_uid=None if owner is None else owner.get("uid"),

@@ -16,7 +16,7 @@ Decisions, per member (state machine in `eep_operator.core.members`):
   `incarnation`): evicted; being deleted although we did not delete it; container terminated (any code:
   pods are `restartPolicy: Never`); phase Failed; gone although we had seen it; its node deleted or tainted
   out-of-service, or NotReady while member 0 reports its ranks not live (`gone_evidence`); not Ready within
-  `rejoinTimeoutSeconds` of its creation (not while it waits for capacity: Unschedulable).
+  `rejoinTimeoutSeconds` of its binding to a node (not while it waits for capacity or a gang's admission).
 - A NotReady node alone is not a failure: its kubelet cannot confirm anything, and the member's processes may
   still serve. The member is Unreachable (`unreachableSince`; past `nodeLostGraceSeconds` the
   `MembersUnreachable` condition), keeps its ranks, and its pod is never force-deleted, until there is
@@ -185,7 +185,9 @@ def detect_failure(
     if (
         not pod.ready
         and m.state != S.HEALTHY
-        and pod.waiting_reason != UNSCHEDULABLE  # waiting for capacity is not a failed join
+        # Not bound to a node yet: it waits for the scheduler (capacity: Unschedulable) or for a gate (a
+        # gang's admission: SchedulingGated), not for a join.
+        and pod.node is not None
         and (since := _join_clock(pod)) is not None
         and (now - since).total_seconds() > spec.recovery.rejoin_timeout_seconds
     ):
@@ -195,9 +197,6 @@ def detect_failure(
             f"pod {pod.name} not Ready within {spec.recovery.rejoin_timeout_seconds:g}s",
         )
     return None
-
-
-UNSCHEDULABLE = "Unschedulable"
 
 
 def _join_clock(pod: PodObs) -> datetime | None:
@@ -445,6 +444,17 @@ def _rebuild(ctx: _Ctx) -> None:
     if any(m.state != S.HEALTHY for m in rebuilt):
         st.recovery_start_time = st.recovery_start_time or now
     states = ", ".join(f"{m.index}:{m.state.value}" for m in rebuilt)
+    # Pods of a revision the record does not name: the record was written for a group restart whose status
+    # was lost before its pods went (the record is written first). No replacement could join them: finish
+    # that restart (voluntarily: its budget was counted in the lost status).
+    stale = sorted({p.revision for p in o.pods if not p.deleting and p.revision} - {st.group_revision})
+    if record is not None and stale:
+        _group_restart(ctx, None, voluntary=True)
+        st.phase = Phase.RESTARTING
+        states += (
+            f"; the running pods are of revision {', '.join(stale)}, the group's record of "
+            f"{st.group_revision}: the group restart it records is carried out"
+        )
     ctx.event(
         "Warning",
         "StatusRebuilt",
@@ -973,6 +983,7 @@ def _create(ctx: _Ctx, m: MemberStatus, *, join: bool) -> CreatePod:
         epoch=ctx.status.membership.epoch,
         incarnation=m.incarnation,
         pod_group=pod_group,
+        revision=ctx.status.group_revision,
     )
     return CreatePod(member=m.index, name=name, join=join, incarnation=m.incarnation, manifest=manifest)
 

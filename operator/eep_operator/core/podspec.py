@@ -257,10 +257,12 @@ def render_pod(
     epoch: int,
     incarnation: int,
     pod_group: str | None = None,
+    revision: str | None = None,
 ) -> Manifest:
     """The Pod of member `index`: `spec.template` with the operator's fields set. `join` marks a replacement
     (join flag + `elasticep.io/join` annotation); `pod_group` names the Kueue pod group of a queued cluster
-    (`core/gang.py`), with `nodes` as its size."""
+    (`core/gang.py`), with `nodes` as its size; `revision` is the spec revision it is rendered from (an
+    annotation: a lost status is rebuilt knowing which revision the running pods are of)."""
     tpl = spec.template
     pod_spec: Manifest = copy.deepcopy(tpl.spec)
     containers: list[Manifest] = list(pod_spec.get("containers") or [])
@@ -283,6 +285,8 @@ def render_pod(
         Annotations.EPOCH: str(epoch),
         Annotations.INCARNATION: str(incarnation),
     }
+    if revision is not None:
+        annotations[Annotations.REVISION] = revision
     if pod_group is not None:
         labels[gang.POD_GROUP_LABEL] = pod_group
         annotations[gang.POD_GROUP_TOTAL_ANNOTATION] = str(spec.nodes)
