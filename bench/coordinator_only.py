@@ -26,6 +26,14 @@ Cases (each a fresh set of processes):
   all-reduce makes every survivor see the same sum at the same step, so all park there, call `recover_ranks`
   on the world group then the serving group, pass an admission barrier with the joiner and go on at full
   size. Rank 0 calls nothing in any case.
+- ``--heartbeat-steps K`` (issue #19 follow-up, results in bench/results/coordinator_only_heartbeat.json):
+  every serving rank also runs a one-element all-reduce on the world group (rank 0 included) after every K-th
+  step, and one more when it parks after a failure, so that rank 0 completes a world collective with the dead
+  rank within the reconciliation window and reports the link. Rank 0 loops on that all-reduce. Without
+  ``--heartbeat-gated`` it re-enters it at once and so is in flight whenever a view changes; Mooncake resets
+  the group's task count (the parity of the buffer pair a collective uses) on every view change but not the
+  in-flight collective's, so the next heartbeat pairs buffers of different parity and hangs. With
+  ``--heartbeat-gated`` rank 0 enters heartbeat n only once a serving rank has announced it in the store.
 - D: today's layout for contrast: ranks 0..N all serve on the world group; rank 0 is SIGKILLed; after a
   while a replacement rank 0 starts its own TCPStore and coordinator.
 
@@ -82,6 +90,8 @@ class Child:
     tail_timeout_s: float
     window_s: float
     incarnation: int
+    heartbeat_steps: int = 0  # 0: no world-group heartbeat
+    heartbeat_gated: bool = False  # rank 0 enters heartbeat n only once a serving rank announced it
 
     @property
     def world_size(self) -> int:
@@ -138,14 +148,34 @@ def run_coordinator(c: Child) -> None:
     last = _active(mc, world)
     c.emit("world_mirror", active=last)
     deadline = time.monotonic() + CHILD_DEADLINE_S
+    beats = 0
     while not c.stopped() and time.monotonic() < deadline:
-        time.sleep(0.05)
+        if c.heartbeat_steps > 0:
+            if not c.heartbeat_gated or store.check([f"coordonly/hb/{beats}"]):
+                ok, hint = _heartbeat(mc, world, c.rank)
+                if not ok:
+                    c.emit("hb_failed", beat=beats, hint=hint, active=_active(mc, world))
+                beats += 1
+            else:
+                time.sleep(0.001)
+        else:
+            time.sleep(0.05)
         now = _active(mc, world)
         if now != last:
-            c.emit("world_mirror", active=now)
+            c.emit("world_mirror", active=now, beat=beats)
             last = now
-    c.emit("exit")
+    c.emit("exit", beats=beats)
     os._exit(0)
+
+
+def _heartbeat(mc: Mooncake, world: Any, rank: int) -> tuple[bool, list[int]]:
+    """One all-reduce of one float64 on the world group; (this rank's success, failed world ranks)."""
+    t = torch.tensor([rank + 1.0], dtype=torch.float64)
+    work = dist.all_reduce(t, group=world, async_op=True)
+    assert work is not None
+    work.wait()
+    ok = mc.local_success(work)
+    return ok, [] if ok else mc.failed_ranks(work)
 
 
 class Server:
@@ -160,6 +190,8 @@ class Server:
         self.wrong = 0
         self.steps_ok = 0
         self.resumed_pending = False
+        self.beats = 0  # world-group heartbeats this rank has issued (rank 0 counts the same)
+        self.hb_s = 0.0  # time spent in them
 
     def key(self, name: str) -> str:
         return f"coordonly/{name}"
@@ -180,6 +212,18 @@ class Server:
                 return True
             time.sleep(0.01)
         return False
+
+    def heartbeat(self, why: str) -> None:
+        """One world-group heartbeat (rank 0 takes part), announced in the store first if rank 0 is gated."""
+        c = self.c
+        if c.heartbeat_gated:
+            self.store.set(self.key(f"hb/{self.beats}"), "1")
+        t0 = time.perf_counter()
+        ok, hint = _heartbeat(self.mc, self.world, c.rank)
+        self.hb_s += time.perf_counter() - t0
+        if not ok or why != "step":
+            c.emit("hb", beat=self.beats, why=why, ok=ok, hint=hint, dt=time.perf_counter() - t0)
+        self.beats += 1
 
     def one_step(self, flag: float) -> tuple[bool, list[float], list[int]]:
         t = torch.tensor([self.c.rank + 1.0, float(self.step), flag], dtype=torch.float64)
@@ -222,7 +266,9 @@ class Server:
                         c.emit("resumed", step=self.step, active=after)
                         self.resumed_pending = False
                 if self.step % 200 == 0:
-                    c.emit("progress", step=self.step, wrong=self.wrong, active=after)
+                    c.emit("progress", step=self.step, wrong=self.wrong, active=after, hb_s=self.hb_s)
+            if c.heartbeat_steps > 0 and (self.step + 1) % c.heartbeat_steps == 0:
+                self.heartbeat("step")
             if failing_since is None and not ok:
                 failing_since = self.step
                 suspects = [c.serving[i] for i in hint]
@@ -266,6 +312,10 @@ class Server:
         """Parked: wait for the coordinator's view to drop the suspects, then a store barrier of the live."""
         c = self.c
         c.emit("parked", step=self.step, suspects=suspects)
+        if c.heartbeat_steps > 0:
+            # Rank 0 reports the dead rank only once a world collective with it completes: give it one
+            # here, whatever the step, so its report lands within the reconciliation window.
+            self.heartbeat("park")
         end = min(deadline, time.monotonic() + 45.0)
         while time.monotonic() < end:
             act = _active(self.mc, self.group)
@@ -306,6 +356,7 @@ class Server:
             step=self.step,
         )
         if c.rank == min(survivors):
+            self.store.set(self.key(f"beats/{self.gen}"), str(self.beats))
             self.store.set(self.key(f"resume/{self.gen}"), str(self.step))
         if not self.barrier(f"admitted/{self.gen}", len(survivors) + len(missing), 60.0):
             c.emit("admission_barrier_timeout")
@@ -362,6 +413,7 @@ def run_server(c: Child) -> None:
             c.emit("admission_barrier_timeout")
             os._exit(4)
         step = int(store.get(f"coordonly/resume/{gen}"))
+        srv.beats = int(store.get(f"coordonly/beats/{gen}"))
         srv.step, srv.gen, srv.resumed_pending = step, gen + 1, True
         c.emit("admitted", step=step, active=_active(mc, group))
         srv.run()
@@ -381,6 +433,8 @@ def child_main(argv: list[str]) -> None:
     p.add_argument("--tail-timeout-s", type=float, required=True)
     p.add_argument("--window-s", type=float, required=True)
     p.add_argument("--incarnation", type=int, default=0)
+    p.add_argument("--heartbeat-steps", type=int, default=0)
+    p.add_argument("--heartbeat-gated", action="store_true")
     a = p.parse_args(argv)
     c = Child(
         a.role,
@@ -392,6 +446,8 @@ def child_main(argv: list[str]) -> None:
         a.tail_timeout_s,
         a.window_s,
         a.incarnation,
+        a.heartbeat_steps,
+        a.heartbeat_gated,
     )
     (run_coordinator if a.role in ("coord", "coord-join") else run_server)(c)
 
@@ -451,6 +507,9 @@ class Run:
             str(self.a.window_s),
             "--incarnation",
             str(incarnation),
+            "--heartbeat-steps",
+            str(self.a.heartbeat_steps),
+            *(["--heartbeat-gated"] if self.a.heartbeat_gated else []),
         ]
         log = (self.run_dir / f"rank{rank}.{incarnation}.log").open("wb")
         self.procs[(rank, incarnation)] = subprocess.Popen(
@@ -541,8 +600,10 @@ def one_run(case: str, n: int, a: argparse.Namespace, base: Path) -> dict[str, A
             out["outcome"] = "hang: steady state"
             return out
         if case == "A":
+            t_steady = time.time()
             time.sleep(a.steady_s)
             t_stop = time.time()
+            out["steps_per_s"] = _rate(r.events(), min(serving), t_steady, t_stop)
             r.stop()
             # Ranks leave one by one at the stop: a rank still in a collective then sees its peers go.
             evs = [e for e in r.events() if float(e["t"]) < t_stop or e["ev"] == "final"]
@@ -654,6 +715,7 @@ def one_run(case: str, n: int, a: argparse.Namespace, base: Path) -> dict[str, A
     finally:
         r.stop()
         out["run_dir"] = str(run_dir)
+        out["coord_log"] = _coord_log(run_dir)
 
 
 def degraded_times(
@@ -670,6 +732,30 @@ def degraded_times(
     dropped = [e for e in evs if e["ev"] == "world_mirror" and e["rank"] == 0 and not e["active"][victim]]
     times["world_view_rank0_s"] = _rel(first(dropped, "world_mirror", None, t_kill), t_kill)
     times["resumed_s"] = _rel(last_of_each(evs, "resumed", survivors, t_kill), t_kill)
+
+
+def _rate(evs: list[dict[str, Any]], rank: int, t0: float, t1: float) -> dict[str, float] | None:
+    """Serving steps per second of ``rank`` between its first and last progress line in [t0, t1], and the
+    share of that time it spent in world-group heartbeats."""
+    pr = [e for e in evs if e["ev"] == "progress" and e["rank"] == rank and t0 <= float(e["t"]) <= t1]
+    if len(pr) < 2:
+        return None
+    dt = float(pr[-1]["t"]) - float(pr[0]["t"])
+    hb = float(pr[-1].get("hb_s", 0.0)) - float(pr[0].get("hb_s", 0.0))
+    return {
+        "steps_per_s": round((int(pr[-1]["step"]) - int(pr[0]["step"])) / dt, 1),
+        "heartbeat_share": round(hb / dt, 3),
+        "seconds": round(dt, 2),
+    }
+
+
+def _coord_log(run_dir: Path) -> list[str]:
+    """The coordinator's auto-deactivation and timeout lines from rank 0's log."""
+    f = run_dir / "rank0.0.log"
+    if not f.is_file():
+        return []
+    keep = ("auto_deactivate", "handleTimedOutAgent")
+    return [ln[-200:] for ln in f.read_text(errors="replace").splitlines() if any(k in ln for k in keep)][:12]
 
 
 def _rel(t: float | None, t0: float) -> float | None:
@@ -731,6 +817,19 @@ def main() -> None:
     p.add_argument("--join-timeout-s", type=float, default=90.0)
     p.add_argument("--d-observe-s", type=float, default=10.0)
     p.add_argument("--observe-s", type=float, default=36.0, help="after a failed recovery: watch the mirrors")
+    p.add_argument(
+        "--heartbeat-steps",
+        type=int,
+        default=0,
+        help="K > 0: every serving rank runs an all-reduce on the world group after every K-th step (and one "
+        "when it parks after a failure); rank 0 loops on that same all-reduce",
+    )
+    p.add_argument(
+        "--heartbeat-gated",
+        action="store_true",
+        help="rank 0 enters heartbeat n only once a serving rank announced it in the store (not in flight "
+        "while the view changes)",
+    )
     p.add_argument("--out", type=Path, default=RESULT)
     p.add_argument("--append", action="store_true", help="add to the rows already in --out")
     a = p.parse_args()
@@ -761,6 +860,8 @@ def _doc(a: argparse.Namespace, rows: list[dict[str, Any]]) -> dict[str, Any]:
             "tail_timeout_s": a.tail_timeout_s,
             "window_s": a.window_s,
             "pace_s": PACE_S,
+            "heartbeat_steps": a.heartbeat_steps,
+            "heartbeat_gated": a.heartbeat_gated,
         },
         "runs": rows,
     }

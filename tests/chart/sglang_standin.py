@@ -1,8 +1,9 @@
 """A STAND-IN for SGLang's `launch_server` with Elastic EP (not SGLang: no model, no GPU, no Mooncake).
 
-Run as a member pod's command on the local process node (`spec.template.command: [python3, <this file>]`);
-the operator passes the SGLang command line it rendered as the arguments. It reproduces the behaviours of
-SGLang 0.5.x that the operator depends on (docs/sglang.md), in small:
+Run as a member pod's command on the local process node (the engine container's
+`command: [python3, <this file>]` in `spec.template`); the operator passes the SGLang command line it
+rendered as the arguments. It reproduces the behaviours of SGLang 0.5.x that the operator depends on
+(docs/sglang.md), in small:
 
 - Admission only after a served request. Node 0 keeps the joiners that asked to join (on the coordinator
   port of `--dist-init-addr`, as Mooncake's store is there) and admits them only at the end of a served
