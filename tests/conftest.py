@@ -26,6 +26,7 @@ import pytest
 from kubernetes import client, config
 
 from eep_localcluster.__main__ import default_bin_dir, main, tools_bin_dir
+from eep_testkit import kueue
 from eep_testkit.tools import ToolFailed, Tools
 from eep_testkit.wait import wait_until
 
@@ -107,6 +108,18 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
     finally:
         if cluster.started_here:
             cluster.run("down")
+
+
+@pytest.fixture(scope="module")
+def kueue_up(local_cluster: ControlPlane) -> Iterator[None]:
+    """Kueue (`make kueue`, which `make test` runs first) on the session's cluster, for one test module."""
+    if not kueue.kueue_built():
+        pytest.fail("Kueue is not built: run `make kueue` (make test does)")
+    kueue.start_kueue(local_cluster.state)
+    try:
+        yield
+    finally:
+        kueue.stop_kueue(local_cluster.state)
 
 
 @pytest.fixture

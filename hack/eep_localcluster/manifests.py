@@ -68,8 +68,8 @@ CHART_CASES: dict[str, tuple[str, ...]] = {
         "workers.serviceAccount.create=false",
     ),
 }
-"""`helm template --set` sets, by case name: the values the chart tests render (tests/chart/test_chart.py's
-`CASES`; a test keeps the two equal)."""
+"""`helm template --set` sets, by case name: the values sets the chart supports (tests/chart/test_chart.py
+renders the same, from here)."""
 
 NOT_KUBERNETES: dict[str, str] = {
     "krew.googlecontainertools.github.com/v1alpha2": (

@@ -14,6 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from eep_localcluster.manifests import CHART_CASES
 from eep_testkit.envfile import versions
 
 from .conftest import CHART, ROOT, Render, helm_template
@@ -62,22 +63,9 @@ OPERATOR_CLUSTER_SCOPED = grants("", ["nodes"], ["get", "list", "watch"]) | gran
     "apiextensions.k8s.io", ["customresourcedefinitions"], ["list", "watch"]
 )
 
-# Values sets the chart supports; each must render objects the pinned Kubernetes accepts (strict).
-CASES: dict[str, tuple[str, ...]] = {
-    "default": (),
-    "namespaces": ("watch.mode=namespaces", "watch.namespaces={ml,research}"),
-    "two-replicas": ("replicaCount=2",),
-    "no-leader-election": ("leaderElection.enabled=false", "watch.mode=namespaces"),
-    "monitoring": ("serviceMonitor.enabled=true", "prometheusRule.enabled=true"),
-    "dashboard": ("grafana.dashboard.enabled=true", "grafana.dashboard.annotations.grafana_folder=EEP"),
-    "digest-no-rbac": (
-        "image.digest=sha256:" + "a" * 64,
-        "rbac.create=false",
-        "serviceAccount.create=false",
-        "serviceAccount.name=existing",
-        "workers.serviceAccount.create=false",
-    ),
-}
+# Values sets the chart supports; each must render objects the pinned Kubernetes accepts (strict). One home:
+# the offline validator renders the same sets (`make validate-manifests`).
+CASES = CHART_CASES
 # Objects of CRDs kubernetes-validate has no schema for; checked by the dedicated tests below.
 CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule"}
 

@@ -46,17 +46,6 @@ def test_webhooks_are_local_and_pods_only_in_managed_namespaces() -> None:
         assert hooks[name]["namespaceSelector"] == {"matchLabels": {MANAGED_LABEL: MANAGED_VALUE}}
 
 
-@pytest.fixture(scope="module")
-def kueue_up(local_cluster: Any) -> Iterator[None]:
-    if not tk.kueue_built():
-        pytest.skip("Kueue not built: run `make kueue`")
-    tk.start_kueue(local_cluster.state)
-    try:
-        yield
-    finally:
-        tk.stop_kueue(local_cluster.state)
-
-
 @pytest.fixture
 def queue(kube: Any, namespace: str, kueue_up: None) -> Iterator[tk.Queue]:
     tk.enable_namespace(kube, namespace)

@@ -31,17 +31,6 @@ SETTLE_S = 6.0
 """How long a group that must stay gated is watched (Kueue admits or ungates within 0.2-0.3 s here)."""
 
 
-@pytest.fixture(scope="module")
-def kueue_up(local_cluster: Any) -> Iterator[None]:
-    if not tk.kueue_built():
-        pytest.fail("Kueue is not built: run `make kueue` (make test does)")
-    tk.start_kueue(local_cluster.state)
-    try:
-        yield
-    finally:
-        tk.stop_kueue(local_cluster.state)
-
-
 @pytest.fixture
 def queue(eep: Eep, kueue_up: None) -> Iterator[tk.Queue]:
     api = eep.core.api_client
