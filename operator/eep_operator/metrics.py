@@ -13,7 +13,14 @@ from datetime import datetime
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from eep_contract.reasons import AdmissionTriggerResult
-from eep_contract.v1alpha1 import ElasticEPClusterSpec, ElasticEPClusterStatus, MemberState, Phase
+from eep_contract.v1alpha1 import (
+    ConditionStatus,
+    ConditionType,
+    ElasticEPClusterSpec,
+    ElasticEPClusterStatus,
+    MemberState,
+    Phase,
+)
 from eep_operator.core import actions as A
 
 L = ("namespace", "cluster")
@@ -65,6 +72,12 @@ class OperatorMetrics:
         self.members = Gauge("elasticep_members", "Members per state.", [*L, "state"], registry=r)
         self.phase = Gauge(
             "elasticep_cluster_phase", "1 for the current phase, 0 otherwise.", [*L, "phase"], registry=r
+        )
+        self.condition = Gauge(
+            "elasticep_condition",
+            "1 for each status condition's current status, 0 for its other statuses.",
+            [*L, "type", "status"],
+            registry=r,
         )
         self.reconcile_errors = Counter(
             "elasticep_reconcile_errors_total", "Reconciles that ended in an error.", L, registry=r
@@ -124,6 +137,11 @@ class OperatorMetrics:
             self.members.labels(*lab, state.value).set(sum(1 for m in status.members if m.state == state))
         for phase in Phase:
             self.phase.labels(*lab, phase.value).set(1 if status.phase == phase else 0)
+        for cond in status.conditions:
+            for value in ConditionStatus:
+                self.condition.labels(*lab, cond.type.value, value.value).set(
+                    1 if cond.status == value else 0
+                )
 
     def admission_request(self, namespace: str, cluster: str, result: AdmissionTriggerResult) -> None:
         """Count one request of the SGLang admission trigger (`eep_operator.io.admission.AdmissionSink`)."""
@@ -155,3 +173,7 @@ class OperatorMetrics:
         for phase in Phase:
             with contextlib.suppress(KeyError):
                 self.phase.remove(namespace, cluster, phase.value)
+        for type_ in ConditionType:
+            for value in ConditionStatus:
+                with contextlib.suppress(KeyError):
+                    self.condition.remove(namespace, cluster, type_.value, value.value)

@@ -90,6 +90,8 @@ def test_the_alerts_an_on_call_person_needs_exist() -> None:
         "ElasticEPDegradedTooLong",
         "ElasticEPOperatorDown",
         "ElasticEPOperatorNotReconciling",
+        "ElasticEPStalled",
+        "ElasticEPMembersUnreachable",
     }
 
 

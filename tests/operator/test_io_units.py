@@ -76,12 +76,18 @@ def test_metrics_follow_actions_and_status() -> None:
     assert reg.get_sample_value("elasticep_cluster_phase", {**lab, "phase": "Running"}) == 0
     assert reg.get_sample_value("elasticep_recovery_in_progress_seconds", lab) == 2
     assert reg.get_sample_value("elasticep_recovery_budget_seconds", lab) == 60 + 8
+    degraded = {**lab, "type": "Degraded"}
+    assert reg.get_sample_value("elasticep_condition", {**degraded, "status": "True"}) == 1
+    assert reg.get_sample_value("elasticep_condition", {**degraded, "status": "False"}) == 0
+    stalled = {**lab, "type": "Stalled", "status": "False"}
+    assert reg.get_sample_value("elasticep_condition", stalled) == 1
     m.reconciled("ns", "c", 0.01, 1234.0, error=False)
     m.reconciled("ns", "c", 0.01, 1235.0, error=True)
     assert reg.get_sample_value("elasticep_last_reconcile_timestamp_seconds", lab) == 1234.0
     assert reg.get_sample_value("elasticep_reconcile_errors_total", lab) == 1
     m.forget("ns", "c")
     assert reg.get_sample_value("elasticep_active_ranks", lab) is None
+    assert reg.get_sample_value("elasticep_condition", {**degraded, "status": "True"}) is None
 
 
 def test_event_is_about_the_cr() -> None:
