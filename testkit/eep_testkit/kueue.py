@@ -18,6 +18,7 @@ from typing import Any
 
 from kubernetes import client
 
+from eep_contract.v1alpha1 import Kueue
 from eep_localcluster import kueue as localkueue
 from eep_localcluster.__main__ import default_kueue_home
 from eep_localcluster.layout import Layout
@@ -39,11 +40,11 @@ __all__ = [
     "strip_finalizers",
 ]
 
-QUEUE_LABEL = localkueue.QUEUE_LABEL
-GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
-GROUP_TOTAL_ANNOTATION = "kueue.x-k8s.io/pod-group-total-count"
+QUEUE_LABEL = Kueue.QUEUE_LABEL
+GROUP_LABEL = Kueue.POD_GROUP_LABEL
+GROUP_TOTAL_ANNOTATION = Kueue.POD_GROUP_TOTAL_ANNOTATION
 GATE = localkueue.GATE
-FINALIZER = "kueue.x-k8s.io/managed"
+FINALIZER = Kueue.FINALIZER
 """The finalizer Kueue's pod webhook puts on every pod it gates."""
 GROUP = "kueue.x-k8s.io"
 VERSION = "v1beta2"

@@ -21,6 +21,7 @@ from eep_contract.v1alpha1 import (
     Annotations,
     ElasticEPClusterSpec,
     ElasticEPClusterStatus,
+    Kueue,
     MemberState,
     Phase,
 )
@@ -193,11 +194,11 @@ class World:
                     created=self.now,
                     node=self._schedule(),
                     epoch=int(a.manifest["metadata"]["annotations"]["elasticep.io/epoch"]),
-                    pod_group=a.manifest["metadata"]["labels"].get(gang.POD_GROUP_LABEL),
+                    pod_group=a.manifest["metadata"]["labels"].get(Kueue.POD_GROUP_LABEL),
                     revision=a.manifest["metadata"]["annotations"].get(Annotations.REVISION),
                     # Kueue's webhook puts its finalizer on every pod of a queue (and admits at once here).
-                    finalizers=(gang.FINALIZER,)
-                    if gang.QUEUE_LABEL in a.manifest["metadata"]["labels"]
+                    finalizers=(Kueue.FINALIZER,)
+                    if Kueue.QUEUE_LABEL in a.manifest["metadata"]["labels"]
                     else (),
                 )
             elif isinstance(a, A.DeletePod):
@@ -209,7 +210,7 @@ class World:
                 if (
                     pod is not None
                     and pod.uid == a.uid
-                    and pod.finalizers[a.index : a.index + 1] == (gang.FINALIZER,)
+                    and pod.finalizers[a.index : a.index + 1] == (Kueue.FINALIZER,)
                 ):
                     pod.finalizers = pod.finalizers[: a.index] + pod.finalizers[a.index + 1 :]
                     if pod.deleting and not pod.finalizers and not pod.process:

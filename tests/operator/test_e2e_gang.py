@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from conftest import Eep, Operators, cluster_manifest
 
-from eep_operator.core import gang
+from eep_contract.v1alpha1 import Kueue
 from eep_testkit import crs
 from eep_testkit import kueue as tk
 
@@ -53,7 +53,7 @@ def queue(eep: Eep, kueue_up: None) -> Iterator[tk.Queue]:
 
 def queued_cluster(eep: Eep, queue: tk.Queue, nodes: int, cpu: str) -> str:
     body = cluster_manifest("eep", eep.ns, nodes)
-    body["spec"]["template"]["metadata"] = {"labels": {gang.QUEUE_LABEL: queue.local_queue}}
+    body["spec"]["template"]["metadata"] = {"labels": {Kueue.QUEUE_LABEL: queue.local_queue}}
     crs.engine_container(body)["resources"] = {"requests": {"cpu": cpu}}
     eep.custom.create_namespaced_custom_object("elasticep.io", "v1alpha1", eep.ns, "elasticepclusters", body)
     return "eep"
@@ -64,7 +64,7 @@ def bound(pods: list[dict[str, Any]]) -> list[str]:
 
 
 def groups(pods: list[dict[str, Any]]) -> set[str]:
-    return {p["metadata"]["labels"].get(gang.POD_GROUP_LABEL, "") for p in pods}
+    return {p["metadata"]["labels"].get(Kueue.POD_GROUP_LABEL, "") for p in pods}
 
 
 def set_quota(eep: Eep, queue: tk.Queue, cpu: str) -> None:
@@ -90,7 +90,7 @@ def test_a_group_that_does_not_fit_starts_no_member_until_all_fit(
         time.sleep(0.5)
     pods = eep.pods(name)
     assert len(groups(pods)) == 1 and "" not in groups(pods), groups(pods)
-    assert all(p["metadata"]["annotations"][gang.POD_GROUP_TOTAL_ANNOTATION] == "3" for p in pods)
+    assert all(p["metadata"]["annotations"][Kueue.POD_GROUP_TOTAL_ANNOTATION] == "3" for p in pods)
     assert all(
         any(g["name"] == "kueue.x-k8s.io/admission" for g in p["spec"].get("schedulingGates") or [])
         for p in pods

@@ -15,6 +15,7 @@ the sidecar, the old observer took the sidecar's exit for the member's (tests/op
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -56,14 +57,14 @@ def engine_of(pod: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture
-def priority_class(eep: Eep) -> Any:
+def priority_class(eep: Eep) -> Iterator[str]:
     name = f"eep-test-{eep.ns}"
-    eep.scheduling = client.SchedulingV1Api(eep.core.api_client)
-    eep.scheduling.create_priority_class(
+    scheduling = client.SchedulingV1Api(eep.core.api_client)
+    scheduling.create_priority_class(
         client.V1PriorityClass(metadata=client.V1ObjectMeta(name=name), value=1000)
     )
     yield name
-    eep.scheduling.delete_priority_class(name)
+    scheduling.delete_priority_class(name)
 
 
 def test_a_sidecar_group_serves_and_its_replacement_carries_the_template(

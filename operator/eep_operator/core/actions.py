@@ -69,7 +69,7 @@ class ForceDeletePod:
 
 @dataclass(frozen=True)
 class ReleaseKueueFinalizer:
-    """Remove Kueue's finalizer (`gang.FINALIZER`, at `index` of `metadata.finalizers`) from a member pod the
+    """Remove Kueue's finalizer (`Kueue.FINALIZER`, at `index` of `metadata.finalizers`) from a member pod the
     operator deleted and whose containers have ended, and nothing else; only if the pod still has `uid` and
     the entry at `index` is that finalizer (a JSON patch's `test` ops). NotFound and a failed test are
     success."""

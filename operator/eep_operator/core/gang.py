@@ -26,15 +26,10 @@ from collections.abc import Iterable
 
 from eep_contract.v1alpha1 import ElasticEPClusterSpec, Kueue
 
-QUEUE_LABEL = Kueue.QUEUE_LABEL
-POD_GROUP_LABEL = Kueue.POD_GROUP_LABEL
-POD_GROUP_TOTAL_ANNOTATION = Kueue.POD_GROUP_TOTAL_ANNOTATION
-FINALIZER = Kueue.FINALIZER
-
 
 def queued(spec: ElasticEPClusterSpec) -> bool:
     """Whether the cluster's pods go through a Kueue LocalQueue."""
-    return QUEUE_LABEL in spec.template.metadata.labels
+    return Kueue.QUEUE_LABEL in spec.template.metadata.labels
 
 
 def new_group_name(cluster: str, epoch: int) -> str:
@@ -45,6 +40,6 @@ def new_group_name(cluster: str, epoch: int) -> str:
 def finalizer_to_release(finalizers: Iterable[str]) -> int | None:
     """The index of Kueue's finalizer in a pod's `metadata.finalizers`, or None."""
     for i, name in enumerate(finalizers):
-        if name == FINALIZER:
+        if name == Kueue.FINALIZER:
             return i
     return None

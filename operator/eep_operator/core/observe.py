@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from eep_contract.v1alpha1 import ENGINE_CONTAINER, GROUP, KIND, Annotations, Labels
-from eep_operator.core import gang
+from eep_contract.v1alpha1 import ENGINE_CONTAINER, GROUP, KIND, Annotations, Kueue, Labels
 
 Obj = Mapping[str, Any]
 
@@ -69,7 +68,7 @@ class PodObs:
     owner_uid: str | None = None
     """uid of the pod's controller ownerReference (the ElasticEPCluster that created it), if any."""
     pod_group: str | None = None
-    """The Kueue pod group the pod belongs to (`gang.POD_GROUP_LABEL`), if any."""
+    """The Kueue pod group the pod belongs to (`Kueue.POD_GROUP_LABEL`), if any."""
     revision: str | None = None
     """The spec revision it was rendered from (`Annotations.REVISION`); None on pods of older operators."""
 
@@ -195,7 +194,7 @@ def observe_pod(pod: Obj) -> PodObs | None:
         ip=status.get("podIP") or None,
         epoch=_int(annotations.get(Annotations.EPOCH), 0),
         finalizers=tuple(meta.get("finalizers") or ()),
-        pod_group=labels.get(gang.POD_GROUP_LABEL) or None,
+        pod_group=labels.get(Kueue.POD_GROUP_LABEL) or None,
         revision=annotations.get(Annotations.REVISION) or None,
         waiting_reason=waiting_reason,
         waiting_message=waiting_message,

@@ -30,12 +30,12 @@ from eep_contract.v1alpha1 import (
     ElasticEPClusterSpec,
     EngineName,
     EngineSpec,
+    Kueue,
     Labels,
     SGLangJoinFlag,
     SGLangOptions,
     SGLangReleases,
 )
-from eep_operator.core import gang
 
 Manifest = dict[str, Any]
 
@@ -198,9 +198,12 @@ def member_env(spec: ElasticEPClusterSpec, cluster: str, namespace: str, index: 
     )
 
 
-def _env(spec: ElasticEPClusterSpec, cluster: str, namespace: str, index: int) -> list[Manifest]:
-    """The contract's variables first, then the template's own (a variable may refer to the contract's as
-    `$(EEP_...)`, which Kubernetes expands only for variables defined before it)."""
+def _env(
+    spec: ElasticEPClusterSpec, cluster: str, namespace: str, index: int, theirs: list[Manifest]
+) -> list[Manifest]:
+    """The contract's variables first, then `theirs` (the engine container's own, from the rendered pod's
+    copy of the template): a variable may refer to the contract's as `$(EEP_...)`, which Kubernetes expands
+    only for variables defined before it."""
     plain = member_env(spec, cluster, namespace, index).to_env()
     env: list[Manifest] = [{"name": k, "value": v} for k, v in plain.items()]
     if spec.elastic_ep.force_tcp:
@@ -208,7 +211,7 @@ def _env(spec: ElasticEPClusterSpec, cluster: str, namespace: str, index: int) -
     env += [{"name": k, "valueFrom": {"fieldRef": {"fieldPath": path}}} for k, path in FIELD_REFS.items()]
     ours = {e["name"] for e in env}
     # The schema rejects the contract's names in the template; MC_FORCE_TCP follows `elasticEP.forceTCP`.
-    env += [copy.deepcopy(e) for e in spec.template.engine_env() if e.get("name") not in ours]
+    env += [e for e in theirs if e.get("name") not in ours]
     return env
 
 
@@ -224,15 +227,15 @@ def member_labels(cluster: str, spec: ElasticEPClusterSpec, index: int) -> dict[
     }
 
 
-def _engine_container(
-    spec: ElasticEPClusterSpec, cluster: str, namespace: str, index: int, *, join: bool
-) -> Manifest:
-    """The template's engine container with what the operator owns set (module docstring, "The template")."""
-    container: Manifest = copy.deepcopy(spec.template.engine_container()) or {"name": ENGINE_CONTAINER}
+def _set_engine(
+    container: Manifest, spec: ElasticEPClusterSpec, cluster: str, namespace: str, index: int, *, join: bool
+) -> None:
+    """Set what the operator owns on the engine container (the rendered pod's copy of the template's), in
+    place (module docstring, "The template")."""
     engine = engine_command(spec, cluster, namespace, index, join=join)
     container["image"] = spec.image
     container["args" if container.get("command") else "command"] = engine
-    container["env"] = _env(spec, cluster, namespace, index)
+    container["env"] = _env(spec, cluster, namespace, index, container.get("env") or [])
     http: Manifest = {"name": "http", "containerPort": spec.engine.port, "protocol": "TCP"}
     theirs = [
         p
@@ -243,7 +246,6 @@ def _engine_container(
     for probe, default in _probes(spec, index).items():
         container.setdefault(probe, default)
     container.setdefault("terminationMessagePolicy", "FallbackToLogsOnError")
-    return container
 
 
 def render_pod(
@@ -266,12 +268,11 @@ def render_pod(
     tpl = spec.template
     pod_spec: Manifest = copy.deepcopy(tpl.spec)
     containers: list[Manifest] = list(pod_spec.get("containers") or [])
-    engine = _engine_container(spec, cluster, namespace, index, join=join)
-    at = next((i for i, c in enumerate(containers) if c.get("name") == ENGINE_CONTAINER), None)
-    if at is None:
+    engine = next((c for c in containers if c.get("name") == ENGINE_CONTAINER), None)
+    if engine is None:
+        engine = {"name": ENGINE_CONTAINER}
         containers.insert(0, engine)
-    else:
-        containers[at] = engine
+    _set_engine(engine, spec, cluster, namespace, index, join=join)
     pod_spec |= {
         "containers": containers,
         "restartPolicy": "Never",
@@ -288,8 +289,8 @@ def render_pod(
     if revision is not None:
         annotations[Annotations.REVISION] = revision
     if pod_group is not None:
-        labels[gang.POD_GROUP_LABEL] = pod_group
-        annotations[gang.POD_GROUP_TOTAL_ANNOTATION] = str(spec.nodes)
+        labels[Kueue.POD_GROUP_LABEL] = pod_group
+        annotations[Kueue.POD_GROUP_TOTAL_ANNOTATION] = str(spec.nodes)
     return {
         "apiVersion": "v1",
         "kind": "Pod",

@@ -12,8 +12,8 @@ import contextlib
 import logging
 from datetime import datetime
 
+from eep_contract.v1alpha1 import Kueue
 from eep_operator.core import actions as A
-from eep_operator.core import gang
 from eep_operator.io.events import ClusterRef, EventSink
 from eep_operator.io.kube import AlreadyExistsError, ConflictError, KubeClient, NotFoundError
 from eep_operator.metrics import OperatorMetrics
@@ -63,7 +63,7 @@ class Executor:
             # again.
             with contextlib.suppress(NotFoundError, ConflictError):
                 self.kube.release_pod_finalizer(
-                    ref.namespace, action.name, action.uid, action.index, gang.FINALIZER
+                    ref.namespace, action.name, action.uid, action.index, Kueue.FINALIZER
                 )
             log.info(
                 "released Kueue's finalizer of pod %s (member %d)", action.name, action.member,
