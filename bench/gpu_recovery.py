@@ -23,8 +23,8 @@ Imports only torch, mooncake (in the rank processes), pydantic and this reposito
 (contract, worker, hack, testkit: what a GPU machine carries), none of them needing pyzmq, kubernetes,
 prometheus_client, PyYAML or rich at import time; torch is imported once the environment is set.
 Bounded (`--deadline-s`, default 330 s); the JSON is written whatever happens, with `ok` and `error`.
-Environment for GPUs is set here: LD_PRELOAD (system libstdc++),
-MOONCAKE_PG_PREFERRED_GPU_COLLECTIVE_BACKEND=new, MC_FORCE_TCP=true; `--no-p2p` adds
+Environment for GPUs is set here: LD_PRELOAD (system libstdc++), MC_FORCE_TCP=true,
+MOONCAKE_PG_PREFERRED_GPU_COLLECTIVE_BACKEND (`--gpu-collectives`, default new); `--no-p2p` adds
 MOONCAKE_PG_DISABLE_P2P_ROUTE=1 (the route members on different hosts take without RDMA: host-proxy); on CPU,
 what `hack/setup-mooncake-cpu.sh` wrote into the venv's mooncake-cpu.env.
 
@@ -64,7 +64,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from eep_contract.env import DataPath
+from eep_contract.env import GPU_COLLECTIVES_ENV, DataPath, GpuCollectives
 from eep_contract.pause import DEFAULT_TAIL_TIMEOUT_S
 from eep_testkit.envfile import mooncake_cpu_env
 from eep_testkit.ports import free_port
@@ -477,6 +477,7 @@ class Run:
             subgroups=a.subgroups == "column",
             warmup_delay_s=a.warmup_delay_s,
             data_path=DataPath(a.data_path.capitalize()),
+            gpu_collectives=GpuCollectives(a.gpu_collectives),
         )
 
     def start_member(self, member: int, rejoin: bool, measure: bool) -> None:
@@ -748,7 +749,7 @@ def _environment(a: argparse.Namespace) -> dict[str, str]:
     if a.no_p2p:
         env["MOONCAKE_PG_DISABLE_P2P_ROUTE"] = "1"
     if a.backend == "mooncake":
-        env["MOONCAKE_PG_PREFERRED_GPU_COLLECTIVE_BACKEND"] = "new"
+        env[GPU_COLLECTIVES_ENV] = a.gpu_collectives
         if Path(LIBSTDCXX).exists():
             env["LD_PRELOAD"] = LIBSTDCXX
     else:
@@ -778,6 +779,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="MOONCAKE_PG_DISABLE_P2P_ROUTE=1 in the ranks' environment: the device collectives leave the "
         "peer-to-peer route (as between hosts)",
+    )
+    p.add_argument(
+        "--gpu-collectives",
+        default="new",
+        choices=[g.value for g in GpuCollectives],
+        help=f"Mooncake's GPU collectives ({GPU_COLLECTIVES_ENV}): new (V2 device kernels) or legacy (run by "
+        "its host worker thread)",
     )
     p.add_argument("--collective-timeout-s", type=float, default=0.25)
     p.add_argument(

@@ -35,6 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from eep_contract.env import GPU_COLLECTIVES_ENV, GpuCollectives
 from eep_localcluster.procs import free_port
 
 VARIANTS = ("default", "sync-first", "own-stream", "pinned-event")
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
 
     env = {"MC_FORCE_TCP": "true", "MC_TCP_PROGRESS_TIMEOUT_SEC": str(int(args.progress_timeout_s))}
     if not args.cpu:
-        env["MOONCAKE_PG_PREFERRED_GPU_COLLECTIVE_BACKEND"] = "new"
+        env[GPU_COLLECTIVES_ENV] = GpuCollectives.NEW.value
         if Path(LIBSTDCXX).exists():
             env["LD_PRELOAD"] = LIBSTDCXX
     if args.route == "host-proxy":

@@ -8,6 +8,8 @@ round-trips both (`tests/contract/test_env.py`), so the two halves cannot drift.
   timeouts, port, data path). Rendered as plain values.
 - `DataPath`: the values of `MemberEnv.data_path` and of the CR's `spec.elasticEP.dataPath` (one enum for
   both; defined here, without pydantic, so the worker's settings and the GPU benchmark can import it).
+- `GpuCollectives`: which of Mooncake's GPU collectives a rank process uses (Mooncake's own variable,
+  `GPU_COLLECTIVES_ENV`, a tuning knob; the worker's default is not Mooncake's).
 - `POD_IP` / `POD_NAME`: filled by the kubelet from the downward API (`FIELD_REFS`).
 - `TuningEnv`: knobs of the reference worker that the operator never sets (a user may, through the template's
   env); each has the worker's default.
@@ -25,11 +27,13 @@ from eep_contract.pause import DEFAULT_TAIL_TIMEOUT_S
 
 __all__ = [
     "FIELD_REFS",
+    "GPU_COLLECTIVES_ENV",
     "NODE_NAME",
     "POD_IP",
     "POD_NAME",
     "DataPath",
     "EnvError",
+    "GpuCollectives",
     "MemberEnv",
     "TuningEnv",
     "contract_names",
@@ -72,6 +76,23 @@ class DataPath(StrEnum):
     """Each combine through pinned host memory on the CPU world group: device to host copy, one host sync, the
     all-reduce on Mooncake's CPU backend, host to device copy. Works where the device route does not (hosts
     without RDMA or peer-to-peer); costs a host sync per combine."""
+
+
+GPU_COLLECTIVES_ENV = "MOONCAKE_PG_PREFERRED_GPU_COLLECTIVE_BACKEND"
+"""Mooncake's own variable, read whenever a GPU process group is created (`mooncake_backend.cpp`)."""
+
+
+class GpuCollectives(StrEnum):
+    """Mooncake's GPU collectives (`GPU_COLLECTIVES_ENV`); `TuningEnv.gpu_collectives`, default `NEW`."""
+
+    NEW = "new"
+    """Mooncake's V2 device kernels. Their timeout is fixed when the group is created and a timeout counts as
+    a failure, so after a death each device combine costs that timeout (`eep_contract.pause`). The only GPU
+    collectives measured to keep serving without RDMA (docs/known-issues.md): the worker's default."""
+    LEGACY = "legacy"
+    """Mooncake's default when the variable is unset: a kernel hands each collective to the host worker
+    thread, which moves the data through the transfer engine. Without RDMA (TCP) the first collective after
+    start-up stalled for 30 s on 2 H200s, mooncake-transfer-engine-cuda13 0.3.14 (docs/known-issues.md)."""
 
 
 class EnvError(ValueError):
@@ -215,8 +236,12 @@ class TuningEnv(_Env):
     device_timeout_s: float = _var("EEP_DEVICE_COLLECTIVE_TIMEOUT_S", 0.0)
     """GPU device groups' creation-time collective timeout, seconds; 0: the collective timeout. Experimental:
     Mooncake's device collectives count a timeout as a failure."""
+    gpu_collectives: GpuCollectives = _var(GPU_COLLECTIVES_ENV, GpuCollectives.NEW)  # noqa: RUF009
+    """Mooncake's GPU collectives; the worker sets Mooncake's variable to this in every rank process, so
+    Mooncake's own default (`GpuCollectives.LEGACY`) applies only where a user asks for it."""
 
 
 def contract_names() -> frozenset[str]:
-    """Every `EEP_*` name of the pod contract: rendered, downward-API and tuning."""
+    """Every variable name of the pod contract: rendered, downward-API and tuning (all `EEP_*` but
+    Mooncake's `GPU_COLLECTIVES_ENV`)."""
     return frozenset([*MemberEnv.names().values(), *FIELD_REFS, *TuningEnv.names().values()])

@@ -97,12 +97,19 @@ def recovery_pause(
 
 
 def combine_timeout(
-    *, backend: str, data_path: str, collective_timeout_s: float, device_timeout_s: float = 0.0
+    *,
+    backend: str,
+    data_path: str,
+    collective_timeout_s: float,
+    device_timeout_s: float = 0.0,
+    gpu_collectives: str = "new",
 ) -> float | None:
     """What a combine costs after a failure where the tail does not reach it (`recovery_pause`'s
-    ``combine_timeout_s``): on GPUs (backend ``mooncake``) with a data path other than ``Staged``, the device
-    groups' creation-time timeout (``device_timeout_s``, 0: the collective timeout); None on mooncake-cpu and
-    on the staged path, whose combines are CPU collectives. ``data_path``: a `DataPath` value."""
-    if backend != "mooncake" or data_path == "Staged":
+    ``combine_timeout_s``): on GPUs (backend ``mooncake``) with Mooncake's V2 device collectives
+    (``gpu_collectives`` ``new``: `eep_contract.env.GpuCollectives`) and a data path other than ``Staged``,
+    the device groups' creation-time timeout (``device_timeout_s``, 0: the collective timeout); None on
+    mooncake-cpu, on the staged path (CPU collectives) and with Mooncake's legacy GPU collectives (run by its
+    host worker thread, which the tail reaches). ``data_path``: a `DataPath` value."""
+    if backend != "mooncake" or data_path == "Staged" or gpu_collectives != "new":
         return None
     return device_timeout_s or collective_timeout_s

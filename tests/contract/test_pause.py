@@ -46,18 +46,26 @@ def test_device_combines_keep_their_own_timeout() -> None:
 
 
 @pytest.mark.parametrize(
-    ("backend", "path", "device", "expected"),
+    ("backend", "path", "device", "collectives", "expected"),
     [
-        ("mooncake-cpu", "Auto", 0.0, None),
-        ("mooncake", "Staged", 0.0, None),
-        ("mooncake", "Auto", 0.0, 0.5),
-        ("mooncake", "Device", 0.05, 0.05),
+        ("mooncake-cpu", "Auto", 0.0, "new", None),
+        ("mooncake", "Staged", 0.0, "new", None),
+        ("mooncake", "Auto", 0.0, "new", 0.5),
+        ("mooncake", "Device", 0.05, "new", 0.05),
+        # Mooncake's legacy GPU collectives run on its host worker thread, which the tail reaches.
+        ("mooncake", "Device", 0.05, "legacy", None),
     ],
 )
 def test_which_combines_the_tail_reaches(
-    backend: str, path: str, device: float, expected: float | None
+    backend: str, path: str, device: float, collectives: str, expected: float | None
 ) -> None:
-    got = combine_timeout(backend=backend, data_path=path, collective_timeout_s=0.5, device_timeout_s=device)
+    got = combine_timeout(
+        backend=backend,
+        data_path=path,
+        collective_timeout_s=0.5,
+        device_timeout_s=device,
+        gpu_collectives=collectives,
+    )
     assert got == expected
 
 

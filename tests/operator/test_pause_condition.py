@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from operator_builders import observed, t
 
+from eep_contract.env import GPU_COLLECTIVES_ENV
 from eep_contract.pause import recovery_pause
 from eep_contract.v1alpha1 import (
     ConditionStatus,
@@ -54,6 +55,22 @@ def spec(
         ),
         (
             spec(61, template=crs.pod_template(env={"EEP_TAIL_TIMEOUT_S": "soon"})),
+            ConditionStatus.UNKNOWN,
+            "InvalidTuning",
+        ),
+        # Mooncake's legacy GPU collectives, asked for in the template: the tail reaches their combines.
+        (
+            spec(
+                61,
+                timeout=1.0,
+                elasticEP={"backend": "mooncake"},
+                template=crs.pod_template(env={GPU_COLLECTIVES_ENV: "legacy"}),
+            ),
+            ConditionStatus.TRUE,
+            "WithinBound",
+        ),
+        (
+            spec(61, template=crs.pod_template(env={GPU_COLLECTIVES_ENV: "v3"})),
             ConditionStatus.UNKNOWN,
             "InvalidTuning",
         ),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from eep_contract.env import DataPath, TuningEnv
+from eep_contract.env import GPU_COLLECTIVES_ENV, DataPath, GpuCollectives, TuningEnv
 from eep_contract.pause import recovery_pause
 from eep_worker.settings import parse
 
@@ -43,3 +43,18 @@ def test_the_window_is_the_contract_formula(
     # The old sizing, (layers + 2) x collective timeout + 1 s, was 16.75 s here.
     if combine is None:
         assert s.fence_window_s < 2.0
+
+
+def test_the_worker_chooses_mooncakes_v2_gpu_collectives_unless_told_otherwise() -> None:
+    """Mooncake's own default, when its variable is unset, is its legacy GPU collectives, which stalled on
+    the first collective after start-up on 2 H200s without RDMA (docs/known-issues.md); a member pod rendered
+    by the operator does not set the variable, so the worker's default decides."""
+    gpu = ["serve", "--backend", "mooncake", "--data-path", "Device", "--collective-timeout-s", "0.25"]
+    s = parse(gpu, {})
+    assert s.gpu_collectives is GpuCollectives.NEW
+    assert s.combine_timeout_s == 0.25
+    legacy = parse(gpu, {GPU_COLLECTIVES_ENV: "legacy"})
+    assert legacy.gpu_collectives is GpuCollectives.LEGACY
+    assert legacy.combine_timeout_s is None
+    with pytest.raises(SystemExit, match="MOONCAKE_PG_PREFERRED_GPU_COLLECTIVE_BACKEND='v3' is not a valid"):
+        parse(gpu, {GPU_COLLECTIVES_ENV: "v3"})

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from mooncake import pg as _pg
+
+from eep_contract.env import GPU_COLLECTIVES_ENV, GpuCollectives
 
 __all__ = ["Mooncake", "RecoverResult"]
 
@@ -32,8 +35,17 @@ class RecoverResult:
 class Mooncake:
     """Process-wide Mooncake settings and calls. One instance per rank process."""
 
-    def configure(self, *, host_ip: str, collective_timeout_s: float, reconcile_window_s: float) -> None:
-        """Must run before the first process group is created (Mooncake reads these at backend creation)."""
+    def configure(
+        self,
+        *,
+        host_ip: str,
+        collective_timeout_s: float,
+        reconcile_window_s: float,
+        gpu_collectives: GpuCollectives = GpuCollectives.NEW,
+    ) -> None:
+        """Must run before the first process group is created (Mooncake reads these at backend creation,
+        ``gpu_collectives`` from its environment variable, which this sets for the process)."""
+        os.environ[GPU_COLLECTIVES_ENV] = gpu_collectives.value
         _pg.set_host_ip(host_ip)
         _pg.set_collective_timeout_us(round(collective_timeout_s * 1e6))
         _pg.set_fault_reconciliation_window_us(round(reconcile_window_s * 1e6))

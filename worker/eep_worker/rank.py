@@ -156,6 +156,7 @@ class RankRuntime:
             host_ip=s.pod_ip,
             collective_timeout_s=s.timeouts.collective_timeout_s,
             reconcile_window_s=window,
+            gpu_collectives=s.gpu_collectives,
         )
         store = dist.TCPStore(  # type: ignore[attr-defined]
             c.coordinator_host,

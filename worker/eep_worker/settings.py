@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from eep_contract.env import NODE_NAME, POD_IP, DataPath, EnvError, MemberEnv, TuningEnv
+from eep_contract.env import NODE_NAME, POD_IP, DataPath, EnvError, GpuCollectives, MemberEnv, TuningEnv
 from eep_contract.pause import DEFAULT_TAIL_TIMEOUT_S, RecoveryPause, combine_timeout, recovery_pause
 
 __all__ = ["PROBE_COLLECTIVES", "ClusterSettings", "ModelSettings", "Settings", "TimeoutSettings", "parse"]
@@ -106,6 +106,8 @@ class Settings:
     """Simulated weight-load time before a rank joins or reports Ready (benchmarks of time to capacity)."""
     data_path: DataPath = DataPath.AUTO
     """How the combines travel: `Auto` probes the device route and falls back to `Staged` (`datapath.py`)."""
+    gpu_collectives: GpuCollectives = GpuCollectives.NEW
+    """Mooncake's GPU collectives in every rank process (`Mooncake.configure` sets Mooncake's variable)."""
     node_name: str = ""
     """The node this pod runs on (`EEP_NODE_NAME`, downward API); empty when not known."""
     rdma: bool = False
@@ -122,6 +124,7 @@ class Settings:
             data_path=self.data_path,
             collective_timeout_s=t.collective_timeout_s,
             device_timeout_s=t.device_timeout_s,
+            gpu_collectives=self.gpu_collectives.value,
         )
 
     @property
@@ -332,6 +335,7 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
         idle_step_s=a.idle_step_s,
         warmup_delay_s=a.warmup_delay_s,
         data_path=a.data_path,
+        gpu_collectives=TuningEnv.from_env(env).gpu_collectives,
         node_name=a.node_name,
         rdma=a.rdma,
         subgroups=a.subgroups == "column" or (a.subgroups == "auto" and a.backend == "mooncake"),

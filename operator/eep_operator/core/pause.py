@@ -5,7 +5,7 @@ Called by the planner on every plan (`planner._set_conditions`). The formula is 
 with, so the condition and the worker cannot disagree about the same settings. Inputs: `engine.modelLayers`,
 `elasticEP` (backend, data path, collective timeout, window) and the reference worker's tuning variables that
 a user may set as literal values in the engine container's env in `spec.template` (`EEP_TAIL_TIMEOUT_S`,
-`EEP_DEVICE_COLLECTIVE_TIMEOUT_S`).
+`EEP_DEVICE_COLLECTIVE_TIMEOUT_S`, Mooncake's `MOONCAKE_PG_PREFERRED_GPU_COLLECTIVE_BACKEND`).
 
 Unknown when the pause cannot be computed: no `engine.modelLayers` (the depth is what the pause grew with,
 issue #14), engine `sglang` (SGLang recovers through its own path, which this formula does not describe), or a
@@ -68,6 +68,7 @@ def verdict(spec: ElasticEPClusterSpec) -> PauseVerdict:
         data_path=ep.data_path.value,
         collective_timeout_s=t,
         device_timeout_s=tuning.device_timeout_s,
+        gpu_collectives=tuning.gpu_collectives.value,
     )
     p = recovery_pause(
         layers=layers,
