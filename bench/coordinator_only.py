@@ -34,6 +34,10 @@ Cases (each a fresh set of processes):
   the group's task count (the parity of the buffer pair a collective uses) on every view change but not the
   in-flight collective's, so the next heartbeat pairs buffers of different parity and hangs. With
   ``--heartbeat-gated`` rank 0 enters heartbeat n only once a serving rank has announced it in the store.
+- ``--planner`` (results in bench/results/coordinator_only_planner.json): rank 0 keeps the planner, as the
+  worker's leader (`run_planner`): it broadcasts each step's plan on the world group, the serving ranks run
+  the step, and the lowest live serving rank broadcasts the answer back on the world group; rank 0 checks it
+  and plans the same request again after a FENCE when the step was not trusted. Cases A, B and C.
 - D: today's layout for contrast: ranks 0..N all serve on the world group; rank 0 is SIGKILLed; after a
   while a replacement rank 0 starts its own TCPStore and coordinator.
 
@@ -92,6 +96,7 @@ class Child:
     incarnation: int
     heartbeat_steps: int = 0  # 0: no world-group heartbeat
     heartbeat_gated: bool = False  # rank 0 enters heartbeat n only once a serving rank announced it
+    planner: bool = False  # rank 0 plans every step (`run_planner`)
 
     @property
     def world_size(self) -> int:
@@ -422,6 +427,282 @@ def run_server(c: Child) -> None:
     os._exit(0)
 
 
+# ---------------------------------------------------------------------------------------- planner layout
+
+BATCH, FENCE, RECOVER = 0, 1, 2
+HEAD = 4
+"""A plan: [kind, step, request, output rank, live mask over the world...] (float64)."""
+ANSWER_HEAD = 3
+"""An answer: [sum, step x live, success, failure-hint mask over the world...] (float64)."""
+
+
+def _mask(ranks: set[int], world_size: int) -> list[float]:
+    return [1.0 if r in ranks else 0.0 for r in range(world_size)]
+
+
+def _ranks(mask: list[float]) -> set[int]:
+    return {r for r, v in enumerate(mask) if v >= 0.5}
+
+
+def _expected(live: set[int], step: int) -> list[float]:
+    return [float(sum(r + 1 for r in live)), float(step * len(live))]
+
+
+def _bcast(t: torch.Tensor, src: int, group: Any, mc: Mooncake) -> tuple[bool, list[int]]:
+    """One broadcast on ``group`` from global rank ``src``; (this rank's success, failed group ranks)."""
+    work = dist.broadcast(t, src=src, group=group, async_op=True)
+    assert work is not None
+    work.wait()
+    ok = mc.local_success(work)
+    return ok, [] if ok else mc.failed_ranks(work)
+
+
+def run_planner(c: Child) -> None:
+    """Rank 0 in the planner layout (``--planner``): hosts the store and the coordinator and plans every
+    step, as the worker's leader does, but serves nothing. Each step it broadcasts the plan on the world
+    group; for a BATCH step the lowest live serving rank (the output rank) broadcasts the answer back on the
+    world group, with its own success and failure hint. A step is answered only when both broadcasts and the
+    output rank's step succeeded and the world view did not change; otherwise the same request is planned
+    again, after a FENCE naming the ranks seen failing. So the request in flight when the output rank dies is
+    answered by the next one: no takeover, nothing lost."""
+    from eep_worker.mooncake import Mooncake  # noqa: PLC0415  (as in run_coordinator)
+
+    mc = Mooncake()
+    mc.configure(host_ip=HOST, collective_timeout_s=c.collective_timeout_s, reconcile_window_s=c.window_s)
+    store = _store(c, master=True)
+    world, _ = _groups(c, mc, store, extension=False)
+    c.emit("ready")
+    w = c.world_size
+    live, suspects = set(c.serving), set[int]()
+    step = req = answered = wrong = 0
+    resumed_pending = False
+    last_world = _active(mc, world)
+    deadline = time.monotonic() + CHILD_DEADLINE_S
+    while not c.stopped() and time.monotonic() < deadline:
+        step += 1
+        joiners = set[int]()
+        if not suspects and step % 20 == 0:
+            missing = sorted(set(c.serving) - live)
+            if missing and mc.peer_ready(world, missing):
+                joiners = set(missing)
+        if suspects:
+            kind, plan_live = FENCE, live - suspects
+        elif joiners:
+            kind, plan_live = RECOVER, live | joiners
+        else:
+            kind, plan_live = BATCH, live
+        out = min(plan_live)
+        plan = torch.tensor([kind, step, req, out, *_mask(plan_live, w)], dtype=torch.float64)
+        before = _active(mc, world)
+        ok_p, hint_p = _bcast(plan, 0, world, mc)
+        if kind == FENCE:
+            c.emit("parked", step=step, suspects=sorted(suspects))
+            end = time.monotonic() + 45.0
+            while time.monotonic() < end and any(_active(mc, world)[s] for s in suspects):
+                time.sleep(0.005)
+            c.emit("view", active=_active(mc, world))
+            mc.set_collective_timeout(c.collective_timeout_s)
+            live, suspects, resumed_pending = plan_live, set(), True
+        elif kind == RECOVER:
+            for j in joiners:
+                store.set(f"coordonly/pjoin/{j}", json.dumps({"step": step, "live": sorted(plan_live)}))
+            rw = mc.recover_ranks(world, sorted(joiners))
+            c.emit("recovered", world=[rw.status, rw.reason, 0.0], serving=["-", "", 0.0], step=step)
+            live, resumed_pending = plan_live, True
+        else:
+            ans = torch.zeros(ANSWER_HEAD + w, dtype=torch.float64)
+            ok_a, hint_a = _bcast(ans, out, world, mc)
+            now = _active(mc, world)
+            trusted = ok_p and ok_a and ans[2].item() >= 0.5 and now == before
+            if trusted:
+                got = [float(v) for v in ans[:2].tolist()]
+                if got != _expected(plan_live, step):
+                    wrong += 1
+                    c.emit("wrong", step=step, got=got, want=_expected(plan_live, step))
+                else:
+                    answered += 1
+                    req += 1
+                    if resumed_pending:
+                        c.emit("resumed", step=step, active=now)
+                        resumed_pending = False
+            else:
+                failed = set(hint_p) | set(hint_a) | {r for r, a in enumerate(now) if not a}
+                if ok_a:
+                    failed |= _ranks([float(v) for v in ans[ANSWER_HEAD:].tolist()])
+                failed = (failed - {0}) & live
+                c.emit("untrusted", step=step, req=req, failed=sorted(failed), active=now)
+                if failed:
+                    suspects = failed
+                    mc.set_collective_timeout(c.tail_timeout_s)
+        now = _active(mc, world)
+        if now != last_world:
+            c.emit("world_mirror", active=now, step=step)
+            last_world = now
+        if step % 200 == 0:
+            c.emit("planner", step=step, answered=answered, requests=req, wrong=wrong)
+        time.sleep(PACE_S)
+    c.emit("final", step=step, wrong=wrong, steps_ok=answered, answered=answered, requests=req, active=live)
+    os._exit(0)
+
+
+class PlannedServer:
+    """A serving rank in the planner layout: executes every plan rank 0 broadcasts (`run_planner`). Its own
+    check: the serving group's all-reduce must equal what the plan's live set implies."""
+
+    def __init__(self, c: Child, mc: Mooncake, store: Any, *, world: Any, group: Any, live: set[int]) -> None:
+        self.c, self.mc, self.store, self.world, self.group = c, mc, store, world, group
+        self.live = live
+        self.local = c.serving.index(c.rank)
+        self.wrong = self.steps_ok = 0
+        self.step = 0
+        self.resumed_pending = False
+        self.tail = False
+
+    def failed(self, hint: list[int]) -> None:
+        if not self.tail:
+            self.tail = True
+            self.mc.set_collective_timeout(self.c.tail_timeout_s)
+            self.c.emit("detected", step=self.step, hint=hint, active=_active(self.mc, self.group))
+
+    def run(self) -> None:
+        c, mc, w = self.c, self.mc, self.c.world_size
+        deadline = time.monotonic() + CHILD_DEADLINE_S
+        while not c.stopped() and time.monotonic() < deadline:
+            plan = torch.zeros(HEAD + w, dtype=torch.float64)
+            try:
+                ok_p, hint_p = _bcast(plan, 0, self.world, mc)
+            except RuntimeError as e:
+                c.emit("collective_error", step=self.step, error=str(e)[:300])
+                return
+            vals = [float(v) for v in plan.tolist()]
+            if not ok_p:
+                if 0 in hint_p or not _active(mc, self.world)[0]:
+                    c.emit("leader_lost", step=self.step)
+                    return
+                self.failed(hint_p)
+            # A broadcast that saw a dead peer may still have delivered rank 0's plan: used when whole (the
+            # next step, a known kind), as the worker's plan decoder does.
+            if int(vals[1]) == self.step + 1 and int(vals[0]) in (BATCH, FENCE, RECOVER):
+                kind, self.step, out = int(vals[0]), int(vals[1]), int(vals[3])
+                plan_live = _ranks(vals[HEAD:])
+            else:
+                # Torn: keep in step with the others as a BATCH over the live set this rank knows.
+                c.emit("torn_plan", step=self.step)
+                kind, self.step, out, plan_live = BATCH, self.step + 1, min(self.live), set(self.live)
+            if kind == FENCE:
+                if not self.fence(self.live - plan_live, deadline):
+                    return
+                self.live, self.resumed_pending = plan_live, True
+                continue
+            if kind == RECOVER:
+                self.recover(plan_live - self.live, plan_live)
+                self.live, self.resumed_pending = plan_live, True
+                continue
+            self.batch(out, plan_live)
+            time.sleep(PACE_S / 2)
+        c.emit(
+            "final", step=self.step, wrong=self.wrong, steps_ok=self.steps_ok, active=_active(mc, self.group)
+        )
+
+    def batch(self, out: int, plan_live: set[int]) -> None:
+        c, mc, w = self.c, self.mc, self.c.world_size
+        mine = c.rank in plan_live
+        t = torch.tensor(
+            [c.rank + 1.0 if mine else 0.0, float(self.step) if mine else 0.0], dtype=torch.float64
+        )
+        work = dist.all_reduce(t, group=self.group, async_op=True)
+        assert work is not None
+        work.wait()
+        ok = mc.local_success(work)
+        hint = [] if ok else [c.serving[i] for i in mc.failed_ranks(work)]
+        if not ok:
+            self.failed(hint)
+        got = [float(v) for v in t.tolist()]
+        ans = torch.zeros(ANSWER_HEAD + w, dtype=torch.float64)
+        if c.rank == out:
+            ans[:2] = torch.tensor(got, dtype=torch.float64)
+            ans[2] = 1.0 if ok else 0.0
+            ans[ANSWER_HEAD:] = torch.tensor(_mask(set(hint), w), dtype=torch.float64)
+        ok_a, hint_a = _bcast(ans, out, self.world, mc)
+        if not ok_a:
+            self.failed(hint_a)
+        if not ok:
+            return
+        if got != _expected(plan_live, self.step):
+            self.wrong += 1
+            c.emit("wrong", step=self.step, got=got, want=_expected(plan_live, self.step))
+            return
+        self.steps_ok += 1
+        if self.resumed_pending:
+            c.emit("resumed", step=self.step, active=_active(mc, self.group))
+            self.resumed_pending = False
+        if self.step % 200 == 0:
+            c.emit("progress", step=self.step, wrong=self.wrong, active=_active(mc, self.group))
+
+    def fence(self, suspects: set[int], deadline: float) -> bool:
+        """Parked: until both groups show the suspects inactive (or this rank itself)."""
+        c, mc = self.c, self.mc
+        c.emit("parked", step=self.step, suspects=sorted(suspects))
+        end = min(deadline, time.monotonic() + 45.0)
+        while time.monotonic() < end:
+            act, wact = _active(mc, self.group), _active(mc, self.world)
+            if not act[self.local] or not wact[c.rank]:
+                c.emit("self_deactivated", active=act, world=wact)
+                return False
+            if all(not act[c.serving.index(s)] and not wact[s] for s in suspects):
+                c.emit("view", active=act, world=wact)
+                mc.set_collective_timeout(c.collective_timeout_s)
+                self.tail = False
+                return True
+            time.sleep(0.005)
+        c.emit("view_timeout", active=_active(mc, self.group), world=_active(mc, self.world))
+        return False
+
+    def recover(self, joiners: set[int], plan_live: set[int]) -> None:
+        """A survivor: `recover_ranks` on the world group (rank 0 does too), then on the serving group."""
+        c, mc = self.c, self.mc
+        t0 = time.time()
+        rw = mc.recover_ranks(self.world, sorted(joiners))
+        t1 = time.time()
+        rs = mc.recover_ranks(self.group, [c.serving.index(j) for j in sorted(joiners)])
+        t2 = time.time()
+        c.emit("recovered", world=[rw.status, rw.reason, t1 - t0], serving=[rs.status, rs.reason, t2 - t1],
+               step=self.step)  # fmt: skip
+        c.emit("admitted", step=self.step, active=_active(mc, self.group))
+
+
+def run_planned_server(c: Child) -> None:
+    """A serving rank of the planner layout, or its replacement (role join), which joins the world group and
+    then the serving group and takes the step and live set rank 0 left for it in the store."""
+    from eep_worker.mooncake import Mooncake  # noqa: PLC0415  (as in run_coordinator)
+
+    torch.set_num_threads(1)
+    mc = Mooncake()
+    mc.configure(host_ip=HOST, collective_timeout_s=c.collective_timeout_s, reconcile_window_s=c.window_s)
+    joiner = c.role == "join"
+    store = _store(c, master=False)
+    t0 = time.time()
+    try:
+        world, group = _groups(c, mc, store, extension=joiner)
+    except RuntimeError as e:
+        c.emit("init_error", error=str(e)[:400])
+        os._exit(3)
+    c.emit("ready", init_s=time.time() - t0)
+    srv = PlannedServer(c, mc, store, world=world, group=group, live=set(c.serving))
+    if joiner:
+        t1 = time.time()
+        mc.join_group(world)
+        t2 = time.time()
+        mc.join_group(group)
+        t3 = time.time()
+        info = json.loads(store.get(f"coordonly/pjoin/{c.rank}"))
+        srv.step, srv.live, srv.resumed_pending = int(info["step"]), set(info["live"]), True
+        c.emit("joined", world_s=t2 - t1, serving_s=t3 - t2, active=_active(mc, group))
+        c.emit("admitted", step=srv.step, active=_active(mc, group))
+    srv.run()
+    os._exit(0)
+
+
 def child_main(argv: list[str]) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--role", required=True)
@@ -435,6 +716,7 @@ def child_main(argv: list[str]) -> None:
     p.add_argument("--incarnation", type=int, default=0)
     p.add_argument("--heartbeat-steps", type=int, default=0)
     p.add_argument("--heartbeat-gated", action="store_true")
+    p.add_argument("--planner", action="store_true")
     a = p.parse_args(argv)
     c = Child(
         a.role,
@@ -448,8 +730,12 @@ def child_main(argv: list[str]) -> None:
         a.incarnation,
         a.heartbeat_steps,
         a.heartbeat_gated,
+        a.planner,
     )
-    (run_coordinator if a.role in ("coord", "coord-join") else run_server)(c)
+    if a.planner:
+        (run_planner if a.role == "coord" else run_planned_server)(c)
+    else:
+        (run_coordinator if a.role in ("coord", "coord-join") else run_server)(c)
 
 
 # ---------------------------------------------------------------------------------------------- harness side
@@ -510,6 +796,7 @@ class Run:
             "--heartbeat-steps",
             str(self.a.heartbeat_steps),
             *(["--heartbeat-gated"] if self.a.heartbeat_gated else []),
+            *(["--planner"] if self.a.planner else []),
         ]
         log = (self.run_dir / f"rank{rank}.{incarnation}.log").open("wb")
         self.procs[(rank, incarnation)] = subprocess.Popen(
@@ -698,6 +985,14 @@ def one_run(case: str, n: int, a: argparse.Namespace, base: Path) -> dict[str, A
         ]
         ends = [e for e in evs if e["ev"] == "final"]
         out["wrong"] = sum(int(f["wrong"]) for f in ends)
+        counts = [e for e in evs if e["rank"] == 0 and e["ev"] in ("planner", "final") and "answered" in e]
+        out["planner_last"] = (
+            {k: counts[-1][k] for k in ("step", "answered", "requests", "wrong")} if counts else None
+        )
+        out["wrong"] += int(counts[-1]["wrong"]) if counts and counts[-1]["ev"] == "planner" else 0
+        out["untrusted"] = [
+            {k: e[k] for k in ("step", "req", "failed")} for e in evs if e["ev"] == "untrusted"
+        ][:8]
         out["steps_after_join"] = {f["rank"]: f["step"] for f in ends if f["rank"] in serving}
         errs = [
             e
@@ -830,6 +1125,12 @@ def main() -> None:
         help="rank 0 enters heartbeat n only once a serving rank announced it in the store (not in flight "
         "while the view changes)",
     )
+    p.add_argument(
+        "--planner",
+        action="store_true",
+        help="rank 0 plans every step and the lowest live serving rank broadcasts each answer back to it "
+        "(cases A, B, C)",
+    )
     p.add_argument("--out", type=Path, default=RESULT)
     p.add_argument("--append", action="store_true", help="add to the rows already in --out")
     a = p.parse_args()
@@ -862,6 +1163,7 @@ def _doc(a: argparse.Namespace, rows: list[dict[str, Any]]) -> dict[str, Any]:
             "pace_s": PACE_S,
             "heartbeat_steps": a.heartbeat_steps,
             "heartbeat_gated": a.heartbeat_gated,
+            "planner": a.planner,
         },
         "runs": rows,
     }
