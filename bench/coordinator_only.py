@@ -386,22 +386,29 @@ class Server:
         )
 
 
-def run_server(c: Child) -> None:
-    """A serving rank (role serve), or a replacement (role join) that joins every group first."""
+def _start_serving(c: Child, *, master: bool) -> tuple[Mooncake, Any, Any, Any]:
+    """A serving rank's start: Mooncake configured, the store, the world and serving groups (extension
+    groups for a replacement); reports `ready`, or `init_error` and exits 3."""
     from eep_worker.mooncake import Mooncake  # noqa: PLC0415  (as in run_coordinator)
 
     torch.set_num_threads(1)
     mc = Mooncake()
     mc.configure(host_ip=HOST, collective_timeout_s=c.collective_timeout_s, reconcile_window_s=c.window_s)
-    joiner = c.role == "join"
-    store = _store(c, master=c.rank == 0 and not joiner)
+    store = _store(c, master=master)
     t0 = time.time()
     try:
-        world, group = _groups(c, mc, store, extension=joiner)
+        world, group = _groups(c, mc, store, extension=c.role == "join")
     except RuntimeError as e:
         c.emit("init_error", error=str(e)[:400])
         os._exit(3)
     c.emit("ready", init_s=time.time() - t0)
+    return mc, store, world, group
+
+
+def run_server(c: Child) -> None:
+    """A serving rank (role serve), or a replacement (role join) that joins every group first."""
+    joiner = c.role == "join"
+    mc, store, world, group = _start_serving(c, master=c.rank == 0 and not joiner)
     step, gen = 0, 0
     if joiner:
         t1 = time.time()
@@ -674,20 +681,8 @@ class PlannedServer:
 def run_planned_server(c: Child) -> None:
     """A serving rank of the planner layout, or its replacement (role join), which joins the world group and
     then the serving group and takes the step and live set rank 0 left for it in the store."""
-    from eep_worker.mooncake import Mooncake  # noqa: PLC0415  (as in run_coordinator)
-
-    torch.set_num_threads(1)
-    mc = Mooncake()
-    mc.configure(host_ip=HOST, collective_timeout_s=c.collective_timeout_s, reconcile_window_s=c.window_s)
     joiner = c.role == "join"
-    store = _store(c, master=False)
-    t0 = time.time()
-    try:
-        world, group = _groups(c, mc, store, extension=joiner)
-    except RuntimeError as e:
-        c.emit("init_error", error=str(e)[:400])
-        os._exit(3)
-    c.emit("ready", init_s=time.time() - t0)
+    mc, store, world, group = _start_serving(c, master=False)
     srv = PlannedServer(c, mc, store, world=world, group=group, live=set(c.serving))
     if joiner:
         t1 = time.time()

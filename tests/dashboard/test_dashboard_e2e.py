@@ -17,9 +17,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import subprocess
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,10 +26,9 @@ import pytest
 import yaml
 
 from eep_contract.v1alpha1 import Labels
-from eep_testkit.http_client import get_json
 from eep_testkit.membership import at_full_capacity
 from eep_testkit.ports import free_port
-from eep_testkit.prometheus import scale_windows
+from eep_testkit.prometheus import Prometheus
 
 from .board import ROOT, load, queries, substitute
 
@@ -42,69 +39,23 @@ RULES = ROOT / "deploy" / "prometheus" / "elasticep-rules.yaml"
 CLUSTER = "demo"
 
 
-class Prometheus:
-    """Debian's prometheus: the operator as a static target, the workers from a file_sd file, the alert
-    rules with scaled windows; scrapes and evaluates every second."""
+def workers_file(prom: Prometheus) -> Path:
+    """The file_sd file the workers' scrape job reads (`set_workers` writes it)."""
+    return prom.workdir / "workers.json"
 
-    def __init__(self, workdir: Path, operator: str) -> None:
-        self.workdir = workdir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.targets = workdir / "workers.json"
-        self.log = workdir / "prometheus.log"
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.targets.write_text("[]")
-        (workdir / "rules.yaml").write_text(scale_windows(RULES.read_text(), "20s"))
-        config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "900ms"},
-            "rule_files": [str(workdir / "rules.yaml")],
-            "scrape_configs": [
-                {"job_name": "elastic-ep-operator", "static_configs": [{"targets": [operator]}]},
-                {
-                    "job_name": "elastic-ep-workers",
-                    "file_sd_configs": [{"files": [str(self.targets)], "refresh_interval": "1s"}],
-                },
-            ],
-        }
-        (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
-        argv = [
-            "prometheus",
-            f"--config.file={workdir / 'prometheus.yml'}",
-            f"--storage.tsdb.path={workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{self.port}",
-        ]
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
-    def set_workers(self, targets: list[dict[str, Any]]) -> None:
-        tmp = self.targets.with_suffix(".tmp")
-        tmp.write_text(json.dumps(targets))
-        tmp.replace(self.targets)  # atomic: Prometheus never reads half a file
+def workers_job(prom: Prometheus) -> dict[str, Any]:
+    """The scrape job of the workers: whatever `set_workers` last wrote, re-read every second."""
+    return {
+        "job_name": "elastic-ep-workers",
+        "file_sd_configs": [{"files": [str(workers_file(prom))], "refresh_interval": "1s"}],
+    }
 
-    def get(self, path: str, **params: str) -> Any:
-        doc = get_json(self.url, f"{path}?{urllib.parse.urlencode(params)}", timeout_s=10)
-        assert doc.get("status") == "success", doc
-        return doc["data"]
 
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        return list(self.get("/api/v1/query", query=expr)["result"])
-
-    def query_range(self, expr: str, start: float, end: float) -> list[dict[str, Any]]:
-        data = self.get("/api/v1/query_range", query=expr, start=f"{start:.3f}", end=f"{end:.3f}", step="1")
-        return list(data["result"])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-    def tail(self, lines: int = 20) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+def set_workers(prom: Prometheus, targets: list[dict[str, Any]]) -> None:
+    tmp = workers_file(prom).with_suffix(".tmp")
+    tmp.write_text(json.dumps(targets))
+    tmp.replace(workers_file(prom))  # atomic: Prometheus never reads half a file
 
 
 @pytest.fixture
@@ -114,8 +65,13 @@ def prometheus_for(tmp_path: Path) -> Iterator[Callable[[str], Prometheus]]:
     started: list[Prometheus] = []
 
     def start(operator: str) -> Prometheus:
-        prom = Prometheus(tmp_path / "prometheus", operator)
+        """Debian's prometheus: the operator as a static target, the workers from a file_sd file, the alert
+        rules with their windows scaled to 20 s; scrapes and evaluates every second."""
+        prom = Prometheus(tmp_path / "prometheus", RULES, "20s")
+        prom.workdir.mkdir(parents=True, exist_ok=True)
+        set_workers(prom, [])
         started.append(prom)
+        prom.start(operator, extra_jobs=[workers_job(prom)])
         return prom
 
     yield start
@@ -173,7 +129,8 @@ def test_every_dashboard_query_returns_series_through_a_recovery(  # noqa: PLR09
             pods = json.loads(
                 kubectl("get", "pods", "-n", ns, "-l", f"{Labels.CLUSTER}={CLUSTER}", "-o", "json")
             )["items"]
-            prom.set_workers(
+            set_workers(
+                prom,
                 [
                     {
                         "targets": [f"{p['status']['podIP']}:{port}"],
@@ -181,7 +138,7 @@ def test_every_dashboard_query_returns_series_through_a_recovery(  # noqa: PLR09
                     }
                     for p in pods
                     if p.get("status", {}).get("podIP") and p["status"].get("phase") == "Running"
-                ]
+                ],
             )
 
         def running() -> bool:
