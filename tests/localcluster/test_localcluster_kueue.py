@@ -15,7 +15,7 @@ each test allows 30m cpu and every pod asks for 10m, so a group of 3 fits and a 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -71,12 +71,17 @@ def _gated(pod: Any) -> bool:
     return any(g.name == tk.GATE for g in pod.spec.scheduling_gates or [])
 
 
-def _gone(kube: Any, ns: str, name: str) -> bool:
+def _absent(read: Callable[[], object]) -> bool:
+    """``read()`` answered 404: the object is gone (other API errors propagate)."""
     try:
-        _pod(kube, ns, name)
+        read()
     except client.ApiException as e:
         return bool(e.status == 404)
     return False
+
+
+def _gone(kube: Any, ns: str, name: str) -> bool:
+    return _absent(lambda: _pod(kube, ns, name))
 
 
 def _workload(kube: Any, ns: str, name: str) -> dict[str, Any]:
@@ -132,11 +137,7 @@ def test_group_within_quota_runs_every_member(kube: Any, queue: tk.Queue, wait_f
 
 
 def _gone_workload(kube: Any, ns: str, name: str) -> bool:
-    try:
-        _workload(kube, ns, name)
-    except client.ApiException as e:
-        return bool(e.status == 404)
-    return False
+    return _absent(lambda: _workload(kube, ns, name))
 
 
 def _delete_and_see_held(kube: Any, ns: str, names: list[str], wait_for: Any) -> None:

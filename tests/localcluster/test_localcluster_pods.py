@@ -3,7 +3,6 @@ kubelet-like status, deletion, probes, service-account tokens, /etc/hosts names,
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import urllib.request
@@ -12,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
+from localcluster_helpers import describer, get_pod
 
 pytestmark = pytest.mark.cluster
 
@@ -33,21 +32,6 @@ def pod_obj(name: str, command: list[str], **spec: Any) -> dict[str, Any]:
             **spec,
         },
     }
-
-
-def get_pod(kube: Any, ns: str, name: str) -> dict[str, Any]:
-    raw = client.CoreV1Api(kube).read_namespaced_pod(name, ns, _preload_content=False).data
-    return dict(json.loads(raw))
-
-
-def describer(kube: Any, ns: str, name: str) -> Any:
-    def describe() -> str:
-        try:
-            return yaml.safe_dump(get_pod(kube, ns, name)["status"])
-        except ApiException as e:
-            return f"pod {ns}/{name}: {e.status} {e.reason}"
-
-    return describe
 
 
 def running_pid(pod: dict[str, Any]) -> int:

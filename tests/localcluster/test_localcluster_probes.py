@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from localcluster_helpers import unit_agent_settings
 
 from eep_localcluster import runner
 from eep_localcluster.podrun import PodRun
 from eep_localcluster.podstatus import ContainerState
 from eep_localcluster.processnode import Agent
-from eep_localcluster.settings import AgentSettings
 
 
 class FakeProcess:
@@ -40,16 +40,7 @@ class Node:
     fake processes (pids 1001, 1002, ...) whose probe results come from `verdicts[pid]`."""
 
     def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        settings = AgentSettings(
-            name="n0",
-            state=tmp_path,
-            node_dir=tmp_path / "node",
-            ips_dir=tmp_path / "ips",
-            apiserver_port=6443,
-            ca_cert=tmp_path / "ca.crt",
-            venv_bin=tmp_path / "bin",
-            host_path="/usr/bin:/bin",
-        )
+        settings = unit_agent_settings(tmp_path)
         self.agent = Agent(settings, client.ApiClient(), log=lambda _: None)
         container = {
             "name": "main",

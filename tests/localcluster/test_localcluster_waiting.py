@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import base64
 import datetime
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client, watch
-from kubernetes.client.exceptions import ApiException
+from localcluster_helpers import describer, get_pod, unit_agent_settings
 
 from eep_localcluster import podspec, runner
 from eep_localcluster.podstatus import ContainerState, Termination, phase
 from eep_localcluster.processnode import Agent
-from eep_localcluster.settings import AgentSettings
 
 NOW = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 UNMAPPED = "registry.invalid/eep/missing:1"
@@ -193,16 +190,7 @@ def test_the_agent_retries_a_waiting_start_and_a_broken_pod_stalls_nobody(
     adopted."""
     monkeypatch.setenv("EEP_LOCALCLUSTER_IPS", str(tmp_path / "leases"))
     (tmp_path / "ca.crt").write_text("")
-    settings = AgentSettings(
-        name="n0",
-        state=tmp_path,
-        node_dir=tmp_path / "node",
-        ips_dir=tmp_path / "ips",
-        apiserver_port=6443,
-        ca_cert=tmp_path / "ca.crt",
-        venv_bin=tmp_path / "bin",
-        host_path="/usr/bin:/bin",
-    )
+    settings = unit_agent_settings(tmp_path)
     logs: list[str] = []
     agent = Agent(settings, client.ApiClient(), log=logs.append)
     secrets: dict[str, dict[str, str]] = {}
@@ -258,22 +246,6 @@ def pod_obj(name: str, container: dict[str, Any], **spec: Any) -> dict[str, Any]
             **spec,
         },
     }
-
-
-def get_pod(kube: Any, ns: str, name: str) -> dict[str, Any]:
-    core: Any = client.CoreV1Api(kube)
-    raw = core.read_namespaced_pod(name, ns, _preload_content=False).data
-    return dict(json.loads(raw))
-
-
-def describer(kube: Any, ns: str, name: str) -> Any:
-    def describe() -> str:
-        try:
-            return yaml.safe_dump(get_pod(kube, ns, name)["status"])
-        except ApiException as e:
-            return f"pod {ns}/{name}: {e.status} {e.reason}"
-
-    return describe
 
 
 def waiting_with(kube: Any, ns: str, name: str, reason: str, message: str) -> Any:

@@ -1,8 +1,8 @@
 """Helpers for the bad-days end-to-end tests (test_e2e_baddays.py): node agents signalled like a sick machine,
 members placed on a node of their own, and a recorder that watches pods and status while a fault lasts.
 
-- `signal_agent(state, node, sig)`: SIGSTOP/SIGCONT/SIGKILL one process-node agent (its pid file in the state
-  directory's layout). The agent's pods are separate sessions: SIGKILL leaves their processes running, as a
+- Agents are signalled with the test kit's `eep_testkit.agents.signal_agent` (SIGSTOP/SIGCONT/SIGKILL one
+  process-node agent). The agent's pods are separate sessions: SIGKILL leaves their processes running, as a
   dead kubelet leaves its containers; SIGSTOP freezes only the heartbeats and the pod sync.
 - `extra_node(cluster, name)`: start one more agent for a test and, whatever happened to it, leave nothing:
   no agent, no pod process, no pod IP lease, no Node, no pod bound to it.
@@ -29,19 +29,18 @@ from kubernetes import client
 from eep_contract.v1alpha1 import Annotations, Labels, RecoverySpec
 from eep_localcluster import ipam, procs
 from eep_localcluster.layout import Layout
+from eep_testkit.agents import signal_agent
 
 __all__ = [
     "PodView",
     "Recorder",
     "Sample",
-    "agents",
     "answers",
     "extra_node",
     "kill_pod_processes",
     "move_member",
     "pod_pids",
     "recovery_fields",
-    "signal_agent",
 ]
 
 
@@ -51,28 +50,6 @@ def recovery_fields(**fields: Any) -> dict[str, Any]:
     run (and fail for the right reason) against the operator before the fix."""
     known = {f.alias or name for name, f in RecoverySpec.model_fields.items()}
     return {k: v for k, v in fields.items() if k in known}
-
-
-def agent_pid(state: Path, node: str) -> int:
-    """The pid of `node`'s agent. Raises AssertionError when it is not running."""
-    pid_file = Layout(state).node(node).pid
-    pid = procs.read_pid(pid_file)
-    assert pid is not None and procs.is_ours(pid, state), f"agent of {node} is not running ({pid_file})"
-    return pid
-
-
-def agents(state: Path) -> list[str]:
-    """The nodes whose agent runs now."""
-    layout = Layout(state)
-    if not layout.nodes.is_dir():
-        return []
-    return sorted(p.name for p in layout.nodes.iterdir() if procs.alive(layout.node(p.name).pid, state))
-
-
-def signal_agent(state: Path, node: str, sig: signal.Signals) -> None:
-    """Send `sig` to `node`'s agent process only (not to its pods' processes). Raises AssertionError when the
-    agent is not running."""
-    os.kill(agent_pid(state, node), sig)
 
 
 def pod_pids(state: Path, node: str, uid: str) -> list[int]:
@@ -116,7 +93,7 @@ def extra_node(cluster: Any, core: Any, name: str) -> Iterator[str]:
     try:
         yield name
     finally:
-        with contextlib.suppress(AssertionError, ProcessLookupError):
+        with contextlib.suppress(LookupError, ProcessLookupError):
             signal_agent(cluster.state, name, signal.SIGCONT)
         cluster.run("stop-node", name)
         pods_dir = Layout(cluster.state).node(name).pods

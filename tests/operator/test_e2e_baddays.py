@@ -22,19 +22,18 @@ from baddays_helpers import (
     Check,
     Recorder,
     Sample,
-    agents,
     answers,
     extra_node,
     kill_pod_processes,
     move_member,
     pod_pids,
     recovery_fields,
-    signal_agent,
 )
 from conftest import STANDIN, Eep, Operators
 from test_e2e_recovery import container_cmd, wait_running
 
 from eep_contract.v1alpha1 import GROUP, PLURAL, VERSION, Labels
+from eep_testkit.agents import running_agents, signal_agent
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
@@ -173,7 +172,7 @@ def frozen(local_cluster: Any) -> Iterator[list[str]]:
         yield nodes
     finally:
         for n in nodes:
-            with contextlib.suppress(AssertionError, ProcessLookupError):
+            with contextlib.suppress(LookupError, ProcessLookupError):
                 signal_agent(local_cluster.state, n, signal.SIGCONT)
 
 
@@ -254,7 +253,7 @@ def test_control_plane_partition_restarts_nothing(  # noqa: PLR0917
     operators.start()
     name = make_cluster(nodes=3, **recovery_fields(terminatingTimeoutSeconds=3))
     wait_running(eep, wait_for, name, operators)
-    nodes = agents(local_cluster.state)
+    nodes = running_agents(local_cluster.state)
     assert nodes, "no node agent runs"
     _blip(eep, wait_for, local_cluster, frozen, nodes, name, describe(name))
 
