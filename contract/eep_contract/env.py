@@ -1,4 +1,5 @@
-"""The worker's environment: every `EEP_*` variable a member pod carries, defined once.
+"""The worker's environment: every variable of the pod contract (the `EEP_*` ones and Mooncake's
+`GPU_COLLECTIVES_ENV`), defined once.
 
 Who uses it: the operator renders `MemberEnv` into each member pod (`eep_operator.core.podspec`); the worker
 parses `MemberEnv` and `TuningEnv` back (`eep_worker.settings`), and flags beat the environment there. A test
@@ -87,12 +88,14 @@ class GpuCollectives(StrEnum):
 
     NEW = "new"
     """Mooncake's V2 device kernels. Their timeout is fixed when the group is created and a timeout counts as
-    a failure, so after a death each device combine costs that timeout (`eep_contract.pause`). The only GPU
-    collectives measured to keep serving without RDMA (docs/known-issues.md): the worker's default."""
+    a failure, so after a death each device combine costs that timeout (`eep_contract.pause`). Measured to
+    keep serving on one host without RDMA (the peer-to-peer route; between hosts without RDMA the worker's
+    `DataPath.AUTO` takes the staged route instead, docs/known-issues.md): the worker's default."""
     LEGACY = "legacy"
     """Mooncake's default when the variable is unset: a kernel hands each collective to the host worker
-    thread, which moves the data through the transfer engine. Without RDMA (TCP) the first collective after
-    start-up stalled for 30 s on 2 H200s, mooncake-transfer-engine-cuda13 0.3.14 (docs/known-issues.md)."""
+    thread, which moves the data through the transfer engine. Without RDMA (TCP) the start-up probe passed and
+    the first served steps stalled for 30 s on 2 H200s, mooncake-transfer-engine-cuda13 0.3.14
+    (docs/known-issues.md)."""
 
 
 class EnvError(ValueError):

@@ -11,8 +11,9 @@ What happens after a rank dies in the middle of a step (the reference worker; do
 2. The rest of the step. The rank that saw the failure puts its process on the tail timeout ``tail``
    (`eep_worker.execution`), so every later collective that still includes the dead rank costs ``tail`` plus
    one refused probe (`PROBE_S`) instead of ``T``. Every rank still issues every collective, so Mooncake's
-   per-op counters stay aligned. On GPUs the device combines (Mooncake's V2 collectives) keep the timeout
-   they were created with: ``combine_timeout_s`` each.
+   per-op counters stay aligned. On GPUs the device combines are not checked (that would sync the host):
+   Mooncake's V2 collectives keep the timeout they were created with, its legacy ones the live ``T``:
+   ``combine_timeout_s`` each (`combine_timeout`).
 3. The leader sends a FENCE plan (one more collective) and every rank parks, issuing nothing.
 4. Mooncake's reconciliation window, opened by the first failure report, closes; the new view lands on every
    parked rank and the fence passes. Serving resumes with the re-run of the failed step.
@@ -105,11 +106,15 @@ def combine_timeout(
     gpu_collectives: str = "new",
 ) -> float | None:
     """What a combine costs after a failure where the tail does not reach it (`recovery_pause`'s
-    ``combine_timeout_s``): on GPUs (backend ``mooncake``) with Mooncake's V2 device collectives
-    (``gpu_collectives`` ``new``: `eep_contract.env.GpuCollectives`) and a data path other than ``Staged``,
-    the device groups' creation-time timeout (``device_timeout_s``, 0: the collective timeout); None on
-    mooncake-cpu, on the staged path (CPU collectives) and with Mooncake's legacy GPU collectives (run by its
-    host worker thread, which the tail reaches). ``data_path``: a `DataPath` value."""
-    if backend != "mooncake" or data_path == "Staged" or gpu_collectives != "new":
+    ``combine_timeout_s``); None on mooncake-cpu and on the staged path (``data_path`` ``Staged``), whose
+    combines are CPU collectives the worker checks one by one. On GPUs (backend ``mooncake``) otherwise: with
+    Mooncake's V2 device collectives (``gpu_collectives`` ``new``, `eep_contract.env.GpuCollectives`) the
+    device groups' creation-time timeout (``device_timeout_s``, 0: the collective timeout); with its legacy
+    ones the live collective timeout itself, because the worker does not check a device combine (asking
+    Mooncake synchronises the host with the combine's CUDA event), so nothing puts the rank on the tail
+    before the step ends. ``data_path``: a `DataPath` value."""
+    if backend != "mooncake" or data_path == "Staged":
         return None
+    if gpu_collectives != "new":
+        return collective_timeout_s
     return device_timeout_s or collective_timeout_s

@@ -5,7 +5,8 @@ like: SIGSTOP freezes only its heartbeats and pod sync (the Node goes NotReady, 
 on), SIGKILL leaves the pods' processes running as a dead kubelet leaves its containers. `stop_node` is the
 CLI's `stop-node` (the agent stops its pods first: a lost node).
 
-Used by bench/soak.py. Every function takes the local cluster's state directory (`eep_localcluster.layout`).
+Used by bench/soak.py and tests/operator/test_e2e_baddays.py. Every function takes the local cluster's state
+directory (`eep_localcluster.layout`).
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
-"""A real Prometheus (Debian's `prometheus` binary) scraping one target every second, with the project's alert
-rules evaluated every second.
+"""A real Prometheus (Debian's `prometheus` binary) scraping the operator (and any extra scrape jobs) every
+second, with the project's alert rules evaluated every second.
 
 The rules' look-back windows (5m, 10m, ...) would keep an alert firing for minutes after a failure;
 `scale_windows` shortens them, so a run sees the alert resolve. Who uses it: the demo
-(`eep_demo.scenario`: the rank-failure alert fires and resolves), tests/alerts/test_alerts_e2e.py.
+(`eep_demo.scenario`: the rank-failure alert fires and resolves), tests/alerts/test_alerts_e2e.py,
+tests/dashboard/test_dashboard_e2e.py (the workers as a `file_sd_configs` job).
 """
 
 from __future__ import annotations

@@ -52,8 +52,10 @@ def test_device_combines_keep_their_own_timeout() -> None:
         ("mooncake", "Staged", 0.0, "new", None),
         ("mooncake", "Auto", 0.0, "new", 0.5),
         ("mooncake", "Device", 0.05, "new", 0.05),
-        # Mooncake's legacy GPU collectives run on its host worker thread, which the tail reaches.
-        ("mooncake", "Device", 0.05, "legacy", None),
+        # Mooncake's legacy GPU collectives: the live timeout (device combines are not checked, so no tail);
+        # the device groups' creation-time timeout does not apply to them.
+        ("mooncake", "Device", 0.05, "legacy", 0.5),
+        ("mooncake", "Staged", 0.05, "legacy", None),
     ],
 )
 def test_which_combines_the_tail_reaches(

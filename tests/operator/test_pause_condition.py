@@ -58,16 +58,27 @@ def spec(
             ConditionStatus.UNKNOWN,
             "InvalidTuning",
         ),
-        # Mooncake's legacy GPU collectives, asked for in the template: the tail reaches their combines.
+        # A short device-group timeout bounds the V2 collectives' pause (61 x 10 ms)...
         (
             spec(
                 61,
-                timeout=1.0,
                 elasticEP={"backend": "mooncake"},
-                template=crs.pod_template(env={GPU_COLLECTIVES_ENV: "legacy"}),
+                template=crs.pod_template(env={"EEP_DEVICE_COLLECTIVE_TIMEOUT_S": "0.01"}),
             ),
             ConditionStatus.TRUE,
             "WithinBound",
+        ),
+        # ...not the legacy collectives' (asked for in the template): each combine costs the live 0.25 s.
+        (
+            spec(
+                61,
+                elasticEP={"backend": "mooncake"},
+                template=crs.pod_template(
+                    env={"EEP_DEVICE_COLLECTIVE_TIMEOUT_S": "0.01", GPU_COLLECTIVES_ENV: "legacy"}
+                ),
+            ),
+            ConditionStatus.FALSE,
+            pause.ABOVE,
         ),
         (
             spec(61, template=crs.pod_template(env={GPU_COLLECTIVES_ENV: "v3"})),

@@ -47,3 +47,36 @@ def test_a_rank_process_tells_mooncake_which_gpu_collectives(asked: str, chosen:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"CHOSEN {chosen}" in done.stdout
+
+
+START = textwrap.dedent(
+    """
+    import os
+    from eep_worker import rank as R
+    from eep_worker.settings import parse
+
+    class Box:
+        def put(self, event):
+            pass
+
+    def configure(self, **kwargs):
+        print("CONFIGURED", kwargs["gpu_collectives"].value, flush=True)
+        raise SystemExit(0)
+
+    R.Mooncake.configure = configure
+    R.RankRuntime(parse(["serve"], os.environ), 0, Box(), None, rendezvous=None).start()
+    """
+)
+
+
+@pytest.mark.parametrize(("asked", "chosen"), [(None, "new"), ("legacy", "legacy")])
+def test_a_rank_configures_mooncake_with_the_settings_choice(asked: str | None, chosen: str) -> None:
+    """The settings' choice reaches `configure` in `RankRuntime.start`, the rank's first Mooncake call."""
+    env = {k: v for k, v in {**os.environ, **mooncake_cpu_env()}.items() if k != GPU_COLLECTIVES_ENV}
+    if asked is not None:
+        env[GPU_COLLECTIVES_ENV] = asked
+    done = subprocess.run(
+        [sys.executable, "-c", START], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"CONFIGURED {chosen}" in done.stdout

@@ -47,7 +47,7 @@ def test_the_window_is_the_contract_formula(
 
 def test_the_worker_chooses_mooncakes_v2_gpu_collectives_unless_told_otherwise() -> None:
     """Mooncake's own default, when its variable is unset, is its legacy GPU collectives, which stalled on
-    the first collective after start-up on 2 H200s without RDMA (docs/known-issues.md); a member pod rendered
+    the first served steps on 2 H200s without RDMA (docs/known-issues.md); a member pod rendered
     by the operator does not set the variable, so the worker's default decides."""
     gpu = ["serve", "--backend", "mooncake", "--data-path", "Device", "--collective-timeout-s", "0.25"]
     s = parse(gpu, {})
@@ -55,6 +55,8 @@ def test_the_worker_chooses_mooncakes_v2_gpu_collectives_unless_told_otherwise()
     assert s.combine_timeout_s == 0.25
     legacy = parse(gpu, {GPU_COLLECTIVES_ENV: "legacy"})
     assert legacy.gpu_collectives is GpuCollectives.LEGACY
-    assert legacy.combine_timeout_s is None
+    assert (
+        parse([*gpu, "--device-timeout-s", "0.01"], {GPU_COLLECTIVES_ENV: "legacy"}).combine_timeout_s == 0.25
+    )
     with pytest.raises(SystemExit, match="MOONCAKE_PG_PREFERRED_GPU_COLLECTIVE_BACKEND='v3' is not a valid"):
         parse(gpu, {GPU_COLLECTIVES_ENV: "v3"})

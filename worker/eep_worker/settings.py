@@ -115,9 +115,10 @@ class Settings:
 
     @property
     def combine_timeout_s(self) -> float | None:
-        """What a combine costs after a failure where the tail timeout does not reach it, seconds: the device
-        groups' creation-time timeout on GPUs with the device data path (`Auto` may choose it); None where
-        the combines run on Mooncake's CPU path (mooncake-cpu, or `Staged`)."""
+        """What a combine costs after a failure where the tail timeout does not reach it, seconds, on GPUs
+        with the device data path (`Auto` may choose it): the device groups' creation-time timeout with
+        Mooncake's V2 collectives, the collective timeout with its legacy ones; None where the combines run
+        on Mooncake's CPU path (mooncake-cpu, or `Staged`). `eep_contract.pause.combine_timeout`."""
         t = self.timeouts
         return combine_timeout(
             backend=self.backend,
