@@ -32,12 +32,14 @@ __all__ = [
     "NODE_NAME",
     "POD_IP",
     "POD_NAME",
+    "Coordinator",
     "DataPath",
     "EnvError",
     "GpuCollectives",
     "MemberEnv",
     "TuningEnv",
     "contract_names",
+    "serving_ranks",
 ]
 
 POD_IP = "EEP_POD_IP"
@@ -96,6 +98,22 @@ class GpuCollectives(StrEnum):
     thread, which moves the data through the transfer engine. Without RDMA (TCP) the start-up probe passed and
     the first served steps stalled for 30 s on 2 H200s, mooncake-transfer-engine-cuda13 0.3.14
     (docs/known-issues.md)."""
+
+
+class Coordinator(StrEnum):
+    """Where global rank 0 (Mooncake's coordinator, the TCPStore, the planner) lives (`MemberEnv`)."""
+
+    MEMBER0 = "Member0"
+    """In member 0, which also serves: losing member 0 is a whole-group restart. The default."""
+    DEDICATED = "Dedicated"
+    """In a process of its own that serves nothing (rank 0 in a pod of one rank); every serving member holds
+    ranks 1..N and is recoverable in place (docs/architecture.md, "a coordinator-only rank 0")."""
+
+
+def serving_ranks(world_size: int, coordinator: Coordinator) -> range:
+    """The global ranks that serve (hold experts, run the combines): all of them, or all but rank 0 when the
+    coordinator is `Coordinator.DEDICATED`. Pure."""
+    return range(1 if coordinator is Coordinator.DEDICATED else 0, world_size)
 
 
 class EnvError(ValueError):
@@ -190,6 +208,9 @@ class MemberEnv(_Env):
     """Mooncake fault-reconciliation window, seconds."""
     http_port: int = _var("EEP_HTTP_PORT")
     """Port of the engine's HTTP endpoints (readiness, inference)."""
+    coordinator: Coordinator = _var("EEP_COORDINATOR", Coordinator.MEMBER0)  # noqa: RUF009
+    """Where rank 0 lives (`Coordinator`); with `Coordinator.DEDICATED` the world has one rank more than the
+    serving members hold, and member 0's pod is rank 0 alone."""
     data_path: DataPath = _var("EEP_DATA_PATH", DataPath.AUTO)  # noqa: RUF009 - a dataclasses.field
     """`spec.elasticEP.dataPath`."""
     rdma: bool = _var("EEP_RDMA", False)

@@ -11,6 +11,12 @@ There are no per-member groups: Mooncake cannot re-create a group whose every ra
 group would be lost with its member (docs/known-issues.md). With one rank per member a column is the world,
 so the layout is the world alone.
 
+With a dedicated coordinator (`eep_contract.env.Coordinator.DEDICATED`) rank 0 serves nothing: the world
+(every rank, a CPU group only, rank 0 has no GPU) carries the plans, the answers and the recovery's control
+messages, and a `serving` group of ranks 1..N (device and CPU) carries the combines; the columns are those of
+the serving members. Every serving member can then die in place: each column and the serving group keep a
+survivor as long as one other serving member lives.
+
 Subgroups are optional (`Settings.subgroups`): `auto` builds columns on GPUs (backend `mooncake`, where the
 benchmark measures them) and none on mooncake-cpu, where idle column groups led Mooncake's coordinator to
 deactivate a survivor instead of the dead member's ranks (docs/known-issues.md).
@@ -33,9 +39,10 @@ import torch.distributed as dist
 if TYPE_CHECKING:  # the registry is handed a Mooncake; importing this module needs no Mooncake
     from eep_worker.mooncake import Mooncake
 
-__all__ = ["WORLD", "Group", "GroupRegistry", "GroupSpec", "group_specs"]
+__all__ = ["SERVING", "WORLD", "Group", "GroupRegistry", "GroupSpec", "group_specs"]
 
 WORLD = "world"
+SERVING = "serving"
 CPU_BACKEND = "mooncake-cpu"
 
 
@@ -51,15 +58,22 @@ class GroupSpec:
         return sorted(self.ranks.index(r) for r in global_ranks if r in self.ranks)
 
 
-def group_specs(world_size: int, ranks_per_member: int, *, subgroups: bool = True) -> list[GroupSpec]:
-    """The world, then (with `subgroups`) one column group per local rank index (none when a member has one
-    rank). Pure."""
-    if world_size < 1 or ranks_per_member < 1 or world_size % ranks_per_member:
-        raise ValueError(f"world size {world_size} is not a multiple of ranks per member {ranks_per_member}")
+def group_specs(
+    world_size: int, ranks_per_member: int, *, subgroups: bool = True, dedicated: bool = False
+) -> list[GroupSpec]:
+    """The world, then the `serving` group of ranks 1..N when rank 0 is a ``dedicated`` coordinator, and (with
+    `subgroups`) one column group per local rank index of the serving members (none when a member has one
+    rank); subgroups sorted by name. Pure. Raises ValueError when the serving ranks are not whole members."""
+    first = 1 if dedicated else 0
+    serving = world_size - first
+    if serving < 1 or ranks_per_member < 1 or serving % ranks_per_member:
+        raise ValueError(f"{serving} serving ranks are not a multiple of ranks per member {ranks_per_member}")
     specs = [GroupSpec(WORLD, tuple(range(world_size)))]
+    if dedicated:
+        specs.append(GroupSpec(SERVING, tuple(range(first, world_size))))
     if subgroups and ranks_per_member > 1:
         for column in range(ranks_per_member):
-            ranks = tuple(range(column, world_size, ranks_per_member))
+            ranks = tuple(range(first + column, world_size, ranks_per_member))
             specs.append(GroupSpec(f"column-{column:03d}", ranks))
     return [specs[0], *sorted(specs[1:], key=lambda s: s.name)]
 
@@ -114,7 +128,8 @@ class GroupRegistry:
     ) -> GroupRegistry:
         """Create every group in `specs` order (the world first). Joiners pass `is_extension` True. Device
         groups (backend `mooncake`) are created within ``device_scope()`` (`Mooncake.device_group_timeout`:
-        their collectives' timeout is fixed at creation)."""
+        their collectives' timeout is fixed at creation). Where `specs` has a `serving` group (a dedicated
+        coordinator) the world is a CPU group only, for rank 0 too: its `device` is its CPU group."""
         if not specs or specs[0].name != WORLD:
             raise ValueError("the first group must be the world")
         device = (
@@ -123,14 +138,16 @@ class GroupRegistry:
             else (torch.device("cpu"))
         )
         world = specs[0]
+        cpu_world = any(spec.name == SERVING for spec in specs)
         groups: list[Group] = []
         for spec in specs:
             ext = is_extension(spec)
             options = mc.options(len(spec.ranks), ext)
-            with device_scope() if backend != CPU_BACKEND else contextlib.nullcontext():
+            on = CPU_BACKEND if spec is world and cpu_world else backend
+            with device_scope() if on != CPU_BACKEND else contextlib.nullcontext():
                 if spec is world:
                     dist.init_process_group(
-                        backend=backend,
+                        backend=on,
                         store=store,
                         rank=rank,
                         world_size=len(world.ranks),
@@ -141,7 +158,7 @@ class GroupRegistry:
                     dev_pg = _member_or_none(
                         dist.new_group(list(spec.ranks), backend=backend, pg_options=options)
                     )
-            if backend == CPU_BACKEND:
+            if on == CPU_BACKEND:
                 # On mooncake-cpu one group serves both roles: two groups of the same ranks only double the
                 # recovery work, and could hang after a failure (docs/known-issues.md).
                 cpu_pg = dev_pg
@@ -156,7 +173,7 @@ class GroupRegistry:
                     spec,
                     dev_pg,
                     cpu_pg,
-                    _mirror(mc, dev_pg, len(spec.ranks), device),
+                    _mirror(mc, dev_pg, len(spec.ranks), device if on == backend else torch.device("cpu")),
                     _mirror(mc, cpu_pg, len(spec.ranks), torch.device("cpu")),
                 )
             )
@@ -170,6 +187,12 @@ class GroupRegistry:
     @property
     def world(self) -> Group:
         return self._groups[0]
+
+    @property
+    def serving(self) -> Group:
+        """The group of the serving ranks, which carries the combines: `SERVING` with a dedicated coordinator,
+        else the world."""
+        return next((g for g in self._groups if g.name == SERVING), self._groups[0])
 
 
 def _mirror(mc: Mooncake, pg: dist.ProcessGroup | None, size: int, device: torch.device) -> torch.Tensor:

@@ -12,7 +12,17 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from eep_contract.env import NODE_NAME, POD_IP, DataPath, EnvError, GpuCollectives, MemberEnv, TuningEnv
+from eep_contract.env import (
+    NODE_NAME,
+    POD_IP,
+    Coordinator,
+    DataPath,
+    EnvError,
+    GpuCollectives,
+    MemberEnv,
+    TuningEnv,
+    serving_ranks,
+)
 from eep_contract.pause import DEFAULT_TAIL_TIMEOUT_S, RecoveryPause, combine_timeout, recovery_pause
 
 __all__ = ["PROBE_COLLECTIVES", "ClusterSettings", "ModelSettings", "Settings", "TimeoutSettings", "parse"]
@@ -52,6 +62,18 @@ class ClusterSettings:
     """TCPStore port on member 0."""
     rendezvous_port: int
     """Port of the leader's ZMQ rendezvous service (default coordinator_port + 1)."""
+    coordinator: Coordinator = Coordinator.MEMBER0
+    """Where rank 0 lives: with `Coordinator.DEDICATED` it serves nothing; member 0's pod is rank 0 alone."""
+
+    @property
+    def dedicated(self) -> bool:
+        """Rank 0 is a coordinator-only process (`Coordinator.DEDICATED`)."""
+        return self.coordinator is Coordinator.DEDICATED
+
+    @property
+    def serving(self) -> range:
+        """The global ranks that serve (`eep_contract.env.serving_ranks`)."""
+        return serving_ranks(self.world_size, self.coordinator)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,6 +297,13 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help=h("warmup_delay_s", "simulated weight-load time before a rank joins or reports Ready"),
     )
     s.add_argument(
+        "--coordinator",
+        type=Coordinator,
+        default=member.coordinator,
+        choices=list(Coordinator),
+        help=h("coordinator", "where rank 0 lives"),
+    )
+    s.add_argument(
         "--data-path",
         type=_data_path,
         default=member.data_path,
@@ -303,7 +332,11 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
     if not host or not port_s.isdigit():
         p.error(f"--coordinator must be host:port, got {a.coordinator!r}")
     port = int(port_s)
-    if a.world_size % a.rank_count or a.first_rank + a.rank_count > a.world_size:
+    offset = 1 if a.coordinator is Coordinator.DEDICATED else 0
+    if a.first_rank < offset:
+        if a.rank_count != 1:
+            p.error(f"a dedicated coordinator's pod holds rank 0 alone, not {a.rank_count} ranks")
+    elif (a.world_size - offset) % a.rank_count or a.first_rank + a.rank_count > a.world_size:
         p.error(f"ranks {a.first_rank}+{a.rank_count} do not fit a world of {a.world_size}")
     ppr = a.physical_per_rank or math.ceil(a.experts / a.rank_count)
     return Settings(
@@ -317,6 +350,7 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
             coordinator_host=host,
             coordinator_port=port,
             rendezvous_port=a.rendezvous_port or port + 1,
+            coordinator=a.coordinator,
         ),
         timeouts=TimeoutSettings(
             a.collective_timeout_s,
