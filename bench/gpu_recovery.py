@@ -163,7 +163,7 @@ def _checked_step(rt: RankRuntime, tokens: tuple[int, ...], offset: int) -> Step
         work.wait()
         ex.begin(work)
         dev.copy_(control, non_blocking=True)
-        out = rt.model.forward(dev_tokens, ex.metadata.logical_to_rank_dispatch_physical_map, ex.combine)
+        out = rt.model.forward(dev_tokens, ex.dispatch_map, ex.combine)
         if rt.is_leader:
             out[:n].to("cpu")
             rt.step_succeeded()
@@ -254,7 +254,7 @@ def _steady_state(rt: RankRuntime, measure: Measure) -> dict[str, Any]:
 
     def combine(t: torch.Tensor) -> torch.Tensor:
         if staged:  # the device route does not work here: the plain step stages its combines too
-            ex.path.all_reduce(t)
+            rt.data_path.path.all_reduce(t)
         else:
             dist.all_reduce(t, group=world.device)
         return t
@@ -271,7 +271,7 @@ def _steady_state(rt: RankRuntime, measure: Measure) -> dict[str, Any]:
             control.copy_(host_tokens)
         dist.broadcast(control, src=0, group=world.cpu)
         dev_tokens.copy_(control, non_blocking=True)
-        out = rt.model.forward(dev_tokens, ex.metadata.logical_to_rank_dispatch_physical_map, combine)
+        out = rt.model.forward(dev_tokens, ex.dispatch_map, combine)
         if rt.is_leader:
             out[:n].to("cpu")
 

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from eep_contract.env import POD_IP, POD_NAME, DataPath, MemberEnv, TuningEnv
+from eep_contract.env import POD_IP, POD_NAME, Coordinator, DataPath, MemberEnv, TuningEnv
 from eep_contract.wire import READY_PATH
 from eep_testkit.http_client import HTTPError, request
 from eep_testkit.ports import free_port
@@ -117,9 +117,12 @@ class LocalPods:
         standin: OperatorStandIn | None = None,
         backend: str = "mooncake-cpu",
         data_path: DataPath = DataPath.AUTO,
+        dedicated: bool = False,
     ) -> None:
         self.workdir, self.members, self.ranks_per_member = workdir, members, ranks_per_member
-        self.world = members * ranks_per_member
+        self.dedicated = dedicated
+        """Member 0's pod is a dedicated coordinator (rank 0 alone, `Coordinator.DEDICATED`); 1.. serve."""
+        self.world = 1 + (members - 1) * ranks_per_member if dedicated else members * ranks_per_member
         self.backend, self.data_path = backend, data_path
         self.collective_timeout_s, self.reconcile_window_s = collective_timeout_s, reconcile_window_s
         self.coordinator_port = free_port()
@@ -149,7 +152,11 @@ class LocalPods:
     # ------------------------------------------------------------------ pods
 
     def ranks_of(self, member: int) -> list[int]:
-        return list(range(member * self.ranks_per_member, (member + 1) * self.ranks_per_member))
+        if not self.dedicated:
+            return list(range(member * self.ranks_per_member, (member + 1) * self.ranks_per_member))
+        if member == 0:
+            return [0]
+        return list(range(1 + (member - 1) * self.ranks_per_member, 1 + member * self.ranks_per_member))
 
     def env_of(self, member: int, http_port: int) -> dict[str, str]:
         """The pod's `EEP_*` environment, rendered from the contract as the operator does."""
@@ -157,8 +164,8 @@ class LocalPods:
             namespace="local",
             cluster="local-pods",
             member_index=member,
-            first_rank=member * self.ranks_per_member,
-            rank_count=self.ranks_per_member,
+            first_rank=self.ranks_of(member)[0],
+            rank_count=len(self.ranks_of(member)),
             world_size=self.world,
             coordinator_addr=f"{HOST}:{self.coordinator_port}",
             backend=self.backend,
@@ -166,6 +173,7 @@ class LocalPods:
             reconcile_window_s=self.reconcile_window_s,
             http_port=http_port,
             data_path=self.data_path,
+            coordinator=Coordinator.DEDICATED if self.dedicated else Coordinator.MEMBER0,
         ).to_env()
         return {**rendered, **self.tuning.to_env(), POD_IP: HOST, POD_NAME: f"member-{member}"}
 

@@ -145,14 +145,16 @@ class Admission:
     def admit(
         self,
         plan: StepPlan,
-        metadata: el.ExpertLocationMetadata,
-        metadata_cpu: el.ExpertLocationMetadata,
+        metadata: el.ExpertLocationMetadata | None,
+        metadata_cpu: el.ExpertLocationMetadata | None,
     ) -> None:
         """A survivor, at the RECOVER plan's step: admit `plan.joining` on every group, pass the admission
         barrier, then the metadata broadcast from `plan.source` (this rank's ``metadata`` when it is the
         source; what arrives must match ``metadata_cpu``'s placement). A failed recovery is logged and
         reported (the leader's `Recovered`); the joiners stay out and serving goes on degraded. Ends the rank
-        with `ExitCode.STALLED` when not every rank reaches the admission barrier within the join timeout."""
+        with `ExitCode.STALLED` when not every rank reaches the admission barrier within the join timeout. A
+        dedicated coordinator's rank 0 has no metadata (None): it relays the control message and checks
+        nothing of the placement."""
         t0 = time.monotonic()
         log.info("rank %d epoch %d: recovering ranks %s", self.rank, plan.epoch, sorted(plan.joining))
         everyone = len(plan.live | plan.joining)
@@ -179,8 +181,9 @@ class Admission:
                     control,
                     sink=self.sink,
                 )
-                mine = metadata_cpu.physical_to_logical_map
-                if not torch.equal(received.physical_to_logical_map.cpu(), mine):
+                if metadata_cpu is not None and not torch.equal(
+                    received.physical_to_logical_map.cpu(), metadata_cpu.physical_to_logical_map
+                ):
                     raise ValueError("received expert placement differs from this rank's")
             except (RuntimeError, ValueError) as e:
                 ok = False

@@ -50,9 +50,20 @@ if TYPE_CHECKING:
     from eep_worker.admission import Admission
     from eep_worker.mooncake import Mooncake
 
-__all__ = ["PlanCodec", "StepExecutor", "StepResult", "StepWatchdog"]
+__all__ = ["ANSWER_HEAD", "PlanCodec", "StepExecutor", "StepResult", "StepWatchdog", "output_rank"]
 
 log = logging.getLogger(__name__)
+ANSWER_OK = 0
+"""The answer's first element: 1.0 when every collective of the output rank's step succeeded."""
+ANSWER_HEAD = 1
+"""The answer (a dedicated coordinator's, float64 on the world group): ``[ok, failed mask over the world
+(world_size), output rows (max_batch_tokens x hidden)]``; `ANSWER_HEAD` is where the mask starts."""
+
+
+def output_rank(live: frozenset[int], serving: range) -> int:
+    """The rank whose output answers a step with a dedicated coordinator: the lowest live serving rank, so
+    when it dies the next one answers the re-run (docs/architecture.md). Raises ValueError when none lives."""
+    return min(r for r in serving if r in live)
 
 
 class StepResult(NamedTuple):
@@ -113,35 +124,47 @@ class StepExecutor:
         *,
         mc: Mooncake,
         registry: GroupRegistry,
-        model: ShardedMoEModel,
-        metadata: el.ExpertLocationMetadata,
+        model: ShardedMoEModel | None,
+        metadata: el.ExpertLocationMetadata | None,
         admission: Admission,
         sink: MetricsSink,
         outbox: Outbox,
         exit_rank: Exit,
         path: CombinePath | None = None,
     ) -> None:
-        m, t = settings.model, settings.timeouts
+        m, t, c = settings.model, settings.timeouts, settings.cluster
         self.settings, self.rank = settings, rank
-        self.world_size = settings.cluster.world_size
+        self.world_size = c.world_size
         self.is_leader = rank == 0
-        self.on_gpu = settings.backend == "mooncake"
+        self.serves = rank in c.serving
+        """This rank holds experts and runs the combines (not a dedicated coordinator's rank 0)."""
+        self.offset = c.serving.start
+        """Global rank of the serving group's local rank 0 (1 with a dedicated coordinator, else 0)."""
+        self.dedicated = c.dedicated
+        self.on_gpu = settings.backend == "mooncake" and self.serves
         self.mc, self.registry, self.world = mc, registry, registry.world
-        self.model, self.device = model, model.device
-        self.metadata, self.metadata_cpu = metadata, metadata.to_cpu()
+        self.model = model
+        self.device = model.device if model is not None else torch.device("cpu")
+        self.metadata = metadata
+        self.metadata_cpu = metadata.to_cpu() if metadata is not None else None
         self.admission, self.sink, self.outbox, self._exit = admission, sink, outbox, exit_rank
-        assert registry.world.device is not None
-        self.path: CombinePath = path or DevicePath(registry.world.device, settings.backend)
-        """How the combines travel (`datapath.select` chose it; the device world group by default)."""
+        serving = registry.serving.device
+        self.path: CombinePath | None = path or (
+            DevicePath(serving, settings.backend) if self.serves and serving is not None else None
+        )
+        """How the combines travel (`datapath.select` chose it; the serving group's device group by default;
+        None on a dedicated coordinator's rank 0)."""
         self.tail = False
         """This rank saw a collective fail and runs on the tail timeout (`enter_tail`) until a fence
         passes."""
-        self.check_combines = not self.on_gpu or self.path.mode is DataPath.STAGED
+        self.check_combines = not self.on_gpu or (self.path is not None and self.path.mode is DataPath.STAGED)
         """Each combine's success is a host read (a CPU work): `_note` checks every one. Device combines on
         GPU are not checked (it would sync the host); their timeout is the device groups' (`mooncake.py`)."""
         self.epoch = 0
         self.step_no = 0
         self.dispatch_live: frozenset[int] = frozenset(range(self.world_size))
+        self.plan_live: frozenset[int] = self.dispatch_live
+        """The live set of the last plan received (of any kind)."""
         """The live set the dispatch map was built for (that of the last BATCH plan)."""
         self.codec: PlanCodec = P
         width = P.HEADER + m.max_batch_tokens
@@ -157,9 +180,21 @@ class StepExecutor:
         self.dev_plan = torch.zeros(width, dtype=torch.int64, device=self.device)
         self.tokens = self.dev_plan[P.HEADER :]
         self.zeros = torch.zeros(
-            m.max_batch_tokens, m.hidden_size, dtype=model.config.dtype, device=self.device
+            m.max_batch_tokens,
+            m.hidden_size,
+            dtype=model.config.dtype if model is not None else torch.float32,
+            device=self.device,
         )
         self._works: list[dist.Work] = []
+        self._combines: list[dist.Work] = []
+        """This step's combines, on the serving group (local ranks shifted by `offset`)."""
+        self._answer_ok = True
+        """With a dedicated coordinator: the output rank's step succeeded (rank 0: as its answer says)."""
+        self._answer_failed: frozenset[int] = frozenset()
+        """With a dedicated coordinator: the global ranks the output rank's answer names as failed."""
+        self.answer = torch.zeros(ANSWER_HEAD + self.world_size + m.max_batch_tokens * m.hidden_size,
+                                  dtype=torch.float64) if self.dedicated else None  # fmt: skip
+        """The answer's broadcast buffer (`ANSWER_HEAD` module doc), with a dedicated coordinator."""
         self.stall_limit_s = max(30.0, 10 * (t.collective_timeout_s + t.reconcile_window_s))
         """A step (never a recovery) that takes longer than this has hung."""
         self.watchdog = StepWatchdog(exit_rank)
@@ -167,11 +202,13 @@ class StepExecutor:
     @property
     def dispatch_map(self) -> torch.Tensor:
         """``[layers, experts]``: the physical replica each logical expert's tokens go to (on the device)."""
+        assert self.metadata is not None, "a dedicated coordinator's rank 0 holds no experts"
         return self.metadata.logical_to_rank_dispatch_physical_map
 
     def warm_up(self) -> None:
         """One forward without collectives, so the first served step does not pay for first-call setup."""
-        self.model.forward(self.tokens, self.dispatch_map, lambda t: t)
+        if self.model is not None:
+            self.model.forward(self.tokens, self.dispatch_map, lambda t: t)
 
     def adopt(self, metadata: el.ExpertLocationMetadata, epoch: int, step: int) -> None:
         """A joiner, once admitted: the metadata it received and the epoch and step the group is at. The next
@@ -190,7 +227,8 @@ class StepExecutor:
         buf, array = self.ring.next()
         if sent is not None:
             self.codec.encode_into(sent, array)
-        self._works = []
+        self._works, self._combines = [], []
+        self._answer_ok, self._answer_failed = True, frozenset()
         work = dist.broadcast(buf, src=0, group=self.world.cpu, async_op=True)
         assert work is not None
         work.wait()
@@ -217,10 +255,13 @@ class StepExecutor:
                 self._exit(ExitCode.LEADER_LOST, LEADER_LOST)
             # Keep the group in step: the same combines as a BATCH plan, contributing nothing.
             log.warning("rank %d: ignoring a bad plan after step %d: %s", self.rank, self.step_no, e)
-            for _ in range(self.model.config.num_layers):
+            for _ in range(self.settings.model.num_layers):
                 self.combine(self.zeros.clone())
+            if self.dedicated:
+                self._exchange_answer(output_rank(self.plan_live, self.settings.cluster.serving), None)
             return StepResult(None, None)
         self.step_no = plan.step
+        self.plan_live = plan.live
         if plan.epoch != self.epoch:
             self.epoch = plan.epoch
             self.sink.membership(len(plan.live), plan.epoch)
@@ -244,10 +285,12 @@ class StepExecutor:
             self.leave_tail()
             return StepResult(plan, None)
         self._set_live(plan.live)
-        self.dev_plan.copy_(buf, non_blocking=self.on_gpu)
-        out = self.model.forward(
-            self.tokens, self.metadata.logical_to_rank_dispatch_physical_map, self.combine
-        )
+        out: torch.Tensor | None = None
+        if self.model is not None:
+            self.dev_plan.copy_(buf, non_blocking=self.on_gpu)
+            out = self.model.forward(self.tokens, self.dispatch_map, self.combine)
+        if self.dedicated:
+            out = self._exchange_answer(output_rank(plan.live, self.settings.cluster.serving), out)
         if self.tail and self.check_combines and self.mc.all_succeeded(self._works):
             self.leave_tail()  # a whole step without a failure: no dead rank is left in the view
         return StepResult(plan, out)
@@ -256,13 +299,15 @@ class StepExecutor:
         """Rebuild the dispatch map for `live` (the plan's view). Runs only when the live set changes."""
         if live == self.dispatch_live:
             return
-        flags = [1 if r in live else 0 for r in range(self.world_size)]
-        uncovered = el.uncovered_experts(self.metadata_cpu, flags)
-        if uncovered:
-            self._exit(ExitCode.UNCOVERED, f"experts without a live replica: {uncovered[:8]}")
-        active = torch.tensor(flags, dtype=torch.int32, device=self.device)
-        el.rebalance(self.metadata, active, out=self.metadata.logical_to_rank_dispatch_physical_map)
-        self.metadata_cpu = self.metadata.to_cpu()
+        if self.metadata is not None:
+            # The placement is over the serving ranks: a dedicated coordinator's rank 0 holds none.
+            flags = [1 if r in live else 0 for r in self.settings.cluster.serving]
+            uncovered = el.uncovered_experts(self.metadata.to_cpu(), flags)
+            if uncovered:
+                self._exit(ExitCode.UNCOVERED, f"experts without a live replica: {uncovered[:8]}")
+            active = torch.tensor(flags, dtype=torch.int32, device=self.device)
+            el.rebalance(self.metadata, active, out=self.metadata.logical_to_rank_dispatch_physical_map)
+            self.metadata_cpu = self.metadata.to_cpu()
         self.dispatch_live = live
         self.sink.membership(len(live), self.epoch)
         log.info("rank %d epoch %d: dispatch over live ranks %s", self.rank, self.epoch, sorted(live))
@@ -280,8 +325,10 @@ class StepExecutor:
         """The model's combine: all-reduce (SUM) ``t`` in place through the data path chosen at start-up
         (`datapath.CombinePath`: the device world group, or staged through host memory on the CPU world
         group), tracked for `all_succeeded`."""
+        assert self.path is not None, "a dedicated coordinator's rank 0 runs no combine"
         work = self.path.all_reduce(t)
         self._works.append(work)
+        self._combines.append(work)
         if self.check_combines:  # issue #14: after a failure, the rest of the step at the tail timeout
             self._note(work)
         return t
@@ -328,16 +375,53 @@ class StepExecutor:
         )
 
     def all_succeeded(self) -> bool:
-        """Whether every collective of this step succeeded here. On GPU call it only after the step's output
-        was read back (the works are complete then; asking earlier could wait on the device)."""
-        return self.mc.all_succeeded(self._works)
+        """Whether every collective of this step succeeded here (on a dedicated coordinator's rank 0: its
+        broadcasts, and the output rank's step as its answer says). On GPU call it only after the step's
+        output was read back (the works are complete then; asking earlier could wait on the device)."""
+        return self._answer_ok and self.mc.all_succeeded(self._works)
 
     def failed_ranks(self) -> frozenset[int]:
-        """Global ranks this rank saw fail in this step's collectives (all on the world group, whose local
-        ranks are the global ones). Only for a step already known to have failed."""
-        return frozenset(
-            r for w in self._works if not self.mc.local_success(w) for r in self.mc.failed_ranks(w)
+        """Global ranks this rank saw fail in this step's collectives (the world group's local ranks are the
+        global ones; the serving group's are shifted by `offset`), and those the output rank's answer named.
+        Only for a step already known to have failed."""
+        combines = {id(w) for w in self._combines}
+        return self._answer_failed | frozenset(
+            r + (self.offset if id(w) in combines else 0)
+            for w in self._works
+            if not self.mc.local_success(w)
+            for r in self.mc.failed_ranks(w)
         )
+
+    def _exchange_answer(self, source: int, out: torch.Tensor | None) -> torch.Tensor | None:
+        """With a dedicated coordinator, after a BATCH step: the output rank ``source`` broadcasts its
+        success, the ranks it saw fail and its output rows on the world group (`ANSWER_HEAD`); every rank
+        takes part.
+        Returns, on rank 0, the rows received (``[max_batch_tokens, hidden]``, float64, on the host; see
+        `all_succeeded` and `failed_ranks` for the rest), elsewhere ``out`` unchanged. Reads the output back
+        on the output rank (the host sync today's leader makes)."""
+        buf = self.answer
+        assert buf is not None
+        w, m = self.world_size, self.settings.model
+        if self.rank == source:
+            assert out is not None
+            buf.zero_()
+            buf[ANSWER_OK] = float(self.mc.all_succeeded(self._works))
+            if buf[ANSWER_OK] < 0.5:
+                for r in self.failed_ranks():
+                    buf[ANSWER_HEAD + r] = 1.0
+            buf[ANSWER_HEAD + w :] = out.reshape(-1).to("cpu", torch.float64)
+        work = dist.broadcast(buf, src=source, group=self.world.cpu, async_op=True)
+        assert work is not None
+        work.wait()
+        self._works.append(work)
+        self._note(work)
+        if not self.is_leader:
+            return out
+        self._answer_ok = bool(buf[ANSWER_OK] >= 0.5)
+        if not self._answer_ok:
+            mask = buf[ANSWER_HEAD : ANSWER_HEAD + w].tolist()
+            self._answer_failed = frozenset(r for r, flag in enumerate(mask) if flag >= 0.5)
+        return buf[ANSWER_HEAD + w :].view(m.max_batch_tokens, m.hidden_size)
 
     @contextlib.contextmanager
     def variant(self, *, ring: PlanRing | None = None, codec: PlanCodec | None = None) -> Iterator[None]:

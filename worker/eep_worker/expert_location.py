@@ -160,8 +160,11 @@ class ExpertLocationMetadata:
 # ---------------------------------------------------------------- placement (host side, start-up only)
 
 
-def _member_copies(num_logical: int, num_members: int, slots_per_member: int) -> list[list[int]]:
-    """Which logical experts each member holds (``slots_per_member`` each), safe against one non-zero loss.
+def _member_copies(
+    num_logical: int, num_members: int, slots_per_member: int, *, every_member: bool = False
+) -> list[list[int]]:
+    """Which logical experts each member holds (``slots_per_member`` each), safe against one non-zero loss
+    (with ``every_member``: against the loss of any one member, member 0 included: no expert is anchored).
 
     An expert is safe when it has a copy on member 0 (losing member 0 is a group restart, not in-place
     recovery) or copies on two distinct members. We anchor as few experts as possible on member 0 alone
@@ -174,6 +177,8 @@ def _member_copies(num_logical: int, num_members: int, slots_per_member: int) ->
     total = num_members * slots_per_member
     if num_members == 1:
         anchored_range = range(num_logical, num_logical + 1)  # nothing to survive: one copy each
+    elif every_member:
+        anchored_range = range(0, 1 if 2 * num_logical <= total else 0)
     else:
         anchored_range = range(max(0, 2 * num_logical - total), min(slots_per_member, num_logical) + 1)
     for anchored in anchored_range:
@@ -210,6 +215,13 @@ def _member_copies(num_logical: int, num_members: int, slots_per_member: int) ->
                 copies[expert] += 1
                 free[m] -= 1
         return members
+    if every_member:
+        raise PlacementError(
+            f"cannot place {num_logical} logical experts on {num_members} members x {slots_per_member} slots "
+            "so that losing any one member leaves every expert a live replica: every expert needs copies on "
+            f"two distinct members, so at most {total // 2} experts fit; add physical slots per rank or "
+            "members"
+        )
     raise PlacementError(
         f"cannot place {num_logical} logical experts on {num_members} members x {slots_per_member} slots so "
         "that losing any one non-zero member leaves every expert a live replica: experts not on member 0 "
@@ -232,13 +244,15 @@ def build_placement(
     num_physical_per_rank: int,
     *,
     device: torch.device | str = "cpu",
+    every_member: bool = False,
 ) -> ExpertLocationMetadata:
     """Deterministic placement with redundant replicas, plus the all-ranks-live dispatch map.
 
     Every rank computes the same result from the same sizes. Losing all ranks of any one member other than
-    member 0 leaves every logical expert at least one live replica. Layer ``l`` relabels the base layout by
-    ``(logical + l) mod E`` so different layers load different ranks. Raises `PlacementError` when the sizes
-    cannot give that guarantee, `ValueError` for sizes that make no sense.
+    member 0 (with ``every_member``, any one member: a dedicated coordinator's serving ranks, where member 0
+    dies in place too) leaves every logical expert at least one live replica. Layer ``l`` relabels the base
+    layout by ``(logical + l) mod E`` so different layers load different ranks. Raises `PlacementError` when
+    the sizes cannot give that guarantee, `ValueError` for sizes that make no sense.
     """
     if min(num_layers, num_logical_experts, world_size, ranks_per_member, num_physical_per_rank) < 1:
         raise ValueError("all sizes must be >= 1")
@@ -251,7 +265,7 @@ def build_placement(
             f"{num_logical_experts} logical experts do not fit "
             f"{world_size * num_physical_per_rank} physical slots"
         )
-    members = _member_copies(num_logical_experts, num_members, slots_per_member)
+    members = _member_copies(num_logical_experts, num_members, slots_per_member, every_member=every_member)
 
     base = [0] * (world_size * num_physical_per_rank)
     for m, held in enumerate(members):

@@ -122,7 +122,9 @@ class Leader:
             self.outbox.put(Recovered(decision.epoch, False, 0.0, "join timeout"))
         step = self.executor.step_no + 1
         if decision.recover:
-            source = P.broadcast_source(live, decision.recover, decision.epoch)
+            # The metadata comes from a rank that holds it: a serving one (not a dedicated coordinator).
+            serving = live & frozenset(self.settings.cluster.serving)
+            source = P.broadcast_source(serving, decision.recover, decision.epoch)
             plan = StepPlan(decision.epoch, step, P.Kind.RECOVER, (), live, decision.recover, source)
         else:
             tokens = tuple(t for r in batch for t in r.tokens)

@@ -94,6 +94,11 @@ class RankRuntime:
     """One rank: builds its groups, model and jobs (`start`), then serves (`serve`) or is driven step by step
     (`step`). ``events`` is the pod's event queue; ``requests`` the client requests (rank 0 only)."""
 
+    model: ShardedMoEModel
+    """This rank's shard (after `start`; not on a dedicated coordinator's rank 0)."""
+    data_path: datapath.Choice
+    """The combines' data path (after `start`; not on a dedicated coordinator's rank 0)."""
+
     def __init__(
         self,
         settings: Settings,
@@ -110,7 +115,9 @@ class RankRuntime:
         self.mc = Mooncake()
         self.world_size = settings.cluster.world_size
         self.is_leader = rank == 0
-        self.on_gpu = settings.backend == "mooncake"
+        self.serves = rank in settings.cluster.serving
+        """Holds experts (every rank but a dedicated coordinator's rank 0, which has no GPU either)."""
+        self.on_gpu = settings.backend == "mooncake" and self.serves
         self.leader: Leader | None = None
 
     # ------------------------------------------------------------------ start-up
@@ -172,7 +179,13 @@ class RankRuntime:
                 backend=s.backend,
                 store=store,
                 rank=self.rank,
-                specs=group_specs(self.world_size, c.rank_count, subgroups=s.subgroups),
+                # A dedicated coordinator's rank 0 does not know the serving members' size: no columns then.
+                specs=group_specs(
+                    self.world_size,
+                    c.rank_count,
+                    subgroups=s.subgroups and not c.dedicated,
+                    dedicated=c.dedicated,
+                ),
                 is_extension=lambda spec: s.rejoin,
                 device_scope=self._device_scope,
             )
@@ -193,16 +206,26 @@ class RankRuntime:
             top_k=m.top_k,
             seed=m.seed,
         )
-        metadata = el.build_placement(
-            m.num_layers,
-            m.num_experts,
-            self.world_size,
-            c.rank_count,
-            m.physical_per_rank,
-            device=self.device,
-        )
-        self.model = ShardedMoEModel.build(config, metadata, self.rank, self.device)
-        self.data_path = self._select_data_path(store)
+        metadata: el.ExpertLocationMetadata | None = None
+        model: ShardedMoEModel | None = None
+        path: datapath.CombinePath | None = None
+        if self.serves:
+            # The placement is over the serving ranks (local index = rank - first serving rank); with a
+            # dedicated coordinator every member, member 0 included, can die in place.
+            metadata = el.build_placement(
+                m.num_layers,
+                m.num_experts,
+                len(c.serving),
+                c.rank_count,
+                m.physical_per_rank,
+                device=self.device,
+                every_member=c.dedicated,
+            )
+            model = self.model = ShardedMoEModel.build(
+                config, metadata, self.rank - c.serving.start, self.device
+            )
+            self.data_path = self._select_data_path(store, config.dtype)
+            path = self.data_path.path
         self.admission = Admission(
             s,
             self.rank,
@@ -218,13 +241,13 @@ class RankRuntime:
             self.rank,
             mc=self.mc,
             registry=self.registry,
-            model=self.model,
+            model=model,
             metadata=metadata,
             admission=self.admission,
             sink=self.sink,
             outbox=self.events,
             exit_rank=self.exit,
-            path=self.data_path.path,
+            path=path,
         )
         self.executor.warm_up()
         if s.warmup_delay_s > 0:
@@ -252,36 +275,34 @@ class RankRuntime:
                 outbox=self.events,
             )
 
-    def _select_data_path(self, store: Any) -> datapath.Choice:
-        """The combines' data path (`datapath.select`): probed by every rank of a fresh group, read from the
-        store by a joiner. Ends the rank with `ExitCode.NO_DATA_PATH` when no allowed route passes."""
-        s, world = self.settings, self.registry.world
-        assert world.device is not None and world.cpu is not None
-        device_pg, cpu_pg = world.device, world.cpu
+    def _select_data_path(self, store: Any, dtype: torch.dtype) -> datapath.Choice:
+        """The combines' data path (`datapath.select`) on the serving group, whose ranks are numbered from 0
+        there: probed by every serving rank of a fresh group, read from the store by a joiner. Ends the rank
+        with `ExitCode.NO_DATA_PATH` when no allowed route passes."""
+        s, serving = self.settings, self.registry.serving
+        assert serving.device is not None and serving.cpu is not None
+        device_pg, cpu_pg = serving.device, serving.cpu
+        index, size = self.rank - s.cluster.serving.start, len(s.cluster.serving)
         numel = s.model.max_batch_tokens * s.model.hidden_size
         build: dict[DataPath, Callable[[], datapath.CombinePath]] = {
             DataPath.DEVICE: lambda: datapath.DevicePath(device_pg, s.backend),
-            DataPath.STAGED: lambda: datapath.StagedPath(
-                cpu_pg, self.device, numel=numel, dtype=self.model.config.dtype
-            ),
+            DataPath.STAGED: lambda: datapath.StagedPath(cpu_pg, self.device, numel=numel, dtype=dtype),
         }
         try:
             where = datapath.UNKNOWN_PLACEMENT
             if s.data_path is DataPath.AUTO and not s.rejoin:
-                where = datapath.placement(
-                    store, rank=self.rank, world_size=self.world_size, node=s.node_name, rdma=s.rdma
-                )
+                where = datapath.placement(store, rank=index, world_size=size, node=s.node_name, rdma=s.rdma)
             choice = datapath.select(
                 s.data_path,
                 build=build,
-                rank=self.rank,
-                world_size=self.world_size,
+                rank=index,
+                world_size=size,
                 rejoin=s.rejoin,
                 sizes=datapath.probe_sizes(numel),
                 device=self.device,
                 success=self.mc.local_success,
                 agreement=StoreAgreement(
-                    store, self.rank, max(s.timeouts.join_timeout_s, s.probe_timeout_s + s.probe_drain_s)
+                    store, index, max(s.timeouts.join_timeout_s, s.probe_timeout_s + s.probe_drain_s)
                 ),
                 store=store,
                 bound_s=s.probe_timeout_s,
@@ -302,6 +323,7 @@ class RankRuntime:
         return self.mc.device_group_timeout(t.device_timeout_s, t.collective_timeout_s)
 
     def _join(self) -> None:
+        assert self.executor.metadata_cpu is not None, "only a serving rank rejoins"
         joined = self.admission.join(self.executor.metadata_cpu)
         control = joined.control
         self.executor.adopt(joined.metadata, control.epoch, control.step)

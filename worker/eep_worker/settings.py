@@ -297,7 +297,7 @@ def _parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help=h("warmup_delay_s", "simulated weight-load time before a rank joins or reports Ready"),
     )
     s.add_argument(
-        "--coordinator",
+        "--coordinator-mode",
         type=Coordinator,
         default=member.coordinator,
         choices=list(Coordinator),
@@ -332,7 +332,7 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
     if not host or not port_s.isdigit():
         p.error(f"--coordinator must be host:port, got {a.coordinator!r}")
     port = int(port_s)
-    offset = 1 if a.coordinator is Coordinator.DEDICATED else 0
+    offset = 1 if a.coordinator_mode is Coordinator.DEDICATED else 0
     if a.first_rank < offset:
         if a.rank_count != 1:
             p.error(f"a dedicated coordinator's pod holds rank 0 alone, not {a.rank_count} ranks")
@@ -350,7 +350,7 @@ def parse(argv: Sequence[str], env: Mapping[str, str]) -> Settings:
             coordinator_host=host,
             coordinator_port=port,
             rendezvous_port=a.rendezvous_port or port + 1,
-            coordinator=a.coordinator,
+            coordinator=a.coordinator_mode,
         ),
         timeouts=TimeoutSettings(
             a.collective_timeout_s,

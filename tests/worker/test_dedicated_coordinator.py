@@ -1,0 +1,43 @@
+"""A dedicated coordinator (issue #19): rank 0 alone in member 0's pod, plans every step and serves nothing;
+every serving member, the one holding rank 1 (whose output answers each step) included, dies and comes back
+in place while the answers go on, none wrong or missing. Real mooncake-cpu, pods as real processes
+(`eep_testkit.pods`), every answer checked against the reference model.
+
+Before: the worker had no such layout (`EEP_COORDINATOR` unknown; rank 0 always served, and losing member 0
+was a whole-group restart)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from eep_testkit.client import CheckingClient
+from eep_testkit.pods import LocalPods
+from eep_testkit.stream import Stream
+
+pytestmark = [pytest.mark.mooncake, pytest.mark.timeout(400)]
+
+
+@pytest.mark.mooncake_faults
+def test_every_serving_member_recovers_in_place(tmp_path: Path) -> None:
+    with LocalPods(
+        tmp_path,
+        members=3,
+        ranks_per_member=1,
+        collective_timeout_s=0.5,
+        reconcile_window_s=4.0,
+        join_timeout_s=30.0,
+        dedicated=True,
+    ) as cluster:
+        cluster.start_all()
+        coordinator = cluster.pods[0].logs()
+        assert "groups and model ready" in coordinator, coordinator[-2000:]
+        client = CheckingClient(cluster.pods[0])
+        with Stream(client, pause_s=0.02) as stream:
+            stream.wait_answer(lambda a: not a["degraded"], 30)
+            cluster.kill_and_replace(1, stream)  # rank 1: the output rank
+            cluster.kill_and_replace(2, stream)
+        assert not stream.errors, stream.errors[:5]
+        assert len(stream.answered) >= 5
+        assert "recovery succeeded" in cluster.pods[0].logs()
