@@ -1,6 +1,7 @@
 """MTTR benchmark: the same member failure under `recovery.mode: PerMember` and `GroupRestart`.
 
     .venv/bin/python bench/mttr.py [--delays 0,30] [--modes PerMember,GroupRestart] [--member 2]
+    .venv/bin/python bench/mttr.py --modes PerMember,Dedicated --leader     # issue #19's row
 
 On the local control plane (started here unless it runs; state `--state`), with the operator installed from
 the chart, for each simulated weight-load time (every member start sleeps that long before exec'ing the
@@ -12,6 +13,12 @@ delete the cluster. Per run: seconds with no serving at all, seconds until full 
 Writes bench/results/mttr.json, its picture (bench/results/mttr.png and .svg: PerMember against
 GroupRestart side by side, `eep_demo.picture.draw_mttr`) and prints a table. Whatever it measures is what it
 reports. `--draw` redraws the picture from an existing JSON without running anything.
+
+Mode `Dedicated` is `PerMember` with `elasticEP.coordinator: Dedicated` (rank 0 alone in member 0's pod,
+`nodes` serving members behind it). `--leader` kills the member whose loss today's layout cannot recover in
+place instead of `--member`: member 0 (the leader, the coordinator: a whole-group restart) in the other
+modes; with `Dedicated`, member 1 (rank 1, whose output answers every step: the nearest thing to a leader
+among the serving members).
 """
 
 from __future__ import annotations
@@ -40,11 +47,21 @@ from eep_testkit import crs
 OUT = Path(__file__).resolve().parent / "results" / "mttr.json"
 
 
-def one_run(session: scenario.Session, mode: str, delay_s: float, member: int, nodes: int) -> dict[str, Any]:
+def one_run(
+    session: scenario.Session, mode: str, delay_s: float, member: int | None, nodes: int
+) -> dict[str, Any]:
+    """One mode at one weight-load time; ``member`` None: the leader's member (module doc, `--leader`)."""
     ctx = session.ctx
     name = f"mttr-{mode.lower()}-{int(delay_s)}"
     ctx.view.step(f"{mode}, weight-load time {delay_s:g} s: apply {name}")
-    scenario.apply_cluster(ctx, crs.from_example(name, mode=mode, load_delay_s=delay_s, nodes=nodes))
+    dedicated = mode == "Dedicated"
+    cr = crs.from_example(name, mode="PerMember" if dedicated else mode, load_delay_s=delay_s, nodes=nodes)
+    if dedicated:
+        cr["spec"]["elasticEP"]["coordinator"] = "Dedicated"
+        cr["spec"]["elasticEP"]["coordinatorRequests"] = {"cpu": "100m", "memory": "256Mi"}
+    if member is None:
+        member = 1 if dedicated else 0
+    scenario.apply_cluster(ctx, cr)
     try:
         scenario.wait_ready(ctx, name, 300 + 2 * delay_s)
         result = scenario.run_failure(
@@ -56,6 +73,7 @@ def one_run(session: scenario.Session, mode: str, delay_s: float, member: int, n
             settle_s=3,
             drain_s=60 + delay_s,
             client_settings=ClientSettings(concurrency=2, pace_s=0.05),
+            allow_zero=True,
         )
     finally:
         scenario.delete_cluster(ctx, name)
@@ -152,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--delays", default="0,30", help="simulated weight-load seconds per member start")
     p.add_argument("--modes", default="PerMember,GroupRestart")
     p.add_argument("--member", type=int, default=2)
+    p.add_argument(
+        "--leader",
+        action="store_true",
+        help="kill the leader's member instead of --member: member 0, or member 1 with Dedicated",
+    )
     p.add_argument("--nodes", type=int, default=4)
     p.add_argument("--out", default=str(OUT))
     p.add_argument("--keep", action="store_true")
@@ -181,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         for delay in delays:
             for mode in modes:
                 try:
-                    runs.append(one_run(session, mode, delay, a.member, a.nodes))
+                    runs.append(one_run(session, mode, delay, None if a.leader else a.member, a.nodes))
                 except StepFailed as exc:
                     runs.append({"mode": mode, "load_delay_s": delay, "error": str(exc)[:4000], "ok": False})
     finally:
@@ -192,7 +215,12 @@ def main(argv: list[str] | None = None) -> int:
         "time": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "python": platform.python_version()},
         "cluster": "local control plane + process node; CPU example (examples/cpu-demo.yaml), mooncake-cpu",
-        "settings": {"delays_s": delays, "modes": modes, "member_killed": a.member, "nodes": a.nodes},
+        "settings": {
+            "delays_s": delays,
+            "modes": modes,
+            "member_killed": "the leader's" if a.leader else a.member,
+            "nodes": a.nodes,
+        },
         "definitions": "eep_demo.timeline module docstring",
         "took_s": round(time.monotonic() - started, 1),
         "runs": runs,

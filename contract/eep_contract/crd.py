@@ -96,6 +96,8 @@ def to_structural(node: Any, defs: dict[str, Schema]) -> Any:
             description = target.get("description")
         target.pop("description", None)
         node = {**target, **node}
+    if node.get("x-kubernetes-int-or-string"):
+        return node  # a Kubernetes quantity: its anyOf of integer and string is structural as it stands
     if "anyOf" in node:
         options = [o for o in node.pop("anyOf") if o.get("type") != "null"]
         if len(options) != 1:

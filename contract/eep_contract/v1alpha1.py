@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-from eep_contract.env import FIELD_REFS, DataPath, MemberEnv
+from eep_contract.env import FIELD_REFS, Coordinator, DataPath, MemberEnv
 
 GROUP = "elasticep.io"
 VERSION = "v1alpha1"
@@ -35,6 +35,10 @@ MAX_MEMBERS = 64
 MAX_RANKS_PER_MEMBER = 16
 MAX_WORLD_SIZE = 64
 """Mooncake's limit on global ranks in one group (both backends are Mooncake's)."""
+DEDICATED_NEEDS_EEP_WORKER = (
+    "elasticEP.coordinator: Dedicated needs engine eep-worker: SGLang runs its coordinator, HTTP server and "
+    "tokenizer in node rank 0, which also serves"
+)
 
 
 class Labels:
@@ -407,6 +411,37 @@ class ElasticEPSpec(_Model):
         description="How the ranks carry the model's combine all-reduces, chosen once at the group's start "
         "by a probe that checks the sums on every rank (`EEP_DATA_PATH`). Reaches engine `eep-worker` only.",
     )
+    coordinator: Coordinator = Field(
+        default=Coordinator.MEMBER0,
+        description="Where global rank 0 (Mooncake's coordinator, the rendezvous store, the planner) lives. "
+        "`Member0`: in member 0, which also serves; its loss restarts the whole group. `Dedicated`: in a "
+        "pod of its own (member 0, rank 0 alone, no GPU, `coordinatorRequests`) that serves nothing; every "
+        "serving member (members 1..nodes) then recovers in place, and only the coordinator's loss "
+        "restarts the group. Engine `eep-worker` only. Fixed after creation.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "self == oldSelf", "message": "coordinator is immutable: create a new cluster"}
+            ]
+        },
+    )
+    coordinator_requests: dict[str, int | str] = Field(
+        default_factory=lambda: dict[str, int | str]({"cpu": "1", "memory": "2Gi"}),
+        max_length=8,
+        description="With `coordinator: Dedicated`: the coordinator pod's engine container requests (and "
+        "its only resources: the template's are replaced, GPUs and RDMA devices dropped).",
+        json_schema_extra={
+            "additionalProperties": {
+                "anyOf": [{"type": "integer"}, {"type": "string"}],
+                "x-kubernetes-int-or-string": True,
+            }
+        },
+    )
+    coordinator_priority_class_name: str | None = Field(
+        default=None,
+        max_length=253,
+        description="With `coordinator: Dedicated`: the coordinator pod's priorityClassName (default: the "
+        "template's). Give it one above the serving members': its preemption restarts the whole group.",
+    )
 
 
 class RecoveryMode(StrEnum):
@@ -743,9 +778,18 @@ class ElasticEPClusterSpec(_Model):
         json_schema_extra={
             "x-kubernetes-validations": [
                 {
-                    "rule": f"self.nodes * self.ranksPerNode <= {MAX_WORLD_SIZE}",
-                    "message": f"world size (nodes x ranksPerNode) must be at most {MAX_WORLD_SIZE}: "
-                    "Mooncake's limit on the global ranks of one group",
+                    "rule": f"self.nodes * self.ranksPerNode + (has(self.elasticEP) && "
+                    f"has(self.elasticEP.coordinator) && self.elasticEP.coordinator == 'Dedicated' ? 1 : 0) "
+                    f"<= {MAX_WORLD_SIZE}",
+                    "message": f"world size (nodes x ranksPerNode, plus 1 for a dedicated coordinator) must "
+                    f"be at most {MAX_WORLD_SIZE}: Mooncake's limit on the global ranks of one group",
+                },
+                {
+                    "rule": "!has(self.elasticEP) || !has(self.elasticEP.coordinator) || "
+                    "self.elasticEP.coordinator != 'Dedicated' || "
+                    "(has(self.engine) && has(self.engine.name) && self.engine.name == 'eep-worker') || "
+                    "!has(self.engine) || !has(self.engine.name)",
+                    "message": DEDICATED_NEEDS_EEP_WORKER,
                 },
                 {
                     "rule": "!has(self.recovery) || !has(self.recovery.maxUnavailableMembers) || "
@@ -789,9 +833,41 @@ class ElasticEPClusterSpec(_Model):
             raise ValueError(SGLangReleases.NO_JOIN_FLAG_MESSAGE)
         return self
 
+    @model_validator(mode="after")
+    def _dedicated_needs_the_reference_worker(self) -> ElasticEPClusterSpec:
+        """The CEL rule on `elasticEP.coordinator: Dedicated` above, for whoever builds the model without the
+        API server."""
+        if self.dedicated and self.engine.name != EngineName.EEP_WORKER:
+            raise ValueError(DEDICATED_NEEDS_EEP_WORKER)
+        return self
+
+    @property
+    def dedicated(self) -> bool:
+        """Rank 0 is a dedicated coordinator (`elasticEP.coordinator: Dedicated`)."""
+        return self.elastic_ep.coordinator is Coordinator.DEDICATED
+
     @property
     def world_size(self) -> int:
-        return self.nodes * self.ranks_per_node
+        """Global ranks: nodes x ranksPerNode, plus rank 0 alone with a dedicated coordinator."""
+        return self.nodes * self.ranks_per_node + int(self.dedicated)
+
+    @property
+    def member_count(self) -> int:
+        """Member pods: `nodes`, plus the coordinator's (member 0) with a dedicated coordinator."""
+        return self.nodes + int(self.dedicated)
+
+    def member_ranks(self, index: int) -> range:
+        """The global ranks member ``index`` holds: ``index x ranksPerNode`` on; with a dedicated coordinator
+        member 0 holds rank 0 alone and member i >= 1 ranks ``1 + (i - 1) x ranksPerNode`` on. Raises
+        IndexError for an index outside `member_count`."""
+        if not 0 <= index < self.member_count:
+            raise IndexError(f"member {index} of {self.member_count}")
+        rpn = self.ranks_per_node
+        if not self.dedicated:
+            return range(index * rpn, (index + 1) * rpn)
+        if index == 0:
+            return range(0, 1)
+        return range(1 + (index - 1) * rpn, 1 + index * rpn)
 
 
 # --------------------------------------------------------------------------------------------------

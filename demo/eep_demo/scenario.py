@@ -263,12 +263,15 @@ def start_load(
     return client, sampler
 
 
-def pick_member(nodes: int, member: int | None, rng: random.Random) -> int:
+def pick_member(members: int, member: int | None, rng: random.Random, *, allow_zero: bool = False) -> int:
+    """``member``, or one of members 1.. at random; raises StepFailed for one out of range, and for member 0
+    unless ``allow_zero`` (its loss is a whole-group restart where it serves: the MTTR benchmark measures
+    that on purpose)."""
     if member is not None:
-        if not 0 < member < nodes:
-            raise StepFailed(f"member {member} is not a non-zero member of {nodes}")
+        if not (0 if allow_zero else 1) <= member < members:
+            raise StepFailed(f"member {member} is not a non-zero member of {members}")
         return member
-    return rng.randrange(1, nodes)
+    return rng.randrange(1, members)
 
 
 def follow(
@@ -305,13 +308,17 @@ def run_failure(
     sample_interval_s: float = 0.2,
     seed: int | None = None,
     on_kill: Callable[[float], None] | None = None,
+    allow_zero: bool = False,
 ) -> FailureResult:
-    """Load on, SIGKILL the pod processes of one non-zero member, follow until full capacity, settle, stop."""
+    """Load on, SIGKILL the pod processes of one non-zero member (member 0 too with ``allow_zero``), follow
+    until full capacity, settle, stop."""
     cr = ctx.kube.get_cr(ctx.namespace, name) or {}
     spec = cr.get("spec") or {}
-    nodes = int(spec.get("nodes", 0))
+    # Member pods: `nodes`, and member 0 alone in front of them with a dedicated coordinator.
+    dedicated = (spec.get("elasticEP") or {}).get("coordinator") == "Dedicated"
+    members = int(spec.get("nodes", 0)) + int(dedicated)
     ranks_per_member = int(spec.get("ranksPerNode", 8))
-    chosen = pick_member(nodes, member, random.Random(seed))
+    chosen = pick_member(members, member, random.Random(seed), allow_zero=allow_zero)
     client, sampler = start_load(ctx, name, client_settings or ClientSettings(), sample_interval_s)
     try:
         ctx.view.step(

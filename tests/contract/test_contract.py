@@ -110,6 +110,7 @@ def test_there_are_enough_invalid_examples_each_with_an_expectation() -> None:
 # validator's: tests/contract/test_offline_validation.py), so those files are checked only there.
 CEL_ONLY = {
     "world-too-large.yaml",
+    "dedicated-world-too-large.yaml",
     "sglang-without-model.yaml",
     "max-unavailable-not-below-nodes.yaml",
     "backoff-max-below-initial.yaml",

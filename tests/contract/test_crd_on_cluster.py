@@ -116,7 +116,9 @@ def test_a_world_above_mooncakes_64_ranks_is_rejected(
     path.write_text(yaml.safe_dump(doc))
     accepted, message = _apply(kubectl, namespace, path)
     assert not accepted, f"{nodes} x {ranks_per_node} ranks accepted"
-    assert "world size (nodes x ranksPerNode) must be at most 64" in message, message
+    assert (
+        "world size (nodes x ranksPerNode, plus 1 for a dedicated coordinator) must be at most 64" in message
+    ), message
     assert "Mooncake's limit on the global ranks of one group" in message, message
 
     doc["spec"].update(nodes=64 // ranks_per_node)  # the largest world that fits is accepted

@@ -50,14 +50,26 @@ if TYPE_CHECKING:
     from eep_worker.admission import Admission
     from eep_worker.mooncake import Mooncake
 
-__all__ = ["ANSWER_HEAD", "PlanCodec", "StepExecutor", "StepResult", "StepWatchdog", "output_rank"]
+__all__ = [
+    "ANSWER_HEAD",
+    "ANSWER_STEP",
+    "PlanCodec",
+    "StepExecutor",
+    "StepResult",
+    "StepWatchdog",
+    "output_rank",
+]
 
 log = logging.getLogger(__name__)
 ANSWER_OK = 0
 """The answer's first element: 1.0 when every collective of the output rank's step succeeded."""
-ANSWER_HEAD = 1
-"""The answer (a dedicated coordinator's, float64 on the world group): ``[ok, failed mask over the world
-(world_size), output rows (max_batch_tokens x hidden)]``; `ANSWER_HEAD` is where the mask starts."""
+ANSWER_STEP = 1
+"""The answer's second element, and its last: the step it answers. Rank 0 takes an answer only when both are
+its plan's step: a broadcast that failed on one side may still land later (after the view changed, in the
+next step's buffer), and such a late or torn answer then carries another step."""
+ANSWER_HEAD = 2
+"""The answer (a dedicated coordinator's, float64 on the world group): ``[ok, step, failed mask over the world
+(world_size), output rows (max_batch_tokens x hidden), step]``; `ANSWER_HEAD` is where the mask starts."""
 
 
 def output_rank(live: frozenset[int], serving: range) -> int:
@@ -192,7 +204,7 @@ class StepExecutor:
         """With a dedicated coordinator: the output rank's step succeeded (rank 0: as its answer says)."""
         self._answer_failed: frozenset[int] = frozenset()
         """With a dedicated coordinator: the global ranks the output rank's answer names as failed."""
-        self.answer = torch.zeros(ANSWER_HEAD + self.world_size + m.max_batch_tokens * m.hidden_size,
+        self.answer = torch.zeros(ANSWER_HEAD + self.world_size + m.max_batch_tokens * m.hidden_size + 1,
                                   dtype=torch.float64) if self.dedicated else None  # fmt: skip
         """The answer's broadcast buffer (`ANSWER_HEAD` module doc), with a dedicated coordinator."""
         self.stall_limit_s = max(30.0, 10 * (t.collective_timeout_s + t.reconcile_window_s))
@@ -409,7 +421,8 @@ class StepExecutor:
             if buf[ANSWER_OK] < 0.5:
                 for r in self.failed_ranks():
                     buf[ANSWER_HEAD + r] = 1.0
-            buf[ANSWER_HEAD + w :] = out.reshape(-1).to("cpu", torch.float64)
+            buf[ANSWER_HEAD + w : -1] = out.reshape(-1).to("cpu", torch.float64)
+            buf[ANSWER_STEP] = buf[-1] = float(self.step_no)
         work = dist.broadcast(buf, src=source, group=self.world.cpu, async_op=True)
         assert work is not None
         work.wait()
@@ -417,11 +430,23 @@ class StepExecutor:
         self._note(work)
         if not self.is_leader:
             return out
-        self._answer_ok = bool(buf[ANSWER_OK] >= 0.5)
-        if not self._answer_ok:
+        ok, first, last = buf[ANSWER_OK].item(), buf[ANSWER_STEP].item(), buf[-1].item()
+        mine = first == last == float(self.step_no)
+        if not mine:
+            log.warning(
+                "rank %d step %d: an answer of another step (%g, %g) from rank %d: not used",
+                self.rank,
+                self.step_no,
+                first,
+                last,
+                source,
+            )
+        self._answer_ok = mine and ok >= 0.5
+        if mine and not self._answer_ok:
             mask = buf[ANSWER_HEAD : ANSWER_HEAD + w].tolist()
             self._answer_failed = frozenset(r for r, flag in enumerate(mask) if flag >= 0.5)
-        return buf[ANSWER_HEAD + w :].view(m.max_batch_tokens, m.hidden_size)
+        buf[ANSWER_STEP] = buf[-1] = -1.0  # what a broadcast that delivers nothing leaves: no step's answer
+        return buf[ANSWER_HEAD + w : -1].view(m.max_batch_tokens, m.hidden_size)
 
     @contextlib.contextmanager
     def variant(self, *, ring: PlanRing | None = None, codec: PlanCodec | None = None) -> Iterator[None]:

@@ -127,7 +127,9 @@ class RankRuntime:
         s, c = self.settings, self.settings.cluster
         t0 = time.monotonic()
         if self.on_gpu:
-            torch.cuda.set_device(self.rank % torch.cuda.device_count())
+            # Mooncake's peer-to-peer route takes a peer's GPU to be its group-local rank mod the GPU count
+            # (docs/architecture.md, "a coordinator-only rank 0"): the serving group's local rank decides.
+            torch.cuda.set_device((self.rank - c.serving.start) % torch.cuda.device_count())
             self.device = torch.device("cuda", torch.cuda.current_device())
             # All of this rank's GPU work on a non-blocking stream of its own, never torch's legacy default
             # stream: off the peer-to-peer route Mooncake's TCP transport copies GPU memory with cudaMemcpy

@@ -280,17 +280,16 @@ class _Ctx:
 
 
 def _init_members(spec: ElasticEPClusterSpec, now: datetime) -> list[MemberStatus]:
-    rpn = spec.ranks_per_node
     return [
         MemberStatus(
             index=i,
-            first_rank=i * rpn,
-            rank_count=rpn,
+            first_rank=spec.member_ranks(i).start,
+            rank_count=len(spec.member_ranks(i)),
             state=members.INITIAL,
             state_since=now,
             incarnation=1,
         )
-        for i in range(spec.nodes)
+        for i in range(spec.member_count)
     ]
 
 
@@ -309,13 +308,15 @@ def plan(
         ctx.stall("APIRequestRefused", observed.refused)
     if _status_lost(st, observed, spec):
         _rebuild(ctx)
-    elif len(st.members) != spec.nodes:
+    elif len(st.members) != spec.member_count:
         st.members = _init_members(spec, now)
         st.restart_generation = spec.restart_generation
         _adopt_spec(ctx)
         ctx.bump_epoch = bool(status.members)
         ctx.event(
-            "Normal", "GroupCreating", f"creating {spec.nodes} member pods (world size {spec.world_size})"
+            "Normal",
+            "GroupCreating",
+            f"creating {spec.member_count} member pods (world size {spec.world_size})",
         )
 
     if st.phase == Phase.FAILED and observed.generation <= (st.observed_generation or 0):
@@ -378,7 +379,7 @@ def _status_lost(st: ElasticEPClusterStatus, observed: Observed, spec: ElasticEP
     status restored). The status is written before every pod it leads to, so neither happens otherwise."""
     if not observed.pods:
         return False
-    if len(st.members) != spec.nodes:
+    if len(st.members) != spec.member_count:
         return True
     by_index = {m.index: m for m in st.members}
     return any(p.member in by_index and p.incarnation > by_index[p.member].incarnation for p in observed.pods)

@@ -180,13 +180,13 @@ def _probes(spec: ElasticEPClusterSpec, index: int) -> Manifest:
 
 def member_env(spec: ElasticEPClusterSpec, cluster: str, namespace: str, index: int) -> MemberEnv:
     """What member `index` is told through its environment (the contract's `MemberEnv`)."""
-    rpn = spec.ranks_per_node
+    ranks = spec.member_ranks(index)
     return MemberEnv(
         namespace=namespace,
         cluster=cluster,
         member_index=index,
-        first_rank=index * rpn,
-        rank_count=rpn,
+        first_rank=ranks.start,
+        rank_count=len(ranks),
         world_size=spec.world_size,
         coordinator_addr=coordinator_addr(cluster, namespace, spec),
         backend=spec.elastic_ep.backend.value,
@@ -195,6 +195,7 @@ def member_env(spec: ElasticEPClusterSpec, cluster: str, namespace: str, index: 
         http_port=spec.engine.port,
         data_path=spec.elastic_ep.data_path,
         rdma=bool(spec.elastic_ep.ib_devices) and not spec.elastic_ep.force_tcp,
+        coordinator=spec.elastic_ep.coordinator,
     )
 
 
@@ -216,13 +217,13 @@ def _env(
 
 
 def member_labels(cluster: str, spec: ElasticEPClusterSpec, index: int) -> dict[str, str]:
-    rpn = spec.ranks_per_node
+    ranks = spec.member_ranks(index)
     return {
         **spec.template.metadata.labels,
         Labels.CLUSTER: cluster,
         Labels.MEMBER: str(index),
-        Labels.FIRST_RANK: str(index * rpn),
-        Labels.RANK_COUNT: str(rpn),
+        Labels.FIRST_RANK: str(ranks.start),
+        Labels.RANK_COUNT: str(len(ranks)),
         Labels.MANAGED_BY: MANAGED_BY_VALUE,
     }
 
@@ -273,6 +274,8 @@ def render_pod(
         engine = {"name": ENGINE_CONTAINER}
         containers.insert(0, engine)
     _set_engine(engine, spec, cluster, namespace, index, join=join)
+    if spec.dedicated and index == 0:
+        _as_coordinator(engine, pod_spec, spec)
     pod_spec |= {
         "containers": containers,
         "restartPolicy": "Never",
@@ -290,7 +293,7 @@ def render_pod(
         annotations[Annotations.REVISION] = revision
     if pod_group is not None:
         labels[Kueue.POD_GROUP_LABEL] = pod_group
-        annotations[Kueue.POD_GROUP_TOTAL_ANNOTATION] = str(spec.nodes)
+        annotations[Kueue.POD_GROUP_TOTAL_ANNOTATION] = str(spec.member_count)
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -303,6 +306,17 @@ def render_pod(
         },
         "spec": pod_spec,
     }
+
+
+def _as_coordinator(engine: Manifest, pod_spec: Manifest, spec: ElasticEPClusterSpec) -> None:
+    """A dedicated coordinator's pod (member 0, rank 0 alone), in place: it runs no GPU work, so the engine
+    container's resources are `elasticEP.coordinatorRequests` alone (the template's GPUs and RDMA devices
+    dropped), and `elasticEP.coordinatorPriorityClassName`, when set, replaces the template's priority class
+    (its preemption restarts the whole group)."""
+    engine["resources"] = {"requests": dict(spec.elastic_ep.coordinator_requests)}
+    if spec.elastic_ep.coordinator_priority_class_name:
+        pod_spec["priorityClassName"] = spec.elastic_ep.coordinator_priority_class_name
+        pod_spec.pop("priority", None)
 
 
 def render_service(spec: ElasticEPClusterSpec, *, cluster: str, namespace: str, uid: str) -> Manifest:
@@ -338,7 +352,8 @@ def render_pdb(spec: ElasticEPClusterSpec, *, cluster: str, namespace: str, uid:
     a preemption through the Eviction API) at a time, and the next only once every member is Ready again,
     i.e. the previous member's replacement has joined.
 
-    `minAvailable: nodes - 1`, an integer, and not `maxUnavailable`:
+    `minAvailable: members - 1` (`nodes`, plus a dedicated coordinator's pod), an integer, and not
+    `maxUnavailable`:
     - The disruption controller resolves `maxUnavailable` (and percentages) through the pods' controller's
       `scale` subresource; the ElasticEPCluster has none, so such a budget never syncs and allows no eviction
       at all. An integer `minAvailable` is counted on the matching pods alone.
@@ -366,7 +381,7 @@ def render_pdb(spec: ElasticEPClusterSpec, *, cluster: str, namespace: str, uid:
             "ownerReferences": [owner_reference(cluster, uid)],
         },
         "spec": {
-            "minAvailable": spec.nodes - 1,
+            "minAvailable": spec.member_count - 1,
             "selector": {"matchLabels": {Labels.CLUSTER: cluster}},
             "unhealthyPodEvictionPolicy": "AlwaysAllow",
         },
