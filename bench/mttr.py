@@ -119,7 +119,7 @@ def dataclass_dict(obj: Any) -> dict[str, Any]:
 
 
 def table(runs: list[dict[str, Any]]) -> Table:
-    t = Table(title="MTTR: one non-zero member SIGKILLed", title_justify="left")
+    t = Table(title="MTTR: one member SIGKILLed (the JSON's member_killed)", title_justify="left")
     for col in (
         "mode",
         "load s",
