@@ -64,7 +64,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from eep_contract.env import GPU_COLLECTIVES_ENV, DataPath, GpuCollectives
+from eep_contract.env import GPU_COLLECTIVES_ENV, Coordinator, DataPath, GpuCollectives
 from eep_contract.pause import DEFAULT_TAIL_TIMEOUT_S
 from eep_testkit.envfile import mooncake_cpu_env
 from eep_testkit.ports import free_port
@@ -395,7 +395,8 @@ def rank_process(  # noqa: PLR0917 - a multiprocessing target takes positional a
     )
     try:
         rt.start()
-        events.put(DataPathChosen(rank, rt.data_path.mode.value, rt.data_path.describe()))
+        if rt.serves:  # a dedicated coordinator's rank 0 has no data path
+            events.put(DataPathChosen(rank, rt.data_path.mode.value, rt.data_path.describe()))
         if measure is not None and not settings.rejoin:
             events.put(BenchResult(rank, _steady_state(rt, measure)))
         rt.serve()
@@ -415,7 +416,8 @@ class Run:
 
     def __init__(self, a: argparse.Namespace) -> None:
         self.a = a
-        self.world = a.members * a.ranks_per_member
+        self.world = a.members * a.ranks_per_member + int(a.dedicated)
+        self.serving = a.members * a.ranks_per_member
         self.workdir = Path(a.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.membership = MembershipFile(self.workdir / "membership.json")
@@ -450,11 +452,28 @@ class Run:
         self.event_pump = QueuePump(self.events, self.handlers(), name="rank-events", unknown=lambda e: None)
         self.client = Pump(self.send_request, name="client", interval_s=a.request_interval_s)
 
+    def ranks_of(self, member: int) -> range:
+        """Member ``member``'s global ranks; with ``--dedicated`` member 0 is rank 0 alone (coordinator)."""
+        rpm = self.a.ranks_per_member
+        if not self.a.dedicated:
+            return range(member * rpm, (member + 1) * rpm)
+        return range(0, 1) if member == 0 else range(1 + (member - 1) * rpm, 1 + member * rpm)
+
     def settings(self, member: int, rejoin: bool) -> Settings:
         a, rpm = self.a, self.a.ranks_per_member
+        ranks = self.ranks_of(member)
         return Settings(
             cluster=ClusterSettings(
-                "bench", "bench", member, member * rpm, rpm, self.world, "127.0.0.1", self.port, 0
+                "bench",
+                "bench",
+                member,
+                ranks.start,
+                len(ranks),
+                self.world,
+                "127.0.0.1",
+                self.port,
+                0,
+                Coordinator.DEDICATED if a.dedicated else Coordinator.MEMBER0,
             ),
             timeouts=TimeoutSettings(
                 a.collective_timeout_s,
@@ -481,8 +500,7 @@ class Run:
         )
 
     def start_member(self, member: int, rejoin: bool, measure: bool) -> None:
-        rpm = self.a.ranks_per_member
-        for rank in range(member * rpm, (member + 1) * rpm):
+        for rank in self.ranks_of(member):
             self.ready.discard(rank)
             m = (
                 Measure(self.a.steps, self.a.rounds, self.a.attribute, self.a.pin_cpus, self.world)
@@ -535,10 +553,9 @@ class Run:
             (self.workdir / f"stall-dump-rank{rank}.txt").write_text("\n".join(lines) + "\n")
 
     def kill_member(self, member: int) -> None:
-        rpm = self.a.ranks_per_member
-        for rank in range(member * rpm, (member + 1) * rpm):
+        for rank in self.ranks_of(member):
             os.kill(self.procs[rank].pid, signal.SIGKILL)
-        for rank in range(member * rpm, (member + 1) * rpm):
+        for rank in self.ranks_of(member):
             self.procs[rank].join(10)
 
     def handlers(self) -> dict[type[Any], Callable[[Any], None]]:
@@ -629,19 +646,20 @@ class Run:
         return None
 
     def scenario(self, out: dict[str, Any]) -> None:
-        a, rpm = self.a, self.a.ranks_per_member
-        victim = a.members - 1
-        victims = list(range(victim * rpm, (victim + 1) * rpm))
+        a = self.a
+        members = a.members + int(a.dedicated)
+        victim = a.kill_member if a.kill_member is not None else members - 1
+        victims = list(self.ranks_of(victim))
         survivors = [r for r in range(self.world) if r not in victims]
         everyone = list(range(self.world))
         self.event_pump.start()
         self.operator.publish(everyone)
         t0 = time.time()
-        for m in range(a.members):
+        for m in range(members):
             self.start_member(m, rejoin=False, measure=a.steps > 0)
         self.wait(lambda: len(self.ready) == self.world, a.start_timeout_s, "every rank ready")
         out["start_s"] = time.time() - t0
-        self.wait(lambda: len(self.data_paths) >= self.world, 10, "every rank's data path")
+        self.wait(lambda: len(self.data_paths) >= self.serving, 10, "every serving rank's data path")
         modes = {v["mode"] for v in self.data_paths.values()}
         out["data_path"] = modes.pop() if len(modes) == 1 else sorted(modes)
         out["data_path_by_rank"] = dict(self.data_paths)
@@ -760,7 +778,19 @@ def _environment(a: argparse.Namespace) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--members", type=int, default=2)
+    p.add_argument("--members", type=int, default=2, help="serving members")
+    p.add_argument(
+        "--dedicated",
+        action="store_true",
+        help="a dedicated coordinator (issue #19): rank 0 alone, on the CPU, in a member 0 of its own; the "
+        "serving members are 1..--members (use with --steps 0)",
+    )
+    p.add_argument("--kill-member", type=int, default=None, help="the member killed (default: the last)")
+    p.add_argument(
+        "--share-gpus",
+        action="store_true",
+        help="allow fewer GPUs than serving ranks: rank r takes GPU (r - first serving rank) mod the count",
+    )
     p.add_argument("--ranks-per-member", type=int, default=1)
     p.add_argument("--backend", default="mooncake", choices=["mooncake", "mooncake-cpu"])
     p.add_argument(
@@ -854,7 +884,9 @@ def main(argv: list[str] | None = None) -> int:
         a.steps, a.rounds = min(a.steps, 20), min(a.rounds, 2)
     if a.subgroups == "auto":
         a.subgroups = "column" if a.backend == "mooncake" else "none"
-    world = a.members * a.ranks_per_member
+    if a.dedicated and a.steps:
+        p.error("--dedicated measures no steady state (rank 0 has no model): add --steps 0")
+    world = a.members * a.ranks_per_member + int(a.dedicated)
     default_name = "gpu_recovery.json" if world <= 2 else f"gpu_recovery_{world}.json"
     if a.backend == "mooncake-cpu":
         default_name = default_name.replace("gpu_", "gpu_dryrun_")
@@ -885,9 +917,12 @@ def main(argv: list[str] | None = None) -> int:
 
         out["torch"] = torch.__version__
         if a.backend == "mooncake":
-            if torch.cuda.device_count() < world:
+            gpus = world - int(a.dedicated)  # a dedicated coordinator's rank 0 runs on the CPU
+            if torch.cuda.device_count() < gpus and not a.share_gpus:
                 raise RuntimeError(
-                    f"need {world} GPUs (one process per GPU), found {torch.cuda.device_count()}"
+                    f"need {gpus} GPUs (one process per GPU), found {torch.cuda.device_count()}; "
+                    "--share-gpus runs several ranks on one (with --data-path staged: two ranks of one GPU "
+                    "cannot take Mooncake's peer-to-peer route)"
                 )
             out["card"] = torch.cuda.get_device_name(0)
             out["cards"] = torch.cuda.device_count()

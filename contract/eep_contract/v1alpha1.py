@@ -35,6 +35,9 @@ MAX_MEMBERS = 64
 MAX_RANKS_PER_MEMBER = 16
 MAX_WORLD_SIZE = 64
 """Mooncake's limit on global ranks in one group (both backends are Mooncake's)."""
+DEDICATED_NEEDS_TWO_NODES = (
+    "elasticEP.coordinator: Dedicated needs nodes >= 2: a serving member is recovered from the others"
+)
 DEDICATED_NEEDS_EEP_WORKER = (
     "elasticEP.coordinator: Dedicated needs engine eep-worker: SGLang runs its coordinator, HTTP server and "
     "tokenizer in node rank 0, which also serves"
@@ -792,6 +795,11 @@ class ElasticEPClusterSpec(_Model):
                     "message": DEDICATED_NEEDS_EEP_WORKER,
                 },
                 {
+                    "rule": "!has(self.elasticEP) || !has(self.elasticEP.coordinator) || "
+                    "self.elasticEP.coordinator != 'Dedicated' || self.nodes >= 2",
+                    "message": DEDICATED_NEEDS_TWO_NODES,
+                },
+                {
                     "rule": "!has(self.recovery) || !has(self.recovery.maxUnavailableMembers) || "
                     "self.recovery.maxUnavailableMembers < self.nodes",
                     "message": "recovery.maxUnavailableMembers must be smaller than nodes: "
@@ -835,10 +843,12 @@ class ElasticEPClusterSpec(_Model):
 
     @model_validator(mode="after")
     def _dedicated_needs_the_reference_worker(self) -> ElasticEPClusterSpec:
-        """The CEL rule on `elasticEP.coordinator: Dedicated` above, for whoever builds the model without the
-        API server."""
+        """The CEL rules on `elasticEP.coordinator: Dedicated` above (engine, nodes), for whoever builds the
+        model without the API server."""
         if self.dedicated and self.engine.name != EngineName.EEP_WORKER:
             raise ValueError(DEDICATED_NEEDS_EEP_WORKER)
+        if self.dedicated and self.nodes < 2:
+            raise ValueError(DEDICATED_NEEDS_TWO_NODES)
         return self
 
     @property

@@ -18,6 +18,16 @@ from eep_operator.core import actions as A
 from eep_operator.core import podspec
 from eep_operator.core.planner import plan
 
+ANTI_AFFINITY = {
+    "requiredDuringSchedulingIgnoredDuringExecution": [
+        {
+            "labelSelector": {"matchLabels": {"elasticep.io/cluster": "c"}},
+            "topologyKey": "kubernetes.io/hostname",
+        }
+    ]
+}
+"""One serving member per node, as the GPU examples ask."""
+
 
 def spec(**elastic_ep: Any) -> ElasticEPClusterSpec:
     return ElasticEPClusterSpec.model_validate(
@@ -27,7 +37,11 @@ def spec(**elastic_ep: Any) -> ElasticEPClusterSpec:
             "ranksPerNode": 2,
             "elasticEP": {"backend": "mooncake", "coordinator": "Dedicated", **elastic_ep},
             "template": {
-                "spec": {"containers": [{"name": "engine", "resources": {"limits": {"nvidia.com/gpu": 2}}}]}
+                "spec": {
+                    "containers": [{"name": "engine", "resources": {"limits": {"nvidia.com/gpu": 2}}}],
+                    "affinity": {"podAntiAffinity": ANTI_AFFINITY},
+                    "resourceClaims": [{"name": "gpus", "resourceClaimTemplateName": "gpus"}],
+                }
             },
         }
     )
@@ -50,10 +64,14 @@ def test_the_first_plan_creates_the_coordinator_and_the_serving_members() -> Non
     assert {e.coordinator for e in envs} == {Coordinator.DEDICATED}
     coordinator, serving = pods[0], pods[1]
     engine = next(c for c in coordinator["spec"]["containers"] if c["name"] == "engine")
-    assert engine["resources"] == {"requests": {"cpu": "1", "memory": "2Gi"}}  # no GPU
+    want = {"cpu": "1", "memory": "2Gi"}
+    assert engine["resources"] == {"requests": want, "limits": want}  # no GPU, Guaranteed QoS
+    assert "affinity" not in coordinator["spec"] and "resourceClaims" not in coordinator["spec"]
     assert coordinator["spec"]["priorityClassName"] == "eep-coordinator"
     engine = next(c for c in serving["spec"]["containers"] if c["name"] == "engine")
     assert engine["resources"] == {"limits": {"nvidia.com/gpu": 2}}
+    assert serving["spec"]["affinity"] == {"podAntiAffinity": ANTI_AFFINITY}
+    assert serving["spec"]["resourceClaims"]
     assert "priorityClassName" not in serving["spec"]
 
 

@@ -175,9 +175,9 @@ class StepExecutor:
         self.epoch = 0
         self.step_no = 0
         self.dispatch_live: frozenset[int] = frozenset(range(self.world_size))
-        self.plan_live: frozenset[int] = self.dispatch_live
-        """The live set of the last plan received (of any kind)."""
         """The live set the dispatch map was built for (that of the last BATCH plan)."""
+        self.plan_live: frozenset[int] = self.dispatch_live
+        """The live set of the last plan received (of any kind; a FENCE's without the ranks it fences)."""
         self.codec: PlanCodec = P
         width = P.HEADER + m.max_batch_tokens
         self.ring = PlanRing(
@@ -224,7 +224,9 @@ class StepExecutor:
 
     def adopt(self, metadata: el.ExpertLocationMetadata, epoch: int, step: int) -> None:
         """A joiner, once admitted: the metadata it received and the epoch and step the group is at. The next
-        plan's live set rebuilds the dispatch map."""
+        plan's live set rebuilds the dispatch map. The metadata goes to this rank's device (it arrives where
+        the world group's mirror lives: the host, with a dedicated coordinator)."""
+        metadata = metadata.to(self.device)
         self.metadata, self.metadata_cpu = metadata, metadata.to_cpu()
         self.epoch, self.step_no = epoch, step
         self.dispatch_live = frozenset()
@@ -273,7 +275,7 @@ class StepExecutor:
                 self._exchange_answer(output_rank(self.plan_live, self.settings.cluster.serving), None)
             return StepResult(None, None)
         self.step_no = plan.step
-        self.plan_live = plan.live
+        self.plan_live = plan.live - plan.failed  # a FENCE's live set still names the ranks it fences
         if plan.epoch != self.epoch:
             self.epoch = plan.epoch
             self.sink.membership(len(plan.live), plan.epoch)
@@ -303,7 +305,7 @@ class StepExecutor:
             out = self.model.forward(self.tokens, self.dispatch_map, self.combine)
         if self.dedicated:
             out = self._exchange_answer(output_rank(plan.live, self.settings.cluster.serving), out)
-        if self.tail and self.check_combines and self.mc.all_succeeded(self._works):
+        if self.tail and self.check_combines and self.all_succeeded():
             self.leave_tail()  # a whole step without a failure: no dead rank is left in the view
         return StepResult(plan, out)
 
@@ -415,14 +417,18 @@ class StepExecutor:
         assert buf is not None
         w, m = self.world_size, self.settings.model
         if self.rank == source:
-            assert out is not None
             buf.zero_()
-            buf[ANSWER_OK] = float(self.mc.all_succeeded(self._works))
-            if buf[ANSWER_OK] < 0.5:
-                for r in self.failed_ranks():
-                    buf[ANSWER_HEAD + r] = 1.0
-            buf[ANSWER_HEAD + w : -1] = out.reshape(-1).to("cpu", torch.float64)
-            buf[ANSWER_STEP] = buf[-1] = float(self.step_no)
+            if out is None:
+                # This rank took a bad plan: it has no output. An answer of no step keeps the collectives
+                # in line, and rank 0 does not use it.
+                buf[ANSWER_STEP] = buf[-1] = -1.0
+            else:
+                buf[ANSWER_HEAD + w : -1] = out.reshape(-1).to("cpu", torch.float64)  # the read-back
+                buf[ANSWER_OK] = float(self.mc.all_succeeded(self._works))
+                if buf[ANSWER_OK] < 0.5:
+                    for r in self.failed_ranks():
+                        buf[ANSWER_HEAD + r] = 1.0
+                buf[ANSWER_STEP] = buf[-1] = float(self.step_no)
         work = dist.broadcast(buf, src=source, group=self.world.cpu, async_op=True)
         assert work is not None
         work.wait()
@@ -430,6 +436,8 @@ class StepExecutor:
         self._note(work)
         if not self.is_leader:
             return out
+        # The rows are copied before the stamps are read: a late delivery after the check changes nothing.
+        rows = buf[ANSWER_HEAD + w : -1].clone().view(m.max_batch_tokens, m.hidden_size)
         ok, first, last = buf[ANSWER_OK].item(), buf[ANSWER_STEP].item(), buf[-1].item()
         mine = first == last == float(self.step_no)
         if not mine:
@@ -446,7 +454,7 @@ class StepExecutor:
             mask = buf[ANSWER_HEAD : ANSWER_HEAD + w].tolist()
             self._answer_failed = frozenset(r for r, flag in enumerate(mask) if flag >= 0.5)
         buf[ANSWER_STEP] = buf[-1] = -1.0  # what a broadcast that delivers nothing leaves: no step's answer
-        return buf[ANSWER_HEAD + w : -1].view(m.max_batch_tokens, m.hidden_size)
+        return rows
 
     @contextlib.contextmanager
     def variant(self, *, ring: PlanRing | None = None, codec: PlanCodec | None = None) -> Iterator[None]:

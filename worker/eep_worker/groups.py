@@ -13,9 +13,9 @@ so the layout is the world alone.
 
 With a dedicated coordinator (`eep_contract.env.Coordinator.DEDICATED`) rank 0 serves nothing: the world
 (every rank, a CPU group only, rank 0 has no GPU) carries the plans, the answers and the recovery's control
-messages, and a `serving` group of ranks 1..N (device and CPU) carries the combines; the columns are those of
-the serving members. Every serving member can then die in place: each column and the serving group keep a
-survivor as long as one other serving member lives.
+messages, and a `serving` group of ranks 1..N (device and CPU) carries the combines (no columns: rank 0
+does not know the serving members' size). Every serving member can then die in place: the serving group keeps
+a survivor as long as one other serving member lives.
 
 Subgroups are optional (`Settings.subgroups`): `auto` builds columns on GPUs (backend `mooncake`, where the
 benchmark measures them) and none on mooncake-cpu, where idle column groups led Mooncake's coordinator to
@@ -125,18 +125,22 @@ class GroupRegistry:
         specs: Sequence[GroupSpec],
         is_extension: Callable[[GroupSpec], bool],
         device_scope: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext,
+        device: torch.device | None = None,
     ) -> GroupRegistry:
         """Create every group in `specs` order (the world first). Joiners pass `is_extension` True. Device
         groups (backend `mooncake`) are created within ``device_scope()`` (`Mooncake.device_group_timeout`:
         their collectives' timeout is fixed at creation). Where `specs` has a `serving` group (a dedicated
-        coordinator) the world is a CPU group only, for rank 0 too: its `device` is its CPU group."""
+        coordinator) the world is a CPU group only, for rank 0 too: its `device` is its CPU group. ``device``:
+        where this rank's device mirrors live (default: the current CUDA device on backend `mooncake`; a
+        dedicated coordinator's rank 0, which has no GPU, passes the CPU)."""
         if not specs or specs[0].name != WORLD:
             raise ValueError("the first group must be the world")
-        device = (
-            torch.device("cuda", torch.cuda.current_device())
-            if backend == "mooncake"
-            else (torch.device("cpu"))
-        )
+        if device is None:
+            device = (
+                torch.device("cuda", torch.cuda.current_device())
+                if backend == "mooncake"
+                else torch.device("cpu")
+            )
         world = specs[0]
         cpu_world = any(spec.name == SERVING for spec in specs)
         groups: list[Group] = []

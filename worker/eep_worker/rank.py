@@ -189,6 +189,7 @@ class RankRuntime:
                     dedicated=c.dedicated,
                 ),
                 is_extension=lambda spec: s.rejoin,
+                device=self.device,
                 device_scope=self._device_scope,
             )
         except RuntimeError as e:

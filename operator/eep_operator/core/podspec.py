@@ -310,10 +310,20 @@ def render_pod(
 
 def _as_coordinator(engine: Manifest, pod_spec: Manifest, spec: ElasticEPClusterSpec) -> None:
     """A dedicated coordinator's pod (member 0, rank 0 alone), in place: it runs no GPU work, so the engine
-    container's resources are `elasticEP.coordinatorRequests` alone (the template's GPUs and RDMA devices
-    dropped), and `elasticEP.coordinatorPriorityClassName`, when set, replaces the template's priority class
-    (its preemption restarts the whole group)."""
-    engine["resources"] = {"requests": dict(spec.elastic_ep.coordinator_requests)}
+    container's resources are `elasticEP.coordinatorRequests` alone, as requests and limits (Guaranteed QoS:
+    its loss restarts the group; the template's GPUs and RDMA devices dropped), the pod's dynamic resource
+    claims go, and so does the template's pod anti-affinity (it spreads the serving members, one per GPU
+    node; the coordinator would take a GPU node of its own). `elasticEP.coordinatorPriorityClassName`, when
+    set, replaces the template's priority class. The rest of the template's scheduling (node selector,
+    tolerations, node affinity) stays."""
+    wanted = dict(spec.elastic_ep.coordinator_requests)
+    engine["resources"] = {"requests": wanted, "limits": dict(wanted)}
+    pod_spec.pop("resourceClaims", None)
+    affinity = pod_spec.get("affinity")
+    if isinstance(affinity, dict):
+        affinity.pop("podAntiAffinity", None)
+        if not affinity:
+            pod_spec.pop("affinity")
     if spec.elastic_ep.coordinator_priority_class_name:
         pod_spec["priorityClassName"] = spec.elastic_ep.coordinator_priority_class_name
         pod_spec.pop("priority", None)
