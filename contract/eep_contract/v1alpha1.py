@@ -14,6 +14,7 @@ Field names are camelCase on the wire (Kubernetes convention) and snake_case in 
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -22,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from eep_contract.env import FIELD_REFS, Coordinator, DataPath, MemberEnv
+from eep_contract.k8s_schema import QUANTITY_PATTERN
 
 GROUP = "elasticep.io"
 VERSION = "v1alpha1"
@@ -35,6 +37,11 @@ MAX_MEMBERS = 64
 MAX_RANKS_PER_MEMBER = 16
 MAX_WORLD_SIZE = 64
 """Mooncake's limit on global ranks in one group (both backends are Mooncake's)."""
+COORDINATOR_RESOURCES = ("cpu", "memory", "ephemeral-storage")
+"""What a dedicated coordinator may request: it runs no GPU work."""
+COORDINATOR_RESOURCES_MESSAGE = (
+    "elasticEP.coordinatorRequests may name only cpu, memory and ephemeral-storage"
+)
 DEDICATED_NEEDS_TWO_NODES = (
     "elasticEP.coordinator: Dedicated needs nodes >= 2: a serving member is recovered from the others"
 )
@@ -436,7 +443,14 @@ class ElasticEPSpec(_Model):
             "additionalProperties": {
                 "anyOf": [{"type": "integer"}, {"type": "string"}],
                 "x-kubernetes-int-or-string": True,
-            }
+                "pattern": QUANTITY_PATTERN,
+            },
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.all(k, k in " + str(list(COORDINATOR_RESOURCES)) + ")",
+                    "message": COORDINATOR_RESOURCES_MESSAGE,
+                }
+            ],
         },
     )
     coordinator_priority_class_name: str | None = Field(
@@ -849,6 +863,12 @@ class ElasticEPClusterSpec(_Model):
             raise ValueError(DEDICATED_NEEDS_EEP_WORKER)
         if self.dedicated and self.nodes < 2:
             raise ValueError(DEDICATED_NEEDS_TWO_NODES)
+        requests = self.elastic_ep.coordinator_requests
+        if any(k not in COORDINATOR_RESOURCES for k in requests):
+            raise ValueError(COORDINATOR_RESOURCES_MESSAGE)
+        bad = [f"{k}: {v}" for k, v in requests.items() if not re.fullmatch(QUANTITY_PATTERN, str(v))]
+        if bad:
+            raise ValueError(f"elasticEP.coordinatorRequests: not a quantity: {', '.join(bad)}")
         return self
 
     @property
