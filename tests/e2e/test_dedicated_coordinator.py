@@ -11,35 +11,18 @@ holds the coordinator, is a whole-group restart in today's layout.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from eep_demo import scenario
 from eep_demo.client import ClientSettings
-from eep_demo.cluster import Kube
-from eep_demo.live import LogView
 from eep_demo.scenario import DemoContext
 from eep_testkit import crs
 
 pytestmark = [pytest.mark.cluster, pytest.mark.mooncake, pytest.mark.timeout(900)]
 
 NAME = "dedicated"
-
-
-@pytest.fixture
-def ctx(local_cluster: Any, namespace: str) -> Iterator[DemoContext]:
-    kube = Kube(local_cluster.kubeconfig)
-    context = DemoContext(kube, local_cluster.tools, namespace, LogView(print), local_cluster.state)
-    try:
-        yield context
-    finally:
-        with contextlib.suppress(Exception):
-            scenario.delete_cluster(context, NAME, timeout_s=60)
-        scenario.uninstall_operator(context, namespace)
-        kube.close()
 
 
 def dedicated_cluster() -> dict[str, Any]:

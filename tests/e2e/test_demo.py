@@ -5,38 +5,20 @@ rank-failure alert firing and resolving in a real Prometheus. Shorter timings th
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from eep_demo import scenario
 from eep_demo.client import ClientSettings
-from eep_demo.cluster import Kube
-from eep_demo.live import LogView
 from eep_demo.scenario import DemoContext
 from eep_testkit import crs
 
 pytestmark = [pytest.mark.cluster, pytest.mark.mooncake, pytest.mark.timeout(900)]
 
 NAME = "demo"
-
-
-@pytest.fixture
-def ctx(local_cluster: Any, namespace: str) -> Iterator[DemoContext]:
-    kube = Kube(local_cluster.kubeconfig)
-    context = DemoContext(kube, local_cluster.tools, namespace, LogView(print), local_cluster.state)
-    try:
-        yield context
-    finally:
-        with contextlib.suppress(Exception):
-            scenario.delete_cluster(context, NAME, timeout_s=60)
-        scenario.uninstall_operator(context, namespace)
-        kube.close()
 
 
 def test_chart_operator_brings_real_workers_to_serving(ctx: DemoContext) -> None:

@@ -48,6 +48,10 @@ class PodObs:
     deletion_started: datetime | None = None
     """deletionTimestamp minus the grace period: when the deletion was requested."""
     evicted: bool = False
+    taint_deleted: bool = False
+    """Deleted by the taint manager (condition DisruptionTarget, reason DeletionByTaintManager): its node
+    carries a NoExecute taint it does not tolerate (out-of-service, unreachable): the node's loss, whatever
+    the operator's view of the node says yet."""
     reason: str = ""
     message: str = ""
     node: str | None = None
@@ -187,6 +191,12 @@ def observe_pod(pod: Obj) -> PodObs | None:
         deleting=deletion is not None,
         deletion_started=deletion_started,
         evicted=reason == "Evicted" or conditions.get("DisruptionTarget") == "True",
+        taint_deleted=any(
+            c.get("type") == "DisruptionTarget"
+            and c.get("status") == "True"
+            and c.get("reason") == "DeletionByTaintManager"
+            for c in status.get("conditions") or []
+        ),
         reason=reason,
         message=status.get("message") or "",
         node=spec.get("nodeName") or None,

@@ -137,6 +137,15 @@ def detect_failure(
         if m.pod_uid is None:
             return None
         node = observed.nodes.get(m.node) if m.node else None
+        if m.node is not None and (node is None or node.out_of_service):
+            # Gone with its node: deleted by the taint manager or the pod GC before the operator looked (the
+            # same loss as a pod still seen on that node).
+            why = "was deleted" if node is None else f"is tainted {OUT_OF_SERVICE_TAINT}"
+            return fail(
+                FailureReason.NODE_LOST,
+                FailureReason.NODE_LOST,
+                f"pod {m.pod_name} ({m.pod_uid}) is gone; its node {m.node} {why}",
+            )
         if node is not None and node.unschedulable:
             # Gone before the operator saw its eviction (a fast drain): a pod that vanishes from a cordoned
             # node is taken for what `kubectl drain` does, an eviction, not a crash.
@@ -159,6 +168,12 @@ def detect_failure(
         # the kubelet reported before it went quiet (a terminated container, phase Failed) is a failure.
         if pod.terminated is None and pod.phase not in ("Failed", "Succeeded"):
             return None
+    if pod.taint_deleted:
+        return fail(
+            FailureReason.NODE_LOST,
+            FailureReason.NODE_LOST,
+            f"pod {pod.name} was deleted by the taint manager: node {pod.node} carries a NoExecute taint",
+        )
     if pod.evicted:
         return fail(
             FailureReason.EVICTED, FailureReason.EVICTED, pod.message or f"pod {pod.name} was evicted"
