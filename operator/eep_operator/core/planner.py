@@ -137,14 +137,13 @@ def detect_failure(
         if m.pod_uid is None:
             return None
         node = observed.nodes.get(m.node) if m.node else None
-        if m.node is not None and (node is None or node.out_of_service):
-            # Gone with its node: deleted by the taint manager or the pod GC before the operator looked (the
-            # same loss as a pod still seen on that node).
-            why = "was deleted" if node is None else f"is tainted {OUT_OF_SERVICE_TAINT}"
+        if node is not None and node.out_of_service:
+            # Gone with its node: deleted by the taint manager before the operator looked (the same loss as
+            # a pod still seen on that node).
             return fail(
                 FailureReason.NODE_LOST,
                 FailureReason.NODE_LOST,
-                f"pod {m.pod_name} ({m.pod_uid}) is gone; its node {m.node} {why}",
+                f"pod {m.pod_name} ({m.pod_uid}) is gone; node {m.node} is tainted {OUT_OF_SERVICE_TAINT}",
             )
         if node is not None and node.unschedulable:
             # Gone before the operator saw its eviction (a fast drain): a pod that vanishes from a cordoned
