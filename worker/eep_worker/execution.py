@@ -148,12 +148,12 @@ class StepExecutor:
         self.settings, self.rank = settings, rank
         self.world_size = c.world_size
         self.is_leader = rank == 0
-        self.serves = rank in c.serving
+        self.serves = c.serving_index(rank) >= 0
         """This rank holds experts and runs the combines (not a dedicated coordinator's rank 0)."""
         self.offset = c.serving.start
         """Global rank of the serving group's local rank 0 (1 with a dedicated coordinator, else 0)."""
         self.dedicated = c.dedicated
-        self.on_gpu = settings.backend == "mooncake" and self.serves
+        self.on_gpu = settings.on_gpu(rank)
         self.mc, self.registry, self.world = mc, registry, registry.world
         self.model = model
         self.device = model.device if model is not None else torch.device("cpu")

@@ -115,9 +115,9 @@ class RankRuntime:
         self.mc = Mooncake()
         self.world_size = settings.cluster.world_size
         self.is_leader = rank == 0
-        self.serves = rank in settings.cluster.serving
+        self.serves = settings.cluster.serving_index(rank) >= 0
         """Holds experts (every rank but a dedicated coordinator's rank 0, which has no GPU either)."""
-        self.on_gpu = settings.backend == "mooncake" and self.serves
+        self.on_gpu = settings.on_gpu(rank)
         self.leader: Leader | None = None
 
     # ------------------------------------------------------------------ start-up
@@ -129,7 +129,7 @@ class RankRuntime:
         if self.on_gpu:
             # Mooncake's peer-to-peer route takes a peer's GPU to be its group-local rank mod the GPU count
             # (docs/architecture.md, "a coordinator-only rank 0"): the serving group's local rank decides.
-            torch.cuda.set_device((self.rank - c.serving.start) % torch.cuda.device_count())
+            torch.cuda.set_device(c.serving_index(self.rank) % torch.cuda.device_count())
             self.device = torch.device("cuda", torch.cuda.current_device())
             # All of this rank's GPU work on a non-blocking stream of its own, never torch's legacy default
             # stream: off the peer-to-peer route Mooncake's TCP transport copies GPU memory with cudaMemcpy
@@ -225,7 +225,7 @@ class RankRuntime:
                 every_member=c.dedicated,
             )
             model = self.model = ShardedMoEModel.build(
-                config, metadata, self.rank - c.serving.start, self.device
+                config, metadata, c.serving_index(self.rank), self.device
             )
             self.data_path = self._select_data_path(store, config.dtype)
             path = self.data_path.path
@@ -285,7 +285,7 @@ class RankRuntime:
         s, serving = self.settings, self.registry.serving
         assert serving.device is not None and serving.cpu is not None
         device_pg, cpu_pg = serving.device, serving.cpu
-        index, size = self.rank - s.cluster.serving.start, len(s.cluster.serving)
+        index, size = s.cluster.serving_index(self.rank), len(s.cluster.serving)
         numel = s.model.max_batch_tokens * s.model.hidden_size
         build: dict[DataPath, Callable[[], datapath.CombinePath]] = {
             DataPath.DEVICE: lambda: datapath.DevicePath(device_pg, s.backend),

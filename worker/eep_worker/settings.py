@@ -75,6 +75,11 @@ class ClusterSettings:
         """The global ranks that serve (`eep_contract.env.serving_ranks`)."""
         return serving_ranks(self.world_size, self.coordinator)
 
+    def serving_index(self, rank: int) -> int:
+        """``rank``'s local rank in the serving group (its index in the expert placement); -1 for a dedicated
+        coordinator's rank 0, which does not serve."""
+        return rank - self.serving.start if rank in self.serving else -1
+
 
 @dataclasses.dataclass(frozen=True)
 class TimeoutSettings:
@@ -190,6 +195,10 @@ class Settings:
         device collective (45 s measured on H200s, docs/known-issues.md): 60 s, or the probe's bound if
         longer."""
         return max(60.0, self.probe_timeout_s)
+
+    def on_gpu(self, rank: int) -> bool:
+        """``rank`` runs GPU work: backend `mooncake` and serving (a dedicated coordinator has none)."""
+        return self.backend == "mooncake" and self.cluster.serving_index(rank) >= 0
 
     @property
     def ranks(self) -> range:
