@@ -43,10 +43,17 @@ class ControlPlane:
     started_here: bool
 
     def agent_logs(self, lines: int = 40) -> str:
+        """The tails of every node agent's log and of every operator container's log that a node still
+        keeps (kopf's per-handler success lines left out): what a failed wait needs to be understood."""
         out = []
         for log in sorted((self.state / "nodes").glob("*/agent.log")):
             tail = log.read_text(errors="replace").splitlines()[-lines:]
             out.append(f"--- {log.parent.name} agent log (last {lines} lines) ---\n" + "\n".join(tail))
+        for log in sorted((self.state / "nodes").glob("*/pods/*/operator.log")):
+            kept = [x for x in log.read_text(errors="replace").splitlines() if "succeeded." not in x]
+            out.append(
+                f"--- operator log {log.parent.name} (last {lines} lines) ---\n" + "\n".join(kept[-lines:])
+            )
         return "\n".join(out)
 
     def run(self, *argv: str) -> int:

@@ -67,7 +67,8 @@ class Labels:
 
 
 class Annotations:
-    """Annotation keys on member pods (and, for `EPOCH_FLOOR`, on the ElasticEPCluster itself)."""
+    """Annotation keys on member pods (and, for the `*_FLOOR` and `GROUP_SPEC` records, on the
+    ElasticEPCluster itself)."""
 
     JOIN = "elasticep.io/join"
     """`"true"` on a replacement pod started in join (recover) mode."""
@@ -85,6 +86,11 @@ class Annotations:
     """On the ElasticEPCluster: the highest membership epoch the operator has published. Written before the
     status that raises the epoch, so a lost status (a `status: null` patch, a backup restored without its
     status) never makes the epoch go back."""
+    INCARNATION_FLOOR = "elasticep.io/incarnation-floor"
+    """On the ElasticEPCluster: the highest incarnation any member's status has named. Written before the
+    status that raises it (which is written before the pod), so after a lost status no member's pod is
+    created with an incarnation it had before: a pod of an old incarnation could be taken for the retry of
+    that incarnation's write-ahead intent."""
 
 
 MANAGED_BY_VALUE = "elastic-ep-operator"

@@ -90,10 +90,14 @@ KUBE_CREATES = (CreatePod, EnsureService, EnsurePodDisruptionBudget)
 
 
 def _records(status: ElasticEPClusterStatus, observed: Observed) -> dict[str, str]:
-    """The CR annotations the new status needs written first (`Annotations.EPOCH_FLOOR`, `GROUP_SPEC`)."""
+    """The CR annotations the new status needs written first (`Annotations.EPOCH_FLOOR`,
+    `INCARNATION_FLOOR`, `GROUP_SPEC`)."""
     out: dict[str, str] = {}
     if status.membership.epoch > observed.epoch_floor:
         out[Annotations.EPOCH_FLOOR] = str(status.membership.epoch)
+    incarnation = max((m.incarnation for m in status.members), default=0)
+    if incarnation > observed.incarnation_floor:
+        out[Annotations.INCARNATION_FLOOR] = str(incarnation)
     if status.group_spec is not None:
         record = {"spec": status.group_spec, "restartGeneration": status.restart_generation}
         if observed.group_record != record:

@@ -72,7 +72,9 @@ def test_rank_failure_moves_the_counter_and_fires_then_resolves_the_alert(
             return at_full_capacity(cluster())
 
         def describe() -> str:
-            return kubectl("get", "eep,pods", "-n", ns, "-o", "wide", check=False)
+            return kubectl("get", "eep,pods", "-n", ns, "-o", "wide", check=False) + kubectl(
+                "get", "events", "-n", ns, "--sort-by=.lastTimestamp", check=False
+            )
 
         wait_for(running, 180, describe)
         selector = "app.kubernetes.io/component=operator"

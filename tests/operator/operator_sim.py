@@ -104,6 +104,8 @@ class World:
     """Processes whose pod object is gone while their node's agent was down (they die when it is back)."""
     epoch_floor: int = 0
     """The CR's `elasticep.io/epoch-floor` annotation, written before each status that raises the epoch."""
+    incarnation_floor: int = 0
+    """The CR's `elasticep.io/incarnation-floor` annotation, written before each status that raises it."""
     group_record: dict[str, object] | None = None
     """The CR's `elasticep.io/group-spec` annotation (the reconciler writes it before the status)."""
     group_image: str | None = None
@@ -133,6 +135,7 @@ class World:
             nodes={n: NodeObs(n, r, n in self.out_of_service) for n, r in self.nodes.items()},
             service_exists=self.service,
             epoch_floor=self.epoch_floor,
+            incarnation_floor=self.incarnation_floor,
             group_record=self.group_record,
             live_ranks=self.group_view(),
         )
@@ -335,8 +338,10 @@ class World:
         self.nodes.pop(node, None)
 
     def write_records(self, status: ElasticEPClusterStatus) -> None:
-        """What the reconciler writes on the CR before a status: the epoch floor and the group's spec."""
+        """What the reconciler writes on the CR before a status: the epoch and incarnation floors and the
+        group's spec."""
         self.epoch_floor = max(self.epoch_floor, status.membership.epoch)
+        self.incarnation_floor = max([self.incarnation_floor, *(m.incarnation for m in status.members)])
         if status.group_spec is not None:
             self.group_record = {"spec": status.group_spec, "restartGeneration": status.restart_generation}
 

@@ -263,3 +263,38 @@ def test_a_group_restart_whose_status_was_lost_is_carried_out() -> None:
     w.settle(max_steps=1000)
     assert w.done()
     assert {c.manifest["spec"]["containers"][0]["image"] for c in w.created[-2:]} == {"img:v1"}
+
+
+def test_a_member_is_never_recreated_with_an_incarnation_it_had_after_the_status_and_pods_are_lost() -> None:
+    """Found by the property test above (a clean-clone run of 2026-12-01). One member; two restart
+    generations raise its incarnation to 3; the status is wiped and its last pod goes with nothing left to
+    show its incarnation. Before the fix the planner started the group again with incarnation 1: `member 0
+    recreated with an old incarnation 1`. Now the first incarnation is above the CR's incarnation floor (the
+    highest incarnation a status named, recorded on the CR before that status)."""
+    spec = make_spec(
+        nodes=1,
+        rpn=2,
+        maxUnavailableMembers=0,
+        mode="PerMember",
+        maxRestartsPerMember=0,
+        rejoinTimeoutSeconds=15.0,
+    )
+    w = World(spec, list(NODES))
+    w.settle()
+    events = [
+        ("restart_generation",),
+        ("kill", 0, 0),
+        ("reconcile",),
+        ("reconcile",),
+        ("restart_generation",),
+        ("reconcile",),
+        ("wipe_status",),
+        ("tick",),
+    ]
+    for ev in events:
+        apply(w, ev)
+    assert not w.pods and not w.status.members  # nothing left that shows the incarnation
+    repair(w)
+    w.settle(max_steps=1000)  # checks the invariants at every step, the incarnations among them
+    assert w.done()
+    assert w.status.members[0].incarnation > 3

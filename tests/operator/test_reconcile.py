@@ -251,7 +251,7 @@ def test_a_refused_create_is_said_and_retried_with_a_growing_interval() -> None:
     assert key not in r._refusals
 
 
-def test_the_epoch_floor_is_written_before_the_status() -> None:
+def test_the_epoch_and_incarnation_floors_are_written_before_the_status() -> None:
     kube = RefusingKube(cluster("c"))
     kube.refusing = False
     r = reconciler(kube, RecordingEvents(), CollectorRegistry())
@@ -260,6 +260,9 @@ def test_the_epoch_floor_is_written_before_the_status() -> None:
     kube.crs["c"]["status"] = status.to_wire()
     r.reconcile("ns", "c")
     assert kube.writes[:2] == ["annotations", "status"] and kube.floors[0] >= 7
+    written = ElasticEPClusterStatus.model_validate(kube.crs["c"]["status"])
+    floor = int(kube.crs["c"]["metadata"]["annotations"]["elasticep.io/incarnation-floor"])
+    assert floor == max(m.incarnation for m in written.members)
     record = json.loads(kube.crs["c"]["metadata"]["annotations"]["elasticep.io/group-spec"])
     assert record["spec"]["image"] == "img" and record["restartGeneration"] == 0
 

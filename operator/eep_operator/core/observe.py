@@ -110,6 +110,9 @@ class Observed:
     epoch_floor: int = 0
     """The highest epoch the operator ever published for this CR (the CR's `elasticep.io/epoch-floor`
     annotation, written before each status that raises the epoch): survives a lost status."""
+    incarnation_floor: int = 0
+    """The highest incarnation any member's status ever named (the CR's `elasticep.io/incarnation-floor`
+    annotation, written before each status that raises it): survives a lost status."""
     group_record: Mapping[str, Any] | None = None
     """The CR's `elasticep.io/group-spec` annotation, parsed: {"spec": the group's pod-shaping spec,
     "restartGeneration": int}; None when absent or unreadable."""
@@ -296,6 +299,7 @@ def observe(
         pdb_exists=pdb_exists,
         foreign_pods=tuple(foreign),
         epoch_floor=_int(annotations.get(Annotations.EPOCH_FLOOR), 0),
+        incarnation_floor=_int(annotations.get(Annotations.INCARNATION_FLOOR), 0),
         group_record=_group_record(annotations.get(Annotations.GROUP_SPEC)),
         live_ranks=live_ranks,
         refused=refused,

@@ -293,7 +293,7 @@ class _Ctx:
         self.moves.append(members.move(m, target, self.now))
 
 
-def _init_members(spec: ElasticEPClusterSpec, now: datetime) -> list[MemberStatus]:
+def _init_members(spec: ElasticEPClusterSpec, now: datetime, incarnation: int = 1) -> list[MemberStatus]:
     return [
         MemberStatus(
             index=i,
@@ -301,7 +301,7 @@ def _init_members(spec: ElasticEPClusterSpec, now: datetime) -> list[MemberStatu
             rank_count=len(spec.member_ranks(i)),
             state=members.INITIAL,
             state_since=now,
-            incarnation=1,
+            incarnation=incarnation,
         )
         for i in range(spec.member_count)
     ]
@@ -323,7 +323,9 @@ def plan(
     if _status_lost(st, observed, spec):
         _rebuild(ctx)
     elif len(st.members) != spec.member_count:
-        st.members = _init_members(spec, now)
+        # Above every incarnation a member had (the CR's record outlives a lost status).
+        first = max([observed.incarnation_floor, *(m.incarnation for m in st.members)]) + 1
+        st.members = _init_members(spec, now, first)
         st.restart_generation = spec.restart_generation
         _adopt_spec(ctx)
         ctx.bump_epoch = bool(status.members)
@@ -432,14 +434,15 @@ def _rebuild(ctx: _Ctx) -> None:
                 m.failed_time = pod.created or now
         elif serving:
             # `_start_replacement` raises the incarnation; the going pod (if any) is waited for meanwhile.
-            m.incarnation = max(top, old.incarnation if old else 0, 1)
+            m.incarnation = max(top, old.incarnation if old else 0, o.incarnation_floor, 1)
             m.pod_name = podspec.pod_name(o.name, m.index)
             target = S.FAILED
             m.failed_time = now
             m.next_restart_time = now
         else:
-            # A fresh start, once the going pods of older incarnations are gone (`_progress`: quiet).
-            m.incarnation = max(top + 1, old.incarnation if old else 0, 1)
+            # A fresh start, once the going pods of older incarnations are gone (`_progress`: quiet); above
+            # every incarnation the member had, even with its pods and the status all gone (the CR's record).
+            m.incarnation = max(top + 1, old.incarnation if old else 0, o.incarnation_floor + 1, 1)
             target = S.PENDING
         ctx.moves.append(members.rebuild(m, target, now))
         rebuilt.append(m)
