@@ -47,7 +47,7 @@ from eep_operator.core.actions import (
 from eep_operator.core.admission import AdmissionTarget, admission_target
 from eep_operator.core.observe import NodeObs, Observed, observe
 from eep_operator.core.planner import plan
-from eep_operator.core.podspec import pdb_name as spec_pdb_name
+from eep_operator.core.podspec import pdb_names
 from eep_operator.core.revision import with_policy
 from eep_operator.io.admission import AdmissionTrigger
 from eep_operator.io.events import ClusterRef, EventSink
@@ -296,7 +296,7 @@ class Reconciler:
             nodes,
             service_exists=service is not None,
             service_spec=None if service is None else service.get("spec") or {},
-            pdb_exists=self._pdb_exists(namespace, spec_pdb_name(name)),
+            pdb_exists=all(self._pdb_exists(namespace, n) for n in pdb_names(spec, name)),
             refused=refusal.message if refusal is not None else None,
         )
         observed = self._with_group_view(_group_spec(spec, status), observed)

@@ -6,10 +6,11 @@ Before: the field did not exist (the CR was refused as unknown), so rank 0 alway
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
-from operator_builders import observed, t
+from operator_builders import NAME, NS, UID, observed, t
 from pydantic import ValidationError
 
 from eep_contract.env import Coordinator, MemberEnv
@@ -47,6 +48,19 @@ def spec(**elastic_ep: Any) -> ElasticEPClusterSpec:
     )
 
 
+def selects(pdb: dict[str, Any], pod: dict[str, Any]) -> bool:
+    """Whether the budget's label selector (matchLabels, `In`/`NotIn` expressions) selects the pod."""
+    labels = pod["metadata"]["labels"]
+    sel = pdb["spec"]["selector"]
+    if any(labels.get(k) != v for k, v in sel.get("matchLabels", {}).items()):
+        return False
+    for e in sel.get("matchExpressions", []):
+        inside = labels.get(e["key"]) in e["values"]
+        if inside != (e["operator"] == "In"):
+            return False
+    return True
+
+
 def env_of(pod: dict[str, Any]) -> MemberEnv:
     engine = next(c for c in pod["spec"]["containers"] if c["name"] == "engine")
     return MemberEnv.from_env({e["name"]: e["value"] for e in engine["env"] if "value" in e})
@@ -75,10 +89,28 @@ def test_the_first_plan_creates_the_coordinator_and_the_serving_members() -> Non
     assert "priorityClassName" not in serving["spec"]
 
 
-def test_the_disruption_budget_and_the_pod_group_count_the_coordinator() -> None:
+def test_the_coordinator_has_a_disruption_budget_of_its_own_and_the_pod_group_counts_it() -> None:
+    """A drain may take one serving member at a time and never a Ready coordinator (its loss is a group
+    restart). Before: one budget of `minAvailable: 2` over all three pods, which let a drain evict the
+    coordinator. The two selectors never share a pod (the Eviction API refuses a pod two budgets select)."""
     s = spec()
-    pdb = podspec.render_pdb(s, cluster="eep", namespace="ns", uid="u")
-    assert pdb["spec"]["minAvailable"] == 2
+    members, coordinator = podspec.render_pdbs(s, cluster=NAME, namespace=NS, uid=UID)
+    assert [members["metadata"]["name"], coordinator["metadata"]["name"]] == list(podspec.pdb_names(s, NAME))
+    assert members["spec"]["minAvailable"] == 1  # of the 2 serving members
+    assert coordinator["spec"]["minAvailable"] == 1
+    assert coordinator["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    pods = [
+        podspec.render_pod(
+            s, cluster=NAME, namespace=NS, uid=UID, index=i, join=False, epoch=1, incarnation=1
+        )
+        for i in range(s.member_count)
+    ]
+    for i, pod in enumerate(pods):
+        chosen = [p["metadata"]["name"] for p in (members, coordinator) if selects(p, pod)]
+        assert chosen == ([coordinator["metadata"]["name"]] if i == 0 else [members["metadata"]["name"]])
+    first = plan(s, ElasticEPClusterStatus(), replace(observed(), pdb_exists=False), t(0))
+    ensured = [a.manifest for a in first.actions if isinstance(a, A.EnsurePodDisruptionBudget)]
+    assert ensured == [members, coordinator]
     pod = podspec.render_pod(
         s, cluster="eep", namespace="ns", uid="u", index=1, join=False, epoch=1, incarnation=1, pod_group="g"
     )

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Eep, Operators
+from conftest import Eep, Operators, cluster_manifest
+from kubernetes.client.exceptions import ApiException
 from test_e2e_recovery import wait_running
 
-from eep_contract.v1alpha1 import Labels
+from eep_contract.v1alpha1 import GROUP, PLURAL, VERSION, Labels
+from eep_testkit import crs
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
@@ -224,3 +226,68 @@ def test_drains_evict_one_member_at_a_time_without_spending_the_crash_budget(  #
         for node in nodes:
             local_cluster.run("stop-node", node)
             kubectl("delete", "node", node, "--ignore-not-found", check=False)
+
+
+def test_a_dedicated_coordinator_is_never_evicted_while_ready(
+    eep: Eep, operators: Operators, wait_for: Any, kubectl: Any
+) -> None:
+    """`elasticEP.coordinator: Dedicated`, two serving members; evictions through the Eviction API, counted
+    by the control plane's disruption controller. The Ready coordinator's eviction is refused (429: its loss
+    would restart the group); a serving member's is allowed, the other's refused until the first has
+    rejoined, then allowed. The coordinator is never touched.
+
+    Before the coordinator's own budget: one budget of `minAvailable: 2` over the three pods let the first
+    eviction take the coordinator: `AssertionError: the coordinator was evicted`."""
+    body = cluster_manifest(NAME, eep.ns, nodes=2)
+    body["spec"].setdefault("elasticEP", {}).update(
+        {"coordinator": "Dedicated", "coordinatorRequests": {"cpu": "100m"}}
+    )
+    crs.engine_container(body)["env"] = [{"name": "STANDIN_JOIN_DELAY", "value": str(JOIN_DELAY_S)}]
+    eep.custom.create_namespaced_custom_object(GROUP, VERSION, eep.ns, PLURAL, body)
+    operators.start()
+    st = wait_running(eep, wait_for, NAME, operators)
+    uid = {i: str(st["members"][i]["podUid"]) for i in (0, 1, 2)}
+    pod_name = {i: str(st["members"][i]["podName"]) for i in (0, 1, 2)}
+
+    def describe() -> str:
+        return "\n".join(
+            [eep.describe(NAME), kubectl("-n", eep.ns, "get", "pdb", "-o", "wide"), operators.logs()]
+        )
+
+    def healthy(pdb: str) -> int | None:
+        """The disruption controller's count of the budget's Ready pods; None before it exists."""
+        got = kubectl("-n", eep.ns, "get", "pdb", pdb, "-o", "json", "--ignore-not-found")
+        return int((json.loads(got).get("status") or {}).get("currentHealthy", -1)) if got.strip() else None
+
+    def counted() -> bool:
+        """Both budgets counted (or, with one budget over every pod, that one)."""
+        return (healthy(NAME) or 0) >= 2 and healthy(f"{NAME}.coordinator") in (None, 1)
+
+    wait_for(counted, 60, describe)
+
+    def evict(member: int) -> int:
+        """The Eviction API's answer for the member's pod: 201 (evicted) or the refusal's status."""
+        eviction = {"metadata": {"name": pod_name[member], "namespace": eep.ns}}
+        try:
+            eep.core.create_namespaced_pod_eviction(pod_name[member], eep.ns, eviction)
+        except ApiException as e:
+            return int(e.status)
+        return 201
+
+    assert evict(0) == 429, f"the coordinator was evicted\n{describe()}"
+    assert evict(1) == 201, describe()
+    assert evict(2) == 429, f"member 2 evicted while member 1 was down\n{describe()}"
+    assert evict(0) == 429, f"the coordinator was evicted\n{describe()}"
+    st = wait_running(eep, wait_for, NAME, operators)
+    pod_name[1] = str(st["members"][1]["podName"])
+    wait_for(lambda: healthy(NAME) == 2, 60, describe)
+    assert evict(2) == 201, describe()
+
+    def member2_back() -> bool:
+        return eep.running(NAME) and eep.member(NAME, 2).get("podUid") not in (None, uid[2])
+
+    wait_for(member2_back, 60, describe)
+    st = eep.status(NAME)
+    assert st["groupRestarts"] == 0, describe()
+    assert st["members"][0]["podUid"] == uid[0] and st["members"][0]["restarts"] == 0, describe()
+    assert [len(st["members"][i].get("evictionTimes", [])) for i in (0, 1, 2)] == [0, 1, 1], describe()

@@ -23,8 +23,9 @@ class EnsureService:
 
 @dataclass(frozen=True)
 class EnsurePodDisruptionBudget:
-    """Create the cluster's PodDisruptionBudget if it does not exist (`podspec.render_pdb`); AlreadyExists is
-    success. Never updated: its spec depends only on the immutable `nodes`."""
+    """Create one of the cluster's PodDisruptionBudgets if it does not exist (`podspec.render_pdbs`);
+    AlreadyExists is success. Never updated: its spec depends only on the immutable `nodes` and
+    `elasticEP.coordinator`."""
 
     manifest: dict[str, Any] = field(compare=False, hash=False)
 

@@ -315,8 +315,10 @@ def plan(
     ctx = _Ctx(spec=spec, observed=observed, now=now, status=st)
     st.world_size = spec.world_size
     if not observed.pdb_exists:
-        pdb = podspec.render_pdb(spec, cluster=observed.name, namespace=observed.namespace, uid=observed.uid)
-        ctx.actions.append(EnsurePodDisruptionBudget(manifest=pdb))
+        for pdb in podspec.render_pdbs(
+            spec, cluster=observed.name, namespace=observed.namespace, uid=observed.uid
+        ):
+            ctx.actions.append(EnsurePodDisruptionBudget(manifest=pdb))
     ctx.epoch_base = observed.epoch_floor
     if observed.refused:
         ctx.stall("APIRequestRefused", observed.refused)

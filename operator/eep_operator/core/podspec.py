@@ -353,17 +353,37 @@ def render_service(spec: ElasticEPClusterSpec, *, cluster: str, namespace: str, 
 
 
 def pdb_name(cluster: str) -> str:
-    """Name of the cluster's PodDisruptionBudget: the cluster's own name, like its Service (another kind)."""
+    """Name of the members' PodDisruptionBudget: the cluster's own name, like its Service (another kind)."""
     return cluster
 
 
-def render_pdb(spec: ElasticEPClusterSpec, *, cluster: str, namespace: str, uid: str) -> Manifest:
-    """The policy/v1 PodDisruptionBudget over the member pods: one voluntary disruption (a drain's eviction,
-    a preemption through the Eviction API) at a time, and the next only once every member is Ready again,
-    i.e. the previous member's replacement has joined.
+def coordinator_pdb_name(cluster: str) -> str:
+    """Name of a dedicated coordinator's PodDisruptionBudget: `<cluster>.coordinator`. A dot, so that it can
+    never be another cluster's budget: a cluster's name is its Service's, a DNS label without dots."""
+    return f"{cluster}.coordinator"
 
-    `minAvailable: members - 1` (`nodes`, plus a dedicated coordinator's pod), an integer, and not
-    `maxUnavailable`:
+
+def pdb_names(spec: ElasticEPClusterSpec, cluster: str) -> tuple[str, ...]:
+    """The names of the budgets `render_pdbs` renders, in its order."""
+    return (pdb_name(cluster), coordinator_pdb_name(cluster)) if spec.dedicated else (pdb_name(cluster),)
+
+
+def render_pdbs(spec: ElasticEPClusterSpec, *, cluster: str, namespace: str, uid: str) -> list[Manifest]:
+    """The policy/v1 PodDisruptionBudgets of the cluster: the members' (`render_pdb`), and with a dedicated
+    coordinator the coordinator's (`render_coordinator_pdb`). Their selectors never share a pod: the Eviction
+    API refuses to evict a pod that two budgets select."""
+    pdbs = [render_pdb(spec, cluster=cluster, namespace=namespace, uid=uid)]
+    if spec.dedicated:
+        pdbs.append(render_coordinator_pdb(cluster=cluster, namespace=namespace, uid=uid))
+    return pdbs
+
+
+def render_pdb(spec: ElasticEPClusterSpec, *, cluster: str, namespace: str, uid: str) -> Manifest:
+    """The policy/v1 PodDisruptionBudget over the serving member pods: one voluntary disruption (a drain's
+    eviction, a preemption through the Eviction API) at a time, and the next only once every serving member is
+    Ready again, i.e. the previous member's replacement has joined.
+
+    `minAvailable: nodes - 1`, an integer, and not `maxUnavailable`:
     - The disruption controller resolves `maxUnavailable` (and percentages) through the pods' controller's
       `scale` subresource; the ElasticEPCluster has none, so such a budget never syncs and allows no eviction
       at all. An integer `minAvailable` is counted on the matching pods alone.
@@ -371,8 +391,8 @@ def render_pdb(spec: ElasticEPClusterSpec, *, cluster: str, namespace: str, uid:
       tolerance the group keeps for crashes (a member crashing while another is drained still fits in a
       budget of 2 or more), and with `maxUnavailableMembers: 0` a budget of no disruptions would make the
       members' nodes undrainable (a drain would wait forever); there a drain costs a group restart, as any
-      loss does. The budget depends only on `nodes`, which is immutable, so the manifest never changes over
-      the cluster's life and creating it once is enough.
+      loss does. The budget depends only on `nodes` and `elasticEP.coordinator`, which are immutable, so the
+      manifest never changes over the cluster's life and creating it once is enough.
 
     `unhealthyPodEvictionPolicy: AlwaysAllow`: a member that is not Ready (a replacement still joining, one
     that never gets Ready) serves nothing the budget protects, so its node can always be drained; with
@@ -380,19 +400,52 @@ def render_pdb(spec: ElasticEPClusterSpec, *, cluster: str, namespace: str, uid:
     The next eviction of a Ready member is still held: the not-Ready pod is not counted healthy, so the
     budget allows no disruption until it is Ready.
 
-    Selects the member pods by the cluster label; owned by the CR (garbage-collected with it)."""
+    Selects the member pods by the cluster label, a dedicated coordinator's (member 0) left to its own budget;
+    owned by the CR (garbage-collected with it)."""
+    selector: Manifest = {"matchLabels": {Labels.CLUSTER: cluster}}
+    if spec.dedicated:
+        selector["matchExpressions"] = [{"key": Labels.MEMBER, "operator": "NotIn", "values": ["0"]}]
+    return _pdb(
+        pdb_name(cluster),
+        namespace=namespace,
+        cluster=cluster,
+        uid=uid,
+        min_available=spec.nodes - 1,
+        selector=selector,
+    )
+
+
+def render_coordinator_pdb(*, cluster: str, namespace: str, uid: str) -> Manifest:
+    """A dedicated coordinator's PodDisruptionBudget: `minAvailable: 1` over member 0's pod, so a drain never
+    evicts a Ready coordinator (its loss is a group restart: every serving member reloads; the drain waits
+    until a person moves it, `docs/runbook.md`). `unhealthyPodEvictionPolicy: AlwaysAllow`: a coordinator
+    that is not Ready serves no group, and its node stays drainable."""
+    selector = {"matchLabels": {Labels.CLUSTER: cluster, Labels.MEMBER: "0"}}
+    return _pdb(
+        coordinator_pdb_name(cluster),
+        namespace=namespace,
+        cluster=cluster,
+        uid=uid,
+        min_available=1,
+        selector=selector,
+    )
+
+
+def _pdb(
+    name: str, *, namespace: str, cluster: str, uid: str, min_available: int, selector: Manifest
+) -> Manifest:
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
         "metadata": {
-            "name": pdb_name(cluster),
+            "name": name,
             "namespace": namespace,
             "labels": {Labels.CLUSTER: cluster, Labels.MANAGED_BY: MANAGED_BY_VALUE},
             "ownerReferences": [owner_reference(cluster, uid)],
         },
         "spec": {
-            "minAvailable": spec.member_count - 1,
-            "selector": {"matchLabels": {Labels.CLUSTER: cluster}},
+            "minAvailable": min_available,
+            "selector": selector,
             "unhealthyPodEvictionPolicy": "AlwaysAllow",
         },
     }
