@@ -41,3 +41,27 @@ def test_every_serving_member_recovers_in_place(tmp_path: Path) -> None:
         assert not stream.errors, stream.errors[:5]
         assert len(stream.answered) >= 5
         assert "recovery succeeded" in cluster.pods[0].logs()
+
+
+@pytest.mark.mooncake_faults
+def test_a_serving_member_of_several_ranks_recovers_in_place(tmp_path: Path) -> None:
+    """Members of 2 ranks (world 5: rank 0, then ranks 1-2 and 3-4): member 1, which holds the output rank,
+    dies and comes back with both its ranks while member 2 serves every expert (each is placed on two
+    serving members)."""
+    with LocalPods(
+        tmp_path,
+        members=3,
+        ranks_per_member=2,
+        collective_timeout_s=0.5,
+        reconcile_window_s=4.0,
+        join_timeout_s=30.0,
+        dedicated=True,
+    ) as cluster:
+        cluster.start_all()
+        client = CheckingClient(cluster.pods[0])
+        with Stream(client, pause_s=0.02) as stream:
+            stream.wait_answer(lambda a: not a["degraded"], 30)
+            cluster.kill_and_replace(1, stream)
+        assert not stream.errors, stream.errors[:5]
+        assert len(stream.answered) >= 5
+        assert "recovery succeeded" in cluster.pods[0].logs()
