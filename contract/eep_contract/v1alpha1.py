@@ -42,6 +42,19 @@ COORDINATOR_RESOURCES = ("cpu", "memory", "ephemeral-storage")
 COORDINATOR_RESOURCES_MESSAGE = (
     "elasticEP.coordinatorRequests may name only cpu, memory and ephemeral-storage"
 )
+COORDINATOR_NEEDS_CPU_MEMORY = (
+    "elasticEP.coordinatorRequests must name cpu and memory: the coordinator pod is Guaranteed, its loss "
+    "restarts the group"
+)
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+"""A Kubernetes object name (RFC 1123 subdomain), e.g. a PriorityClass's."""
+WORLD_TOO_LARGE_MESSAGE = (
+    "world size (nodes x ranksPerNode, plus 1 for a dedicated coordinator) must be at most "
+    f"{MAX_WORLD_SIZE}: Mooncake's limit on the global ranks of one group"
+)
+MAX_UNAVAILABLE_MESSAGE = (
+    "recovery.maxUnavailableMembers must be smaller than nodes: at least one member has to keep serving"
+)
 DEDICATED_NEEDS_TWO_NODES = (
     "elasticEP.coordinator: Dedicated needs nodes >= 2: a serving member is recovered from the others"
 )
@@ -105,7 +118,7 @@ class Kueue:
     POD_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
     """Groups plain pods into one Workload (its name); set by the operator."""
     POD_GROUP_TOTAL_ANNOTATION = "kueue.x-k8s.io/pod-group-total-count"
-    """How many pods the group has (`nodes`); set by the operator."""
+    """How many pods the group has (`nodes`, plus a dedicated coordinator's); set by the operator."""
     FINALIZER = "kueue.x-k8s.io/managed"
     """Kueue's finalizer on every pod it manages."""
 
@@ -431,9 +444,10 @@ class ElasticEPSpec(_Model):
         default=Coordinator.MEMBER0,
         description="Where global rank 0 (Mooncake's coordinator, the rendezvous store, the planner) lives. "
         "`Member0`: in member 0, which also serves; its loss restarts the whole group. `Dedicated`: in a "
-        "pod of its own (member 0, rank 0 alone, no GPU, `coordinatorRequests`) that serves nothing; every "
-        "serving member (members 1..nodes) then recovers in place, and only the coordinator's loss "
-        "restarts the group. Engine `eep-worker` only. Fixed after creation.",
+        "pod of its own (member 0, rank 0 alone, no GPU, `coordinatorRequests`) that holds no expert and "
+        "runs no GPU work, but still takes the clients' requests and plans every step; every serving member "
+        "(members 1..nodes) then recovers in place, and the coordinator's loss restarts the group (as does "
+        "any loss beyond `recovery.maxUnavailableMembers`). Engine `eep-worker` only. Fixed after creation.",
         json_schema_extra={
             "x-kubernetes-validations": [
                 {"rule": "self == oldSelf", "message": "coordinator is immutable: create a new cluster"}
@@ -443,8 +457,10 @@ class ElasticEPSpec(_Model):
     coordinator_requests: dict[str, int | str] = Field(
         default_factory=lambda: dict[str, int | str]({"cpu": "1", "memory": "2Gi"}),
         max_length=8,
-        description="With `coordinator: Dedicated`: the coordinator pod's engine container requests (and "
-        "its only resources: the template's are replaced, GPUs and RDMA devices dropped).",
+        description="With `coordinator: Dedicated`: the coordinator pod's engine container requests, and "
+        "limits alike (Guaranteed QoS); cpu and memory are required. Its only resources: the template's are "
+        "replaced, and the other containers lose their GPUs, RDMA devices and resource claims. Size cpu for "
+        "the planner and the clients' requests, which all reach this pod.",
         json_schema_extra={
             "additionalProperties": {
                 "anyOf": [{"type": "integer"}, {"type": "string"}],
@@ -455,15 +471,24 @@ class ElasticEPSpec(_Model):
                 {
                     "rule": "self.all(k, k in " + str(list(COORDINATOR_RESOURCES)) + ")",
                     "message": COORDINATOR_RESOURCES_MESSAGE,
-                }
+                },
+                {"rule": "'cpu' in self && 'memory' in self", "message": COORDINATOR_NEEDS_CPU_MEMORY},
             ],
         },
     )
     coordinator_priority_class_name: str | None = Field(
         default=None,
         max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
         description="With `coordinator: Dedicated`: the coordinator pod's priorityClassName (default: the "
         "template's). Give it one above the serving members': its preemption restarts the whole group.",
+    )
+    coordinator_node_selector: dict[str, str] | None = Field(
+        default=None,
+        max_length=32,
+        description="With `coordinator: Dedicated`: the coordinator pod's nodeSelector, in place of the "
+        "template's; its node affinity from the template is dropped too (both usually pick GPU nodes). Put "
+        "the coordinator on CPU nodes you seldom drain. Unset: the template's node selector and affinity.",
     )
 
 
@@ -752,8 +777,9 @@ class ElasticEPClusterSpec(_Model):
     nodes: int = Field(
         ge=1,
         le=MAX_MEMBERS,
-        description="Number of members (one pod each, usually one per GPU node). Fixed after creation: "
-        "a Mooncake group's world size does not change in place.",
+        description="Number of serving members (one pod each, usually one per GPU node; a dedicated "
+        "coordinator adds a pod of its own). Fixed after creation: a Mooncake group's world size does not "
+        "change in place.",
         json_schema_extra={
             "x-kubernetes-validations": [
                 {
@@ -804,8 +830,7 @@ class ElasticEPClusterSpec(_Model):
                     "rule": f"self.nodes * self.ranksPerNode + (has(self.elasticEP) && "
                     f"has(self.elasticEP.coordinator) && self.elasticEP.coordinator == 'Dedicated' ? 1 : 0) "
                     f"<= {MAX_WORLD_SIZE}",
-                    "message": f"world size (nodes x ranksPerNode, plus 1 for a dedicated coordinator) must "
-                    f"be at most {MAX_WORLD_SIZE}: Mooncake's limit on the global ranks of one group",
+                    "message": WORLD_TOO_LARGE_MESSAGE,
                 },
                 {
                     "rule": "!has(self.elasticEP) || !has(self.elasticEP.coordinator) || "
@@ -822,8 +847,7 @@ class ElasticEPClusterSpec(_Model):
                 {
                     "rule": "!has(self.recovery) || !has(self.recovery.maxUnavailableMembers) || "
                     "self.recovery.maxUnavailableMembers < self.nodes",
-                    "message": "recovery.maxUnavailableMembers must be smaller than nodes: "
-                    "at least one member has to keep serving",
+                    "message": MAX_UNAVAILABLE_MESSAGE,
                 },
                 {
                     "rule": "!has(self.recovery) || !has(self.recovery.backoffInitialSeconds) || "
@@ -862,6 +886,16 @@ class ElasticEPClusterSpec(_Model):
         return self
 
     @model_validator(mode="after")
+    def _world_and_budget_fit(self) -> ElasticEPClusterSpec:
+        """The CEL rules on the world size and `maxUnavailableMembers` above, for whoever builds the model
+        without the API server (the operator's `render`, a CI check of manifests)."""
+        if self.world_size > MAX_WORLD_SIZE:
+            raise ValueError(WORLD_TOO_LARGE_MESSAGE)
+        if self.recovery.max_unavailable_members >= self.nodes:
+            raise ValueError(MAX_UNAVAILABLE_MESSAGE)
+        return self
+
+    @model_validator(mode="after")
     def _dedicated_needs_the_reference_worker(self) -> ElasticEPClusterSpec:
         """The CEL rules on `elasticEP.coordinator: Dedicated` above (engine, nodes), for whoever builds the
         model without the API server."""
@@ -872,6 +906,8 @@ class ElasticEPClusterSpec(_Model):
         requests = self.elastic_ep.coordinator_requests
         if any(k not in COORDINATOR_RESOURCES for k in requests):
             raise ValueError(COORDINATOR_RESOURCES_MESSAGE)
+        if "cpu" not in requests or "memory" not in requests:
+            raise ValueError(COORDINATOR_NEEDS_CPU_MEMORY)
         bad = [f"{k}: {v}" for k, v in requests.items() if not re.fullmatch(QUANTITY_PATTERN, str(v))]
         if bad:
             raise ValueError(f"elasticEP.coordinatorRequests: not a quantity: {', '.join(bad)}")
@@ -1109,7 +1145,9 @@ class ElasticEPClusterStatus(_StatusModel):
         "Stalled (docs/runbook.md has a section for each).",
     )
     observed_generation: int | None = Field(default=None, ge=0, description="Spec generation last acted on.")
-    world_size: int = Field(default=0, ge=0, description="nodes x ranksPerNode.")
+    world_size: int = Field(
+        default=0, ge=0, description="nodes x ranksPerNode, plus 1 with a dedicated coordinator."
+    )
     active_rank_count: int = Field(default=0, ge=0, description="len(membership.activeRanks), for printing.")
     joining_rank_count: int = Field(
         default=0, ge=0, description="len(membership.joiningRanks), for printing (`kubectl get eep -o wide`)."

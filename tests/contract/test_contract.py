@@ -109,10 +109,7 @@ def test_there_are_enough_invalid_examples_each_with_an_expectation() -> None:
 # own PodSpec schema in `spec.template.spec` are the API server's alone (and, for the PodSpec, the offline
 # validator's: tests/contract/test_offline_validation.py), so those files are checked only there.
 CEL_ONLY = {
-    "world-too-large.yaml",
-    "dedicated-world-too-large.yaml",
     "sglang-without-model.yaml",
-    "max-unavailable-not-below-nodes.yaml",
     "backoff-max-below-initial.yaml",
     "template-bad-quantity.yaml",
     "template-container-without-name.yaml",

@@ -127,3 +127,89 @@ def test_a_dedicated_coordinator_needs_the_reference_worker() -> None:
                 "elasticEP": {"coordinator": "Dedicated"},
             }
         )
+
+
+def coordinator_pod(s: ElasticEPClusterSpec) -> dict[str, Any]:
+    return podspec.render_pod(
+        s, cluster=NAME, namespace=NS, uid=UID, index=0, join=False, epoch=1, incarnation=1
+    )
+
+
+def test_no_container_of_the_coordinator_keeps_a_device_or_a_claim() -> None:
+    """A template with a sidecar and an init container that take a GPU, an RDMA device and the pod's claim.
+    Before: only the engine container's resources were replaced while the pod's `resourceClaims` went, so
+    the sidecar kept `nvidia.com/gpu` and named a claim the pod no longer had (the API server refuses such a
+    pod: the coordinator could never be created)."""
+    devices = {
+        "requests": {"cpu": "100m", "memory": "64Mi", "nvidia.com/gpu": 1, "hugepages-2Mi": "2Mi"},
+        "limits": {"memory": "64Mi", "nvidia.com/gpu": 1, "rdma/hca": 1, "hugepages-2Mi": "2Mi"},
+        "claims": [{"name": "gpus"}],
+    }
+    s = spec()
+    wire = s.to_wire()
+    containers = wire["template"]["spec"]["containers"]
+    containers.append({"name": "sidecar", "image": "s", "resources": devices})
+    wire["template"]["spec"]["initContainers"] = [{"name": "init", "image": "i", "resources": devices}]
+    pod = coordinator_pod(ElasticEPClusterSpec.model_validate(wire))
+    host = {
+        "requests": {"cpu": "100m", "memory": "64Mi", "hugepages-2Mi": "2Mi"},
+        "limits": {"memory": "64Mi", "hugepages-2Mi": "2Mi"},
+    }
+    others = [
+        c for c in [*pod["spec"]["containers"], *pod["spec"]["initContainers"]] if c["name"] != "engine"
+    ]
+    assert [c["resources"] for c in others] == [host, host]
+    assert "resourceClaims" not in pod["spec"]
+
+
+def test_the_coordinator_goes_where_its_node_selector_says() -> None:
+    """`coordinatorNodeSelector` replaces the template's node selector and drops its node affinity for the
+    coordinator alone (tolerations stay); the serving members keep the template's."""
+    gpu_affinity = {
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["h200"]}]}
+            ]
+        }
+    }
+    wire = spec(coordinatorNodeSelector={"pool": "cpu"}).to_wire()
+    template = wire["template"]["spec"]
+    template["nodeSelector"] = {"pool": "gpu"}
+    template["affinity"]["nodeAffinity"] = gpu_affinity
+    template["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists"}]
+    s = ElasticEPClusterSpec.model_validate(wire)
+    pod = coordinator_pod(s)
+    assert pod["spec"]["nodeSelector"] == {"pool": "cpu"}
+    assert "affinity" not in pod["spec"]
+    assert pod["spec"]["tolerations"] == template["tolerations"]
+    serving = podspec.render_pod(
+        s, cluster=NAME, namespace=NS, uid=UID, index=1, join=False, epoch=1, incarnation=1
+    )
+    assert serving["spec"]["nodeSelector"] == {"pool": "gpu"}
+    assert serving["spec"]["affinity"]["nodeAffinity"] == gpu_affinity
+    unset = coordinator_pod(
+        ElasticEPClusterSpec.model_validate({**wire, "elasticEP": spec().to_wire()["elasticEP"]})
+    )
+    assert unset["spec"]["nodeSelector"] == {"pool": "gpu"}
+    assert unset["spec"]["affinity"] == {"nodeAffinity": gpu_affinity}
+
+
+@pytest.mark.parametrize(
+    ("elastic_ep", "message"),
+    [
+        ({"coordinatorRequests": {}}, "must name cpu and memory"),
+        ({"coordinatorRequests": {"cpu": "2"}}, "must name cpu and memory"),
+        ({"coordinatorPriorityClassName": "Not_A_Name!"}, "should match pattern"),
+    ],
+)
+def test_what_the_coordinator_could_not_run_with_is_refused(elastic_ep: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        spec(**elastic_ep)
+
+
+def test_the_model_refuses_a_world_above_mooncakes_limit_as_the_schema_does() -> None:
+    """Before: only the CRD's CEL rule refused it; a spec built without the API server (`render`) passed."""
+    with pytest.raises(ValidationError, match="must be at most 64"):
+        ElasticEPClusterSpec.model_validate(
+            {"image": "img", "nodes": 8, "ranksPerNode": 8, "elasticEP": {"coordinator": "Dedicated"}}
+        )

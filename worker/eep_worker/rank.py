@@ -214,7 +214,7 @@ class RankRuntime:
         path: datapath.CombinePath | None = None
         if self.serves:
             # The placement is over the serving ranks (local index = rank - first serving rank); with a
-            # dedicated coordinator every member, member 0 included, can die in place.
+            # dedicated coordinator every serving member can die in place, the first one included.
             metadata = el.build_placement(
                 m.num_layers,
                 m.num_experts,

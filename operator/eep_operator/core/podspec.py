@@ -264,8 +264,9 @@ def render_pod(
 ) -> Manifest:
     """The Pod of member `index`: `spec.template` with the operator's fields set. `join` marks a replacement
     (join flag + `elasticep.io/join` annotation); `pod_group` names the Kueue pod group of a queued cluster
-    (`core/gang.py`), with `nodes` as its size; `revision` is the spec revision it is rendered from (an
-    annotation: a lost status is rebuilt knowing which revision the running pods are of)."""
+    (`core/gang.py`), with `member_count` (`nodes`, plus a dedicated coordinator) as its size; `revision` is
+    the spec revision it is rendered from (an annotation: a lost status is rebuilt knowing which revision the
+    running pods are of)."""
     tpl = spec.template
     pod_spec: Manifest = copy.deepcopy(tpl.spec)
     containers: list[Manifest] = list(pod_spec.get("containers") or [])
@@ -309,24 +310,53 @@ def render_pod(
 
 
 def _as_coordinator(engine: Manifest, pod_spec: Manifest, spec: ElasticEPClusterSpec) -> None:
-    """A dedicated coordinator's pod (member 0, rank 0 alone), in place: it runs no GPU work, so the engine
-    container's resources are `elasticEP.coordinatorRequests` alone, as requests and limits (Guaranteed QoS:
-    its loss restarts the group; the template's GPUs and RDMA devices dropped), the pod's dynamic resource
-    claims go, and so does the template's pod anti-affinity (it spreads the serving members, one per GPU
-    node; the coordinator would take a GPU node of its own). `elasticEP.coordinatorPriorityClassName`, when
-    set, replaces the template's priority class. The rest of the template's scheduling (node selector,
-    tolerations, node affinity) stays."""
-    wanted = dict(spec.elastic_ep.coordinator_requests)
+    """A dedicated coordinator's pod (member 0, rank 0 alone), in place. It runs no GPU work:
+    - the engine container's resources are `elasticEP.coordinatorRequests` alone, as requests and limits
+      (Guaranteed QoS: its loss restarts the group);
+    - every other container (init containers too) keeps its cpu, memory, ephemeral-storage and hugepages but
+      loses its extended resources (GPUs, RDMA devices) and its resource claims, and the pod's dynamic
+      resource claims go (a container's claim must name one of the pod's);
+    - the template's pod anti-affinity goes (it spreads the serving members, one per GPU node);
+    - `elasticEP.coordinatorNodeSelector`, when set, replaces the template's node selector and drops its node
+      affinity (both usually pick GPU nodes); `coordinatorPriorityClassName`, when set, replaces the
+      template's priority class. Tolerations stay (they allow nodes, they pick none)."""
+    ep = spec.elastic_ep
+    wanted = dict(ep.coordinator_requests)
     engine["resources"] = {"requests": wanted, "limits": dict(wanted)}
     pod_spec.pop("resourceClaims", None)
+    for c in [*pod_spec.get("containers", []), *pod_spec.get("initContainers", [])]:
+        if c is not engine and isinstance(c.get("resources"), dict):
+            c["resources"] = _without_devices(c["resources"])
     affinity = pod_spec.get("affinity")
     if isinstance(affinity, dict):
         affinity.pop("podAntiAffinity", None)
+        if ep.coordinator_node_selector is not None:
+            affinity.pop("nodeAffinity", None)
         if not affinity:
             pod_spec.pop("affinity")
-    if spec.elastic_ep.coordinator_priority_class_name:
-        pod_spec["priorityClassName"] = spec.elastic_ep.coordinator_priority_class_name
+    if ep.coordinator_node_selector is not None:
+        pod_spec["nodeSelector"] = dict(ep.coordinator_node_selector)
+    if ep.coordinator_priority_class_name:
+        pod_spec["priorityClassName"] = ep.coordinator_priority_class_name
         pod_spec.pop("priority", None)
+
+
+_HOST_RESOURCES = ("cpu", "memory", "ephemeral-storage")
+"""Resources every node has; anything else (`nvidia.com/gpu`, `rdma/...`) is an extended resource."""
+
+
+def _without_devices(resources: Manifest) -> Manifest:
+    """A container's `resources` with only host resources (and hugepages) left, and no claims."""
+    out: Manifest = {}
+    for kind in ("requests", "limits"):
+        kept = {
+            k: v
+            for k, v in (resources.get(kind) or {}).items()
+            if k in _HOST_RESOURCES or k.startswith("hugepages-")
+        }
+        if kept:
+            out[kind] = kept
+    return out
 
 
 def render_service(spec: ElasticEPClusterSpec, *, cluster: str, namespace: str, uid: str) -> Manifest:
