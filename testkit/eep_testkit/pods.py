@@ -204,7 +204,8 @@ class LocalPods:
 
     def wait_ready(self, members: Sequence[int], timeout_s: float) -> float:
         """Until every listed member's pod answers /ready; returns the seconds it took. Raises AssertionError
-        at once when one of them exits, WaitTimeout when they are not ready in time (with their logs)."""
+        at once when one of them exits, WaitTimeout when they are not ready in time (with their logs and
+        member 0's, whose leader admits joiners)."""
         t0 = time.monotonic()
 
         def ready() -> bool:
@@ -218,7 +219,9 @@ class LocalPods:
             ready,
             timeout_s,
             f"members {list(members)} ready",
-            describe=lambda: "\n".join(self.pods[m].logs()[-2000:] for m in members),
+            describe=lambda: "\n".join(
+                f"--- member {m} ---\n{self.pods[m].logs()[-3000:]}" for m in sorted({0, *members})
+            ),
         )
         return time.monotonic() - t0
 

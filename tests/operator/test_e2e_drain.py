@@ -290,4 +290,6 @@ def test_a_dedicated_coordinator_is_never_evicted_while_ready(
     st = eep.status(NAME)
     assert st["groupRestarts"] == 0, describe()
     assert st["members"][0]["podUid"] == uid[0] and st["members"][0]["restarts"] == 0, describe()
-    assert [len(st["members"][i].get("evictionTimes", [])) for i in (0, 1, 2)] == [0, 1, 1], describe()
+    # (Not the serving members' eviction counts: a pod evicted without a cordon and gone before the operator
+    # looked is a deleted pod to it, PodDeleted, which the drain test above covers with cordons.)
+    assert not st["members"][0].get("evictionTimes"), describe()
