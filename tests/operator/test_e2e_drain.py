@@ -240,7 +240,7 @@ def test_a_dedicated_coordinator_is_never_evicted_while_ready(
     eviction take the coordinator: `AssertionError: the coordinator was evicted`."""
     body = cluster_manifest(NAME, eep.ns, nodes=2)
     body["spec"].setdefault("elasticEP", {}).update(
-        {"coordinator": "Dedicated", "coordinatorRequests": {"cpu": "100m"}}
+        {"coordinator": "Dedicated", "coordinatorRequests": {"cpu": "100m", "memory": "256Mi"}}
     )
     crs.engine_container(body)["env"] = [{"name": "STANDIN_JOIN_DELAY", "value": str(JOIN_DELAY_S)}]
     eep.custom.create_namespaced_custom_object(GROUP, VERSION, eep.ns, PLURAL, body)
