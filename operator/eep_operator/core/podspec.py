@@ -23,6 +23,7 @@ from typing import Any
 from eep_contract.env import FIELD_REFS, MemberEnv
 from eep_contract.v1alpha1 import (
     API_VERSION,
+    COORDINATOR_RESOURCES,
     ENGINE_CONTAINER,
     KIND,
     MANAGED_BY_VALUE,
@@ -341,18 +342,15 @@ def _as_coordinator(engine: Manifest, pod_spec: Manifest, spec: ElasticEPCluster
         pod_spec.pop("priority", None)
 
 
-_HOST_RESOURCES = ("cpu", "memory", "ephemeral-storage")
-"""Resources every node has; anything else (`nvidia.com/gpu`, `rdma/...`) is an extended resource."""
-
-
 def _without_devices(resources: Manifest) -> Manifest:
-    """A container's `resources` with only host resources (and hugepages) left, and no claims."""
+    """A container's `resources` with only what a coordinator may request (`COORDINATOR_RESOURCES`: what
+    every node has) and hugepages left, and no claims: no extended resource (`nvidia.com/gpu`, `rdma/...`)."""
     out: Manifest = {}
     for kind in ("requests", "limits"):
         kept = {
             k: v
             for k, v in (resources.get(kind) or {}).items()
-            if k in _HOST_RESOURCES or k.startswith("hugepages-")
+            if k in COORDINATOR_RESOURCES or k.startswith("hugepages-")
         }
         if kept:
             out[kind] = kept
