@@ -36,6 +36,7 @@ from eep_contract.env import DataPath
 from eep_contract.exitcodes import ExitCode
 from eep_worker import expert_location as el
 from eep_worker import protocol as P
+from eep_worker.answer import Answer, AnswerInbox, AnswerOutbox
 from eep_worker.datapath import CombinePath, DevicePath
 from eep_worker.events import LEADER_LOST, Exit, Outbox, ServingState
 from eep_worker.fence import pass_fence
@@ -51,8 +52,8 @@ if TYPE_CHECKING:
     from eep_worker.mooncake import Mooncake
 
 __all__ = [
-    "ANSWER_HEAD",
-    "ANSWER_STEP",
+    "OUT_OF_STEP_LIMIT",
+    "UNANSWERED_LIMIT",
     "PlanCodec",
     "StepExecutor",
     "StepResult",
@@ -61,15 +62,13 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-ANSWER_OK = 0
-"""The answer's first element: 1.0 when every collective of the output rank's step succeeded."""
-ANSWER_STEP = 1
-"""The answer's second element, and its last: the step it answers. Rank 0 takes an answer only when both are
-its plan's step: a broadcast that failed on one side may still land later (after the view changed, in the
-next step's buffer), and such a late or torn answer then carries another step."""
-ANSWER_HEAD = 2
-"""The answer (a dedicated coordinator's, float64 on the world group): ``[ok, step, failed mask over the world
-(world_size), output rows (max_batch_tokens x hidden), step]``; `ANSWER_HEAD` is where the mask starts."""
+OUT_OF_STEP_LIMIT = 32
+"""Plans in a row a rank could not read before it leaves (`ExitCode.STALLED`): a rank that reads only stale
+plans is out of step with the leader (docs/known-issues.md, "A dedicated coordinator's answers lagged a
+step"), and only a new incarnation of it gets back in step; a kill costs one or two unreadable plans."""
+UNANSWERED_LIMIT = 3
+"""With a dedicated coordinator: steps in a row in which rank 0 heard no answer from a live output rank
+before rank 0 leaves (`ExitCode.STALLED`); each such step waits `StepExecutor.answer_wait_s`."""
 
 
 def output_rank(live: frozenset[int], serving: range) -> int:
@@ -143,6 +142,7 @@ class StepExecutor:
         outbox: Outbox,
         exit_rank: Exit,
         path: CombinePath | None = None,
+        answers: AnswerInbox | AnswerOutbox | None = None,
     ) -> None:
         m, t, c = settings.model, settings.timeouts, settings.cluster
         self.settings, self.rank = settings, rank
@@ -204,11 +204,23 @@ class StepExecutor:
         """With a dedicated coordinator: the output rank's step succeeded (rank 0: as its answer says)."""
         self._answer_failed: frozenset[int] = frozenset()
         """With a dedicated coordinator: the global ranks the output rank's answer names as failed."""
-        self.answer = torch.zeros(ANSWER_HEAD + self.world_size + m.max_batch_tokens * m.hidden_size + 1,
-                                  dtype=torch.float64) if self.dedicated else None  # fmt: skip
-        """The answer's broadcast buffer (`ANSWER_HEAD` module doc), with a dedicated coordinator."""
+        self.answers = answers
+        """With a dedicated coordinator: rank 0's inbox, a serving rank's outbox (`answer.py`); else None."""
+        self.answer_barrier = torch.zeros(1, dtype=torch.float64)
+        """The one-element broadcast from the output rank after each answer (`_exchange_answer`)."""
+        self.poison = torch.full_like(self.zeros, float("nan"))
+        """What a rank that could not read the plan contributes to each combine: the sum is then NaN, which
+        the output rank's answer and the leader refuse, so that step is re-run, never answered."""
+        self.bad_plans = 0
+        """Plans in a row this rank could not read (`OUT_OF_STEP_LIMIT`)."""
+        self.unanswered = 0
+        """Rank 0, dedicated coordinator: steps in a row without an answer (`UNANSWERED_LIMIT`)."""
         self.stall_limit_s = max(30.0, 10 * (t.collective_timeout_s + t.reconcile_window_s))
         """A step (never a recovery) that takes longer than this has hung."""
+        self.answer_wait_s = self.stall_limit_s / 3
+        """Rank 0, dedicated coordinator: how long it waits for an answer once the output rank's broadcast
+        succeeded (the answer was sent before it; the broadcast can end early on a stale flag, module doc of
+        `answer.py`), seconds: well inside the step's stall limit."""
         self.watchdog = StepWatchdog(exit_rank)
 
     @property
@@ -267,13 +279,22 @@ class StepExecutor:
             if lost or not bool(self.world.cpu_mirror[0]):
                 # Rank 0 hosts Mooncake's coordinator as well as the leader: no view change will ever come.
                 self._exit(ExitCode.LEADER_LOST, LEADER_LOST)
-            # Keep the group in step: the same combines as a BATCH plan, contributing nothing.
+            self.bad_plans += 1
+            if self.bad_plans >= OUT_OF_STEP_LIMIT:
+                self._exit(
+                    ExitCode.STALLED,
+                    f"{self.bad_plans} plans in a row unreadable after step {self.step_no}: out of step with "
+                    "the leader",
+                )
+            # Keep the group in step: the same combines as a BATCH plan, poisoning their sums (`poison`).
             log.warning("rank %d: ignoring a bad plan after step %d: %s", self.rank, self.step_no, e)
-            for _ in range(self.settings.model.num_layers):
-                self.combine(self.zeros.clone())
+            if self.path is not None:
+                for _ in range(self.settings.model.num_layers):
+                    self.combine(self.poison.clone())
             if self.dedicated:
-                self._exchange_answer(output_rank(self.plan_live, self.settings.cluster.serving), None)
+                self._exchange_answer(output_rank(self.plan_live, self.settings.cluster.serving), None, 0)
             return StepResult(None, None)
+        self.bad_plans = 0
         self.step_no = plan.step
         self.plan_live = plan.live - plan.failed  # a FENCE's live set still names the ranks it fences
         if plan.epoch != self.epoch:
@@ -304,7 +325,9 @@ class StepExecutor:
             self.dev_plan.copy_(buf, non_blocking=self.on_gpu)
             out = self.model.forward(self.tokens, self.dispatch_map, self.combine)
         if self.dedicated:
-            out = self._exchange_answer(output_rank(plan.live, self.settings.cluster.serving), out)
+            # A follower's plan has no tokens (`protocol.decode_header`); the count is in the buffer.
+            tokens = len(plan.tokens) if sent is not None else int(array[P.COUNT])
+            out = self._exchange_answer(output_rank(plan.live, self.settings.cluster.serving), out, tokens)
         if self.tail and self.check_combines and self.all_succeeded():
             self.leave_tail()  # a whole step without a failure: no dead rank is left in the view
         return StepResult(plan, out)
@@ -406,55 +429,68 @@ class StepExecutor:
             for r in self.mc.failed_ranks(w)
         )
 
-    def _exchange_answer(self, source: int, out: torch.Tensor | None) -> torch.Tensor | None:
-        """With a dedicated coordinator, after a BATCH step: the output rank ``source`` broadcasts its
-        success, the ranks it saw fail and its output rows on the world group (`ANSWER_HEAD`); every rank
-        takes part.
-        Returns, on rank 0, the rows received (``[max_batch_tokens, hidden]``, float64, on the host; see
-        `all_succeeded` and `failed_ranks` for the rest), elsewhere ``out`` unchanged. Reads the output back
-        on the output rank (the host sync today's leader makes)."""
-        buf = self.answer
-        assert buf is not None
-        w, m = self.world_size, self.settings.model
-        if self.rank == source:
-            buf.zero_()
-            if out is None:
-                # This rank took a bad plan: it has no output. An answer of no step keeps the collectives
-                # in line, and rank 0 does not use it.
-                buf[ANSWER_STEP] = buf[-1] = -1.0
-            else:
-                buf[ANSWER_HEAD + w : -1] = out.reshape(-1).to("cpu", torch.float64)  # the read-back
-                buf[ANSWER_OK] = float(self.mc.all_succeeded(self._works))
-                if buf[ANSWER_OK] < 0.5:
-                    for r in self.failed_ranks():
-                        buf[ANSWER_HEAD + r] = 1.0
-                buf[ANSWER_STEP] = buf[-1] = float(self.step_no)
-        work = dist.broadcast(buf, src=source, group=self.world.cpu, async_op=True)
+    def _exchange_answer(self, source: int, out: torch.Tensor | None, tokens: int) -> torch.Tensor | None:
+        """With a dedicated coordinator, after a BATCH step: the output rank ``source`` sends rank 0 its
+        answer (`answer.py`: this step, its success, the ranks it saw fail, the batch's ``tokens`` output
+        rows), then every rank takes part in a one-element broadcast from it on the world group, whose
+        failure tells rank 0 that the output rank died.
+        Returns, on rank 0, the answer's rows (``[tokens, hidden]``, float32 or float64, on the host; zeros
+        when no answer of this step came, the step then untrusted; see `all_succeeded` and `failed_ranks`),
+        elsewhere ``out`` unchanged. Reads the batch's rows back on the output rank (the host sync today's
+        leader makes). Ends rank 0 (`ExitCode.STALLED`) after `UNANSWERED_LIMIT` unanswered steps in a row."""
+        if self.rank == source and isinstance(self.answers, AnswerOutbox):
+            self.answers.send(self._answer(out, tokens))
+        work = dist.broadcast(self.answer_barrier, src=source, group=self.world.cpu, async_op=True)
         assert work is not None
         work.wait()
         self._works.append(work)
         self._note(work)
         if not self.is_leader:
             return out
-        # The rows are copied before the stamps are read: a late delivery after the check changes nothing.
-        rows = buf[ANSWER_HEAD + w : -1].clone().view(m.max_batch_tokens, m.hidden_size)
-        ok, first, last = buf[ANSWER_OK].item(), buf[ANSWER_STEP].item(), buf[-1].item()
-        mine = first == last == float(self.step_no)
-        if not mine:
-            log.warning(
-                "rank %d step %d: an answer of another step (%g, %g) from rank %d: not used",
-                self.rank,
+        inbox = self.answers
+        assert isinstance(inbox, AnswerInbox), "a dedicated coordinator's rank 0 has the answer inbox"
+        none = torch.zeros(tokens, self.settings.model.hidden_size, dtype=torch.float64)
+        if not self.mc.local_success(work) and source in self.mc.failed_ranks(work):
+            self._answer_ok = False  # the output rank died: `failed_ranks` names it from this broadcast
+            return none
+        got = inbox.take(self.step_no, source, self.answer_wait_s)
+        if got is None:
+            self._answer_ok = False
+            self.unanswered += 1
+            log.error(
+                "rank 0 step %d: no answer from rank %d within %.1fs, though it lives (%d steps in a row; "
+                "its answers go to %s)",
                 self.step_no,
-                first,
-                last,
                 source,
+                self.answer_wait_s,
+                self.unanswered,
+                inbox.address,
             )
-        self._answer_ok = mine and ok >= 0.5
-        if mine and not self._answer_ok:
-            mask = buf[ANSWER_HEAD : ANSWER_HEAD + w].tolist()
-            self._answer_failed = frozenset(r for r, flag in enumerate(mask) if flag >= 0.5)
-        buf[ANSWER_STEP] = buf[-1] = -1.0  # what a broadcast that delivers nothing leaves: no step's answer
-        return rows
+            if self.unanswered >= UNANSWERED_LIMIT:
+                self._exit(
+                    ExitCode.STALLED,
+                    f"no answer reached rank 0 ({inbox.address}) from the output rank {source} in "
+                    f"{self.unanswered} steps in a row; members must reach member 0 on any port",
+                )
+            return none
+        self.unanswered = 0
+        if got.step != self.step_no:  # the output rank could not read this step's plan
+            self._answer_ok = False
+            return none
+        self._answer_ok, self._answer_failed = got.ok, got.failed
+        return got.rows
+
+    def _answer(self, out: torch.Tensor | None, tokens: int) -> Answer:
+        """The output rank's answer to this step (`out` None: it could not read the plan after `step_no`)."""
+        hidden = self.settings.model.hidden_size
+        if out is None:
+            return Answer(self.rank, -1, self.step_no, False, frozenset(), torch.zeros(0, hidden))
+        rows = out[:tokens].to("cpu")  # the read-back
+        if rows.dtype not in (torch.float32, torch.float64):
+            rows = rows.float()
+        ok = self.mc.all_succeeded(self._works) and bool(torch.isfinite(rows).all())
+        failed = frozenset() if ok else self.failed_ranks()
+        return Answer(self.rank, self.step_no, self.step_no - 1, ok, failed, rows)
 
     @contextlib.contextmanager
     def variant(self, *, ring: PlanRing | None = None, codec: PlanCodec | None = None) -> Iterator[None]:

@@ -7,10 +7,11 @@ the step executor.
 
 Trust. The leader answers a batch only from a step in which every one of ITS collectives succeeded
 (`StepExecutor.all_succeeded`, asked after the output was read back, so it adds no sync) and its CPU
-active-ranks mirror did not change. Otherwise it re-plans the same batch with the live set it then sees; the
-plan carries that live set, so every rank rebuilds the same dispatch map at the same step. When it saw ranks
-fail, the step right after is a FENCE naming them (`fence.py`). A follower whose own collectives failed does
-nothing special: its result is never used.
+active-ranks mirror did not change, and whose output rows are finite (a rank that could not read the plan
+poisons the combines with NaN: `execution.StepExecutor.poison`). Otherwise it re-plans the same batch with
+the live set it then sees; the plan carries that live set, so every rank rebuilds the same dispatch map at
+the same step. When it saw ranks fail, the step right after is a FENCE naming them (`fence.py`). A follower
+whose own collectives failed does nothing special: its result is never used.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from typing import NoReturn, Protocol
 
 import torch
 
+from eep_contract.exitcodes import ExitCode
 from eep_contract.reasons import RecoveryResult
 from eep_worker import protocol as P
 from eep_worker.admission import Admission
-from eep_worker.events import Outbox, Recovered, Response, ServingState, Untrusted
-from eep_worker.execution import StepExecutor
+from eep_worker.events import Exit, Outbox, Recovered, Response, ServingState, Untrusted
+from eep_worker.execution import OUT_OF_STEP_LIMIT, StepExecutor
 from eep_worker.metrics import MetricsSink
 from eep_worker.protocol import Request, Snapshot, StepPlan
 from eep_worker.recovery import live_ranks
@@ -65,9 +67,13 @@ class Leader:
         requests: Requests,
         sink: MetricsSink,
         outbox: Outbox,
+        exit_rank: Exit,
     ) -> None:
         self.settings, self.executor, self.admission = settings, executor, admission
         self.source, self.requests, self.sink, self.outbox = source, requests, sink, outbox
+        self._exit = exit_rank
+        self.unexplained = 0
+        """BATCH steps in a row not trusted with no rank seen failing (`OUT_OF_STEP_LIMIT`)."""
         self.world = executor.world
         self.world_size = settings.cluster.world_size
         self.pending: list[Request] = []
@@ -150,10 +156,16 @@ class Leader:
             if out is None:
                 continue
             rows = out[: len(plan.tokens)].to("cpu", torch.float64) if batch else None
-            trusted = ex.all_succeeded() and torch.equal(self.world.cpu_mirror, mirror)
+            # A non-finite row means some rank could not read the plan and poisoned the combines.
+            trusted = (
+                ex.all_succeeded()
+                and torch.equal(self.world.cpu_mirror, mirror)
+                and (rows is None or bool(torch.isfinite(rows).all()))
+            )
             if not trusted:
                 self._rerun(plan, batch)
                 continue
+            self.unexplained = 0
             if rows is None:
                 continue
             values = rows.tolist()
@@ -183,6 +195,15 @@ class Leader:
         self.sink.steps(0, rerun=1)
         self.outbox.put(Untrusted(plan.step, time.time()))
         self.pending[:0] = batch
+        self.unexplained = 0 if failed else self.unexplained + 1
+        if self.unexplained >= OUT_OF_STEP_LIMIT:
+            # Nothing in-process resets Mooncake's per-peer flags (docs/known-issues.md, "Mooncake's
+            # collectives can lag a step"): a new group does.
+            self._exit(
+                ExitCode.STALLED,
+                f"{self.unexplained} steps in a row not trusted with no rank seen failing: the group is out "
+                "of step",
+            )
         if failed:
             ex.enter_tail()  # the fence plan's broadcast, too, still includes the dead ranks
             ex.run(StepPlan(plan.epoch, ex.step_no + 1, P.Kind.FENCE, (), plan.live, failed=failed))

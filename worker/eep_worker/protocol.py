@@ -50,6 +50,8 @@ __all__ = [
 
 MAGIC = 0x45455050  # "EEPP": rejects a buffer that is not a plan
 HEADER = 9
+COUNT = 4
+"""Index of the header's token count: that many slots after the header hold the batch's tokens."""
 MAX_RANKS = 62
 """Ranks are carried as bits of one int64."""
 
@@ -182,7 +184,7 @@ def decode(values: Sequence[int], *, world_size: int, min_epoch: int, after_step
         min_epoch=min_epoch,
         after_step=after_step,
     )
-    n = int(values[4])
+    n = int(values[COUNT])
     return plan._replace(tokens=tuple(map(int, values[HEADER : HEADER + n])))
 
 

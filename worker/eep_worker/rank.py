@@ -9,6 +9,8 @@ The jobs live in their own modules; `RankRuntime.start` builds them in this orde
 - `datapath.py`: the combines' data path, probed and agreed on by every rank of a fresh group (a joiner takes
   the group's); no allowed route passing ends the rank with `ExitCode.NO_DATA_PATH`;
 - `admission.py`: a joiner's join, the survivors' RECOVER step, the leader's readiness check of joiners;
+- `answer.py` (a dedicated coordinator's world only): rank 0's answer inbox, whose address it publishes in
+  the TCPStore, and each serving rank's outbox to it;
 - `execution.py`: the step executor (plan broadcast, then the forward, the recovery or the fence) and the
   step watchdog; `fence.py`: the fence;
 - `leader.py` (rank 0 only): request batching, step planning, answers from trusted steps.
@@ -42,6 +44,7 @@ from eep_worker import expert_location as el
 from eep_worker import protocol as P
 from eep_worker.admission import Admission, registration_refused
 from eep_worker.agreement import StoreAgreement
+from eep_worker.answer import ADDRESS_KEY, AnswerInbox, AnswerOutbox
 from eep_worker.events import Exiting, Outbox, Ready
 from eep_worker.execution import StepExecutor, StepResult
 from eep_worker.groups import GroupRegistry, group_specs
@@ -239,6 +242,12 @@ class RankRuntime:
             outbox=self.events,
             exit_rank=self.exit,
         )
+        answers: AnswerInbox | AnswerOutbox | None = None
+        if c.dedicated and self.is_leader:
+            answers = AnswerInbox(s.pod_ip, hidden=m.hidden_size, max_rows=m.max_batch_tokens)
+            store.set(ADDRESS_KEY, answers.address)
+        elif c.dedicated:
+            answers = AnswerOutbox(bytes(store.get(ADDRESS_KEY)).decode())
         self.executor = StepExecutor(
             s,
             self.rank,
@@ -251,6 +260,7 @@ class RankRuntime:
             outbox=self.events,
             exit_rank=self.exit,
             path=path,
+            answers=answers,
         )
         self.executor.warm_up()
         if s.warmup_delay_s > 0:
@@ -276,6 +286,7 @@ class RankRuntime:
                 requests=self.requests,
                 sink=self.sink,
                 outbox=self.events,
+                exit_rank=self.exit,
             )
 
     def _select_data_path(self, store: Any, dtype: torch.dtype) -> datapath.Choice:
