@@ -2,7 +2,7 @@
 to its own step and nothing else, whatever order the answers arrive in, and a malformed message never stops
 it.
 
-The fault it exists for (docs/known-issues.md, "A dedicated coordinator's answers lagged a step"): on
+The fault it exists for (docs/known-issues.md, "Mooncake's collectives can lag a step"): on
 Mooncake's broadcast, after a kill, every answer rank 0 read was the previous step's, and every step was
 re-run until the joiner timed out and rank 0 exited (a clean-clone `make test` of 2026-12-01). Here the
 previous step's answer arrives first, every time, and rank 0 still takes the right one."""

@@ -2,7 +2,7 @@
 plan a rank could not read, on fakes of Mooncake (`dist.broadcast` patched): which outcomes rank 0 trusts,
 what it names failed, when a rank leaves.
 
-The faults (docs/known-issues.md, "A dedicated coordinator's answers lagged a step"): Mooncake's broadcast
+The faults (docs/known-issues.md, "Mooncake's collectives can lag a step"): Mooncake's broadcast
 can end on a flag left by the previous op, so it returns at once with old data; before the answer channel,
 rank 0 read the answer from that broadcast and, once lagging, re-ran every step forever. A follower that
 could not read the plan contributed zeros to the combines, which the output rank summed into an answer
@@ -63,15 +63,26 @@ class Registry:
 
 
 class Path:
-    """The combines: records what each rank contributed."""
+    """The combines: records what each rank contributed and its stamp; the stamps sum as on `WORLD - 1`
+    serving ranks that all stamped alike, unless `lag` is set: then the result is that of the op two
+    before (the same buffer slot, Mooncake's late flag), data and stamps."""
 
     mode = None
 
     def __init__(self) -> None:
         self.sent: list[torch.Tensor] = []
+        self.stamps: list[int] = []
+        self.results: list[tuple[torch.Tensor, float]] = []
+        self.stamp_sum: float | None = None
+        self.lag = False
 
-    def all_reduce(self, t: torch.Tensor) -> Work:
+    def all_reduce(self, t: torch.Tensor, stamp: int = 0) -> Work:
         self.sent.append(t.clone())
+        self.stamps.append(stamp)
+        result = (t * (WORLD - 1), float(stamp * (WORLD - 1)))
+        self.results.append(result)
+        data, self.stamp_sum = self.results[-3] if self.lag else result
+        t.copy_(data)
         return Work()
 
 
@@ -269,3 +280,39 @@ def test_the_leader_leaves_a_group_whose_steps_fail_with_no_rank_to_blame() -> N
     with pytest.raises(Exited) as e:
         leader._rerun(batch(1), [])
     assert e.value.args[0] == ExitCode.STALLED and "out of step" in e.value.args[1]
+
+
+def test_a_combine_that_sums_another_ops_data_poisons_the_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A serving rank runs BATCH steps; in the second, its combines return the result of the op two before
+    (as Mooncake's late flag leaves them): finite numbers, reported as a success. Their stamps give them
+    away and the rank's output is NaN, which the output rank's answer and the leader refuse."""
+    plans: list[StepPlan] = []
+
+    def broadcast(t: torch.Tensor, src: int, **_: object) -> Work:
+        if src == 0 and t.dtype == torch.int64:
+            P.encode_into(plans[-1], t.numpy())
+        return Work()
+
+    class Model:
+        def forward(self, tokens: torch.Tensor, dispatch: object, combine: Any) -> torch.Tensor:
+            hidden = torch.ones(TOKENS, HIDDEN)
+            for _ in range(LAYERS):
+                hidden = hidden + combine(torch.ones(TOKENS, HIDDEN))
+            return hidden
+
+    monkeypatch.setattr(execution.dist, "broadcast", broadcast)
+    path = Path()
+    ex = executor(2, None, path)
+    ex.dedicated = False  # the answer is not what this is about
+    ex.model = Model()  # type: ignore[assignment]
+    ex.metadata = type("Metadata", (), {"logical_to_rank_dispatch_physical_map": None})()  # type: ignore[assignment]
+    ex.dispatch_live = frozenset(range(WORLD))  # the live set of the plans: no dispatch map to rebuild
+    plans.append(batch(1))
+    _, out = ex.run(None)
+    assert out is not None and bool(torch.isfinite(out).all()) and ex.lagged == 0
+    assert path.stamps == [(1 * LAYERS + i) % execution.STAMPS + 1 for i in range(LAYERS)]
+    path.lag = True
+    plans.append(batch(2))
+    _, out = ex.run(None)
+    assert out is not None and bool(out.isnan().all()), "a lagged combine went unnoticed"
+    assert ex.lagged >= 1

@@ -9,13 +9,13 @@ Why not a Mooncake broadcast (what this replaced): Mooncake's CPU collectives en
 per-peer flag in the op's buffer slot is set, and that flag carries no sequence number (mooncake-pg,
 kvcache-ai/Mooncake at 3b5a594, `src/mooncake_worker_thread.cpp`: a sender writes the data, then sets
 `recv_sync[slot][sender] = 1`; the receiver waits for every active peer's flag and clears them all; the slot
-is `taskCount % 2`). A flag that lands after its op already ended on the receiver (a peer taken for failed
-and then heard from, a view applied mid-stream) ends the receiver's next op in that slot at once, on the old
-data, and the lag then sustains itself: each later op reads the previous one's data. Rank 0 saw exactly
-that (docs/known-issues.md, "A dedicated coordinator's answers lagged a step"). ZMQ messages are whole and
-in order per connection, and each carries its step and sender: a late answer is recognised and dropped,
-never read as the current one. Mooncake still carries a one-element broadcast from the output rank
-(`execution`), whose failure tells rank 0 that the output rank died.
+is `taskCount % 2`). A flag that lands after its op already ended on the receiver (a live peer taken for
+failed) ends the receiver's next op in that slot at once, on the old data, and the lag then sustains itself:
+each later op reads the previous one's data. Rank 0's answers lagged so (docs/known-issues.md, "Mooncake's
+collectives can lag a step"). ZMQ messages are whole and in order per connection, and each carries its step
+and sender: a late answer is recognised and dropped, never read as the current one. Mooncake still carries a
+one-element broadcast from the output rank (`execution`), whose failure tells rank 0 that the output rank
+died.
 
 Wire format: two frames. The header, UTF-8 JSON of at most `HEADER_MAX` bytes: ``{"rank": int, "step":
 int, "after": int, "ok": bool, "failed": [int], "rows": int, "hidden": int, "dtype": "float32"|"float64"}``

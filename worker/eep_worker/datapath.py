@@ -61,6 +61,7 @@ __all__ = [
     "Placement",
     "ProbeResult",
     "StagedPath",
+    "Stamped",
     "check_values",
     "pattern",
     "placement",
@@ -96,10 +97,50 @@ class CombinePath(Protocol):
         """The route in words, for logs and exit messages."""
         ...
 
-    def all_reduce(self, t: torch.Tensor) -> dist.Work:
-        """All-reduce ``t`` in place, waited as the next kernel needs it (on GPU: ordered on the current
-        stream); returns the work, for `local_success`."""
+    @property
+    def stamp_sum(self) -> float | None:
+        """The sum of the stamps of the last `all_reduce` (`Stamped`); None where the route carries none."""
         ...
+
+    def all_reduce(self, t: torch.Tensor, stamp: int = 0) -> dist.Work:
+        """All-reduce ``t`` in place, waited as the next kernel needs it (on GPU: ordered on the current
+        stream); returns the work, for `local_success`. ``stamp``: this rank's stamp of the op (`Stamped`),
+        summed beside ``t`` where the route goes through host memory."""
+        ...
+
+
+class Stamped:
+    """An all-reduce through a host buffer one element longer than the tensor: the extra element carries each
+    rank's stamp of the op, and its sum (`stamp_sum`) tells whether every rank's data in the result is of
+    this op. Why: Mooncake's CPU collectives end an op on a per-peer flag that carries no sequence number,
+    and a flag that lands late ends the next op in the same buffer slot at once, on that peer's data of the
+    earlier op (docs/known-issues.md, "Mooncake's collectives can lag a step"): the sum is then wrong and
+    the work reports a success. The check costs a host read, free where the data is on the host already.
+    Only the last chunk of a tensor Mooncake splits (over ``2**24 / group size`` bytes) carries the stamp.
+
+    The buffer holds ``numel + 1`` elements of ``dtype`` (pinned on GPU) and grows if a larger tensor
+    comes."""
+
+    def __init__(self, group: dist.ProcessGroup, *, numel: int, dtype: torch.dtype, pin: bool) -> None:
+        self.group, self.pin = group, pin
+        self.host = torch.empty(numel + 1, dtype=dtype, pin_memory=pin)
+        self.stamp_sum: float | None = None
+
+    def buffer(self, t: torch.Tensor) -> torch.Tensor:
+        """The host view ``t`` is staged in (the stamp is the element after it)."""
+        n = t.numel()
+        if n + 1 > self.host.numel() or t.dtype != self.host.dtype:
+            self.host = torch.empty(n + 1, dtype=t.dtype, pin_memory=self.pin)
+        return self.host[:n].view(t.shape)
+
+    def reduce(self, n: int, stamp: int) -> dist.Work:
+        """All-reduce the buffer's first ``n`` elements and the stamp after them; sets `stamp_sum`."""
+        self.host[n] = stamp
+        work: dist.Work | None = dist.all_reduce(self.host[: n + 1], group=self.group, async_op=True)
+        assert work is not None
+        work.wait()
+        self.stamp_sum = float(self.host[n])
+        return work
 
 
 class Agreement(Protocol):
@@ -125,8 +166,23 @@ class DevicePath:
     def __init__(self, group: dist.ProcessGroup, backend: str) -> None:
         self.group = group
         self.route = f"device route (Mooncake's collectives on the {backend} world group)"
+        self.stamped: Stamped | None = None
+        """On mooncake-cpu (host tensors) the op goes through a stamped host buffer (`Stamped`): a copy in
+        and out, the same CPU collective."""
 
-    def all_reduce(self, t: torch.Tensor) -> dist.Work:
+    @property
+    def stamp_sum(self) -> float | None:
+        return self.stamped.stamp_sum if self.stamped is not None else None
+
+    def all_reduce(self, t: torch.Tensor, stamp: int = 0) -> dist.Work:
+        if t.device.type == "cpu":
+            if self.stamped is None:
+                self.stamped = Stamped(self.group, numel=t.numel(), dtype=t.dtype, pin=False)
+            host = self.stamped.buffer(t)
+            host.copy_(t)
+            done = self.stamped.reduce(t.numel(), stamp)
+            t.copy_(host)
+            return done
         work: dist.Work | None = dist.all_reduce(t, group=self.group, async_op=True)
         assert work is not None
         work.wait()
@@ -136,9 +192,10 @@ class DevicePath:
 class StagedPath:
     """Each combine staged through one pinned host buffer and all-reduced on the CPU world group (module doc).
 
-    The buffer holds ``numel`` elements of ``dtype`` (the combine's shape) and grows if a larger tensor comes.
-    One buffer is enough: the copy back to the device and the next copy out are ordered on the same stream,
-    and the host collective writes the buffer only after the stream sync that follows the copy out."""
+    The buffer (`Stamped`: the combine's ``numel`` elements of ``dtype`` and the stamp) grows if a larger
+    tensor comes. One buffer is enough: the copy back to the device and the next copy out are ordered on the
+    same stream, and the host collective writes the buffer only after the stream sync that follows the copy
+    out."""
 
     mode = DataPath.STAGED
 
@@ -147,16 +204,17 @@ class StagedPath:
     ) -> None:
         self.group, self.device = group, device
         self.on_gpu = device.type == "cuda"
-        self.host = torch.empty(numel, dtype=dtype, pin_memory=self.on_gpu)
+        self.stamped = Stamped(group, numel=numel, dtype=dtype, pin=self.on_gpu)
         self.route = "staged route (pinned host memory, the all-reduce on the mooncake-cpu world group)"
         self.host_syncs = 0
         """Host syncs so far (one per combine on GPU; none on CPU), for benchmarks."""
 
-    def all_reduce(self, t: torch.Tensor) -> dist.Work:
-        n = t.numel()
-        if n > self.host.numel() or t.dtype != self.host.dtype:
-            self.host = torch.empty(n, dtype=t.dtype, pin_memory=self.on_gpu)
-        host = self.host[:n].view(t.shape)
+    @property
+    def stamp_sum(self) -> float | None:
+        return self.stamped.stamp_sum
+
+    def all_reduce(self, t: torch.Tensor, stamp: int = 0) -> dist.Work:
+        host = self.stamped.buffer(t)
         if self.on_gpu:
             host.copy_(t, non_blocking=True)
             # The host sync of this path, deliberately through the stream (not an event) so that
@@ -165,9 +223,7 @@ class StagedPath:
             self.host_syncs += 1
         else:
             host.copy_(t)
-        work: dist.Work | None = dist.all_reduce(host, group=self.group, async_op=True)
-        assert work is not None
-        work.wait()
+        work = self.stamped.reduce(t.numel(), stamp)
         t.copy_(host, non_blocking=self.on_gpu)
         return work
 

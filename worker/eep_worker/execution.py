@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "OUT_OF_STEP_LIMIT",
+    "STAMPS",
     "UNANSWERED_LIMIT",
     "PlanCodec",
     "StepExecutor",
@@ -64,8 +65,12 @@ __all__ = [
 log = logging.getLogger(__name__)
 OUT_OF_STEP_LIMIT = 32
 """Plans in a row a rank could not read before it leaves (`ExitCode.STALLED`): a rank that reads only stale
-plans is out of step with the leader (docs/known-issues.md, "A dedicated coordinator's answers lagged a
-step"), and only a new incarnation of it gets back in step; a kill costs one or two unreadable plans."""
+plans is out of step with the leader (docs/known-issues.md, "Mooncake's collectives can lag a step"), and
+only a new incarnation of it gets back in step; a kill costs one or two unreadable plans."""
+STAMPS = 4
+"""Distinct stamps of the combines (`datapath.Stamped`): combine ``i`` of step ``s`` is stamped
+``(s x layers + i) mod STAMPS + 1``, so ops up to three apart differ (a late flag lags an op by the group's
+two buffer slots), and 63 ranks' stamps sum to at most 252, exact even in bfloat16."""
 UNANSWERED_LIMIT = 3
 """With a dedicated coordinator: steps in a row in which rank 0 heard no answer from a live output rank
 before rank 0 leaves (`ExitCode.STALLED`); each such step waits `StepExecutor.answer_wait_s`."""
@@ -213,6 +218,13 @@ class StepExecutor:
         the output rank's answer and the leader refuse, so that step is re-run, never answered."""
         self.bad_plans = 0
         """Plans in a row this rank could not read (`OUT_OF_STEP_LIMIT`)."""
+        self.serving_ranks = frozenset(c.serving)
+        self._stamp_base: int | None = None
+        """This BATCH step's first combine stamp before the modulus (`STAMPS`); None: stamp nothing."""
+        self.contributors = 0
+        """Ranks whose stamps this step's combines should sum: the plan's live serving ranks."""
+        self.lagged = 0
+        """Combines whose stamps did not sum to this op's (`combine`), since start."""
         self.unanswered = 0
         """Rank 0, dedicated coordinator: steps in a row without an answer (`UNANSWERED_LIMIT`)."""
         self.stall_limit_s = max(30.0, 10 * (t.collective_timeout_s + t.reconcile_window_s))
@@ -288,6 +300,7 @@ class StepExecutor:
                 )
             # Keep the group in step: the same combines as a BATCH plan, poisoning their sums (`poison`).
             log.warning("rank %d: ignoring a bad plan after step %d: %s", self.rank, self.step_no, e)
+            self._stamp_base = None
             if self.path is not None:
                 for _ in range(self.settings.model.num_layers):
                     self.combine(self.poison.clone())
@@ -320,6 +333,8 @@ class StepExecutor:
             self.leave_tail()
             return StepResult(plan, None)
         self._set_live(plan.live)
+        self._stamp_base = plan.step * self.settings.model.num_layers
+        self.contributors = len(plan.live & self.serving_ranks)
         out: torch.Tensor | None = None
         if self.model is not None:
             self.dev_plan.copy_(buf, non_blocking=self.on_gpu)
@@ -356,18 +371,37 @@ class StepExecutor:
     def begin(self, work: dist.Work) -> None:
         """Start tracking a step whose first collective is ``work`` (`run` does this itself; a benchmark's
         plain step that broadcasts on its own calls it)."""
-        self._works = [work]
+        self._works, self._combines, self._stamp_base = [work], [], None
 
     def combine(self, t: torch.Tensor) -> torch.Tensor:
         """The model's combine: all-reduce (SUM) ``t`` in place through the data path chosen at start-up
         (`datapath.CombinePath`: the device world group, or staged through host memory on the CPU world
-        group), tracked for `all_succeeded`."""
+        group), tracked for `all_succeeded`. Where the route carries a stamp (`datapath.Stamped`: through
+        host memory) and the stamps did not sum to this op's, the result holds some peer's data of an earlier
+        op: ``t`` is filled with NaN, so every later combine of the step, the output and the answer are NaN
+        and the step is re-run, never answered."""
         assert self.path is not None, "a dedicated coordinator's rank 0 runs no combine"
-        work = self.path.all_reduce(t)
+        base = self._stamp_base
+        stamp = 0 if base is None else (base + len(self._combines)) % STAMPS + 1
+        work = self.path.all_reduce(t, stamp)
         self._works.append(work)
         self._combines.append(work)
         if self.check_combines:  # issue #14: after a failure, the rest of the step at the tail timeout
             self._note(work)
+        got = self.path.stamp_sum
+        if stamp and got is not None and got != stamp * self.contributors:
+            t.fill_(float("nan"))
+            self.lagged += 1
+            log.warning(
+                "rank %d step %d combine %d: stamps summed to %g, not %d x %d: the sum holds data of another "
+                "op; the step is poisoned",
+                self.rank,
+                self.step_no,
+                len(self._combines) - 1,
+                got,
+                self.contributors,
+                stamp,
+            )
         return t
 
     # ------------------------------------------------------------------ after a failure: the tail
