@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from eep_contract.env import POD_IP, POD_NAME, Coordinator, DataPath, MemberEnv, TuningEnv
+from eep_contract.exitcodes import ExitCode
 from eep_contract.wire import READY_PATH
 from eep_testkit.http_client import HTTPError, request
 from eep_testkit.ports import free_port
@@ -104,6 +105,9 @@ class LocalPods:
     "every rank active" at once, as the operator's first status does. `tuning`: knobs of the reference worker
     (`TuningEnv`); the membership source and the timeouts given here are set on top."""
 
+    JOIN_RETRIES = 2
+    """Replacements `kill_and_replace` starts again after a failed or refused join, as the operator would."""
+
     def __init__(
         self,
         workdir: Path,
@@ -134,6 +138,9 @@ class LocalPods:
         self.tuning = self.standin.sink.point(tuning)
         self.pods: dict[int, Pod] = {}
         self.incarnations: dict[int, int] = {}
+        self.retried_joins: list[str] = []
+        """Replacements replaced again after a failed or refused join (`kill_and_replace`), with their logs'
+        last lines: a test may assert there were none."""
         self.standin.publish(range(self.world))
 
     # ------------------------------------------------------------------ membership (the stand-in's)
@@ -234,8 +241,9 @@ class LocalPods:
         """One lost member and its replacement, the operator's part played by the stand-in: SIGKILL the
         member's pod and publish the others active; once `stream` has an answer from them, start a
         replacement (`--rejoin`) and publish its ranks joining; once it is ready, publish every rank active
-        and wait for an answer from all of them. Returns the replacement. Raises WaitTimeout, or
-        AssertionError when the replacement exits."""
+        and wait for an answer from all of them. A replacement that exits with `ExitCode.JOIN_FAILED` or
+        `JOIN_REFUSED` is replaced again, up to `JOIN_RETRIES` times (noted in `retried_joins`). Returns the
+        replacement. Raises WaitTimeout, or AssertionError when the replacement exits otherwise."""
         lost = self.ranks_of(member)
         everyone = list(range(self.world))
         survivors = [r for r in everyone if r not in lost]
@@ -244,7 +252,19 @@ class LocalPods:
         stream.wait_answer(lambda a: a["active_ranks"] == survivors, answer_timeout_s)
         pod = self.start(member, rejoin=True)
         self.write_membership(survivors, lost)
-        self.wait_ready([member], ready_timeout_s)
+        for _ in range(self.JOIN_RETRIES):
+            # As the operator does: a replacement whose join failed (or was refused while a dead one's
+            # registration is held) is replaced again.
+            try:
+                self.wait_ready([member], ready_timeout_s)
+                break
+            except AssertionError:
+                if pod.exited() not in (ExitCode.JOIN_FAILED, ExitCode.JOIN_REFUSED):
+                    raise
+                self.retried_joins.append(f"member {member}: {pod.logs()[-400:]}")
+                pod = self.start(member, rejoin=True)
+        else:
+            self.wait_ready([member], ready_timeout_s)
         self.write_membership(everyone, [])
         stream.wait_answer(lambda a: a["active_ranks"] == everyone, answer_timeout_s)
         return pod

@@ -75,6 +75,9 @@ ROW = bytes(4 * HIDDEN)
         ([_header(step=-2), ROW], "step"),
         ([_header(ok=1), ROW], "ok"),
         ([_header(failed=[1, "2"]), ROW], "failed"),
+        ([_header(failed=[64]), ROW], "failed"),
+        ([b"[" * 5000, ROW], "2 frames"),
+        ([b"[" * 4000, ROW], "not JSON"),
         ([_header(hidden=HIDDEN + 1), ROW], "wide"),
         ([_header(dtype="int8"), ROW], "float32 or float64"),
         ([_header(), ROW[:-1]], "bytes"),
@@ -124,11 +127,14 @@ def test_no_answer_in_time_is_none_and_a_late_one_is_dropped_later(
 def test_an_output_rank_that_could_not_read_the_plan_answers_so(
     channel: tuple[AnswerInbox, AnswerOutbox],
 ) -> None:
+    """Its word (step -1) ends rank 0's wait for any step: it is only ever sent for a plan the rank could not
+    read, so taking one for the wrong step makes that step untrusted, never wrong; and a rank that reads no
+    plan for several steps must not leave rank 0 waiting for answers that will not come."""
     inbox, outbox = channel
-    outbox.send(Answer(1, -1, 3, False, frozenset(), torch.zeros(0, HIDDEN)))  # a word about step 4: old
-    outbox.send(Answer(1, -1, 4, False, frozenset(), torch.zeros(0, HIDDEN)))
-    got = inbox.take(5, 1, timeout_s=5)
-    assert got is not None and (got.step, got.after, got.ok) == (-1, 4, False) and inbox.dropped == 1
+    outbox.send(answer(4, rank=2))
+    outbox.send(Answer(1, -1, 3, False, frozenset(), torch.zeros(0, HIDDEN)))
+    got = inbox.take(6, 1, timeout_s=5)
+    assert got is not None and (got.step, got.after, got.ok) == (-1, 3, False) and inbox.dropped == 1
 
 
 def test_a_malformed_message_never_stops_rank_0(channel: tuple[AnswerInbox, AnswerOutbox]) -> None:

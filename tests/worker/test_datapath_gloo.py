@@ -3,8 +3,8 @@
 Both paths run for real (on CPU the staged path is a copy and the same collective): the probe passes, `Auto`
 chooses the device route and `Staged` the staged one on every rank, and a combine gives the same numbers
 through either path, a non-contiguous tensor and one larger than the staging buffer included, and each
-rank's stamp of the op is summed beside the data. (Mooncake's
-own backends run the same code in `test_datapath_mooncake.py`.)
+rank's stamp of the op is summed beside the data (in every piece of a tensor larger than a Mooncake
+chunk). (Mooncake's own backends run the same code in `test_datapath_mooncake.py`.)
 """
 
 from __future__ import annotations
@@ -70,7 +70,11 @@ def _rank_main(rank: int, port: int, out_dir: str) -> None:
             path.all_reduce(wide)
             dist.all_reduce(wide_sum)
             path.all_reduce(torch.zeros(ROWS, HIDDEN), 3)  # each rank's stamp of the op: 3
-            sums[mode.value] = [x.tolist(), torch.equal(wide, wide_sum), path.stamp_sum]
+            small = path.stamp_sum
+            big = torch.arange(2 * D.PIECE_BYTES // 4 + 5, dtype=torch.float32)  # in 3 stamped pieces
+            path.all_reduce(big, 2)
+            big_ok = torch.equal(big, WORLD * torch.arange(big.numel(), dtype=torch.float32))
+            sums[mode.value] = [x.tolist(), torch.equal(wide, wide_sum), small, path.stamp_sum, big_ok]
         Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"modes": modes, "sums": sums}))
         dist.barrier()
     finally:
@@ -90,9 +94,10 @@ def test_both_paths_serve_the_same_sums_across_real_processes(tmp_path: Path) ->
     for r in results:
         assert r["modes"] == {"Auto": "Device", "Staged": "Staged"}
         for mode in ("Device", "Staged"):
-            values, wide_ok, stamp_sum = r["sums"][mode]
+            values, wide_ok, stamp_sum, big_stamp_sum, big_ok = r["sums"][mode]
             assert torch.allclose(torch.tensor(values), expected), mode
-            assert wide_ok, mode
+            assert wide_ok and big_ok, mode
             assert stamp_sum == 3 * WORLD, mode  # the stamps travel beside the data (`Stamped`)
+            assert big_stamp_sum == 2 * WORLD, mode  # every piece's stamp summed alike
     assert results[0]["sums"]["Device"][0] == results[0]["sums"]["Staged"][0]
     assert bytes(master.get(D.MODE_KEY)) == b"Staged"  # rank 0 published the (last) choice for joiners

@@ -310,9 +310,51 @@ def test_a_combine_that_sums_another_ops_data_poisons_the_step(monkeypatch: pyte
     plans.append(batch(1))
     _, out = ex.run(None)
     assert out is not None and bool(torch.isfinite(out).all()) and ex.lagged == 0
-    assert path.stamps == [(1 * LAYERS + i) % execution.STAMPS + 1 for i in range(LAYERS)]
+    assert path.stamps == [execution.stamp(1, LAYERS, i) for i in range(LAYERS)]
     path.lag = True
     plans.append(batch(2))
     _, out = ex.run(None)
     assert out is not None and bool(out.isnan().all()), "a lagged combine went unnoticed"
     assert ex.lagged >= 1
+
+
+@pytest.mark.parametrize("layers", range(1, 10))
+def test_stamps_tell_apart_near_ops_and_the_same_combine_of_consecutive_steps(layers: int) -> None:
+    """A late flag gives a rank the data of the op two before in its group (ops here: the combines of
+    consecutive steps, and in the world group one plan broadcast more per step); a rank a step behind sums
+    combine i of the step before. Neither may carry the stamp of the op it stands in for."""
+    for per_step in (layers, layers + 1):  # the serving group; the world group with the plan broadcast
+        ops = [(s, i) for s in range(1, 9) for i in range(per_step)]
+        marks = [execution.stamp(s, layers, i) if i < layers else None for s, i in ops]
+        for k in range(len(ops)):
+            for back in (1, 2):  # a late flag: the op two before (the group's other buffer slot is one)
+                if k >= back and marks[k] is not None and marks[k - back] is not None:
+                    assert marks[k] != marks[k - back], (layers, per_step, ops[k], back)
+    for s in range(1, 9):
+        for i in range(layers):
+            assert execution.stamp(s, layers, i) != execution.stamp(s - 1, layers, i)
+
+
+def test_a_rank_that_reads_each_plan_a_step_late_refuses_them_and_leaves(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A lagging plan broadcast: this rank reads plan 1 at step 2, plan 2 at step 3, and so on. Each is a
+    valid plan of a step it has not run; it must refuse them (running them would add last step's batch to
+    this step's sums) until it leaves."""
+    plans: list[StepPlan] = []
+
+    def broadcast(t: torch.Tensor, src: int, **_: object) -> Work:
+        if src == 0 and t.dtype == torch.int64:
+            P.encode_into(plans[-2] if len(plans) > 1 else plans[-1], t.numpy())
+        return Work()
+
+    monkeypatch.setattr(execution.dist, "broadcast", broadcast)
+    path = Path()
+    ex = executor(2, None, path)
+    ex.dedicated = False
+    with pytest.raises(Exited) as e:
+        for step in range(1, OUT_OF_STEP_LIMIT + 3):
+            plans.append(batch(step))
+            plan, _ = ex.run(None)
+            assert plan is None or plan.step == 1, f"ran plan {plan.step} at step {step}"
+    assert e.value.args[0] == ExitCode.STALLED and "out of step" in e.value.args[1]

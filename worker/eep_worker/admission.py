@@ -113,8 +113,8 @@ class Admission:
     def join(self, placement_cpu: el.ExpertLocationMetadata) -> Joined:
         """A joiner: publish its pod's address, block in `join_group` on every group until the survivors
         admit it, pass the admission barrier, receive the metadata. Ends the rank with
-        `ExitCode.JOIN_FAILED` when that takes longer than the join timeout or the received placement is not
-        ``placement_cpu``'s (the shard this rank built)."""
+        `ExitCode.JOIN_FAILED` when that takes longer than the join timeout, what it received is not metadata,
+        or the received placement is not ``placement_cpu``'s (the shard this rank built)."""
         self.outbox.put(Joining(self.rank))
         self.store.set(f"eep/joiner/{self.rank}", f"{self.settings.pod_ip}:{self.settings.http_port}")
         join(
@@ -126,7 +126,12 @@ class Admission:
         )
         epoch, _, everyone = bytes(self.store.get(f"eep/admit/{self.rank}")).decode().partition(":")
         self._admitted(int(epoch), int(everyone), ExitCode.JOIN_FAILED)
-        received, control = exchange_metadata(self.registry, None, None, sink=self.sink)
+        try:
+            received, control = exchange_metadata(self.registry, None, None, sink=self.sink)
+        except ValueError as e:
+            # What a Mooncake broadcast that ended early on a stale flag delivers (docs/known-issues.md,
+            # "Mooncake's collectives can lag a step"); the operator replaces this joiner again.
+            self._exit(ExitCode.JOIN_FAILED, f"received no expert-location metadata: {e}")
         if not torch.equal(received.physical_to_logical_map.cpu(), placement_cpu.physical_to_logical_map):
             self._exit(ExitCode.JOIN_FAILED, "received expert placement differs from this rank's shard")
         return Joined(received, control)

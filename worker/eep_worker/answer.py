@@ -51,6 +51,8 @@ ADDRESS_KEY = "eep/answer-address"
 """TCPStore key: ``tcp://host:port`` of rank 0's `AnswerInbox`."""
 HEADER_MAX = 4096
 """Bytes a header may take (a world of 64 ranks named failed fits easily)."""
+MAX_RANKS = 64
+"""Mooncake's limit on one group's ranks: a failed rank outside [0, MAX_RANKS) is not one."""
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -76,9 +78,9 @@ class Answer:
     """``[tokens, hidden]`` output rows of the batch (float32 or float64, on the host)."""
 
     def answers(self, step: int, source: int) -> bool:
-        """Whether this is ``source``'s answer to ``step``: its result, or its word that it could not read
-        that step's plan (it ran the step before it)."""
-        return self.rank == source and (self.step == step or (self.step == -1 and self.after == step - 1))
+        """Whether this is ``source``'s answer to ``step``: its result, or its word that it could not read a
+        plan (only ever sent for a plan it could not read, so one makes this step untrusted, never wrong)."""
+        return self.rank == source and self.step in (step, -1)
 
 
 def encode(answer: Answer) -> list[bytes]:
@@ -114,7 +116,7 @@ def decode(frames: list[bytes], hidden: int) -> Answer:
         raise AnswerError(f"expected 2 frames with a header of at most {HEADER_MAX} bytes")
     try:
         header = json.loads(frames[0])
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise AnswerError("header is not JSON") from e
     if not isinstance(header, dict):
         raise AnswerError("header must be a JSON object")
@@ -124,9 +126,9 @@ def decode(frames: list[bytes], hidden: int) -> Answer:
     if not isinstance(ok, bool):
         raise AnswerError("ok must be a boolean")
     if not isinstance(failed, list) or not all(
-        isinstance(r, int) and not isinstance(r, bool) for r in failed
+        isinstance(r, int) and not isinstance(r, bool) and 0 <= r < MAX_RANKS for r in failed
     ):
-        raise AnswerError("failed must be a list of integers")
+        raise AnswerError(f"failed must be a list of ranks in [0, {MAX_RANKS})")
     if width != hidden or name not in _DTYPES:
         raise AnswerError(f"rows must be {hidden} wide, float32 or float64; got {width} {str(name)[:16]!r}")
     dtype = _DTYPES[name]
@@ -140,11 +142,16 @@ def decode(frames: list[bytes], hidden: int) -> Answer:
 class AnswerInbox:
     """Rank 0's end: a PULL socket bound to a free port of ``host``. `close()` frees the port."""
 
+    QUEUE = 16
+    """Messages rank 0 queues before ZMQ holds back the senders (bounds its memory: each is at most
+    ``max_rows x hidden x 8`` bytes)."""
+
     def __init__(self, host: str, *, hidden: int, max_rows: int) -> None:
         self.hidden = hidden
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.PULL)
         self._sock.setsockopt(zmq.MAXMSGSIZE, max(HEADER_MAX, max_rows * hidden * 8))
+        self._sock.setsockopt(zmq.RCVHWM, self.QUEUE)
         self._sock.setsockopt(zmq.LINGER, 0)
         self.address = f"tcp://{host}:{self._sock.bind_to_random_port(f'tcp://{host}')}"
         """``tcp://host:port`` the output ranks connect to (published as `ADDRESS_KEY`)."""

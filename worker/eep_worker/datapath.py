@@ -53,6 +53,7 @@ from eep_contract.env import DataPath
 __all__ = [
     "MODE_KEY",
     "NODE_KEY",
+    "PIECE_BYTES",
     "PROBE_REPEATS",
     "Choice",
     "CombinePath",
@@ -109,21 +110,32 @@ class CombinePath(Protocol):
         ...
 
 
-class Stamped:
-    """An all-reduce through a host buffer one element longer than the tensor: the extra element carries each
-    rank's stamp of the op, and its sum (`stamp_sum`) tells whether every rank's data in the result is of
-    this op. Why: Mooncake's CPU collectives end an op on a per-peer flag that carries no sequence number,
-    and a flag that lands late ends the next op in the same buffer slot at once, on that peer's data of the
-    earlier op (docs/known-issues.md, "Mooncake's collectives can lag a step"): the sum is then wrong and
-    the work reports a success. The check costs a host read, free where the data is on the host already.
-    Only the last chunk of a tensor Mooncake splits (over ``2**24 / group size`` bytes) carries the stamp.
+PIECE_BYTES = ((1 << 24) - 1) // 64 & ~7
+"""Bytes of the largest all-reduce Mooncake does not split: its chunk, ``(kBufferSize - 1) / maxGroupSize``
+rounded down to 8 (mooncake-pg at 3b5a594: `kBufferSize = 1 << 24` in `include/mooncake_worker.cuh`, the
+chunking in `src/mooncake_worker_host.cpp` ~181), taken for the largest group (64 ranks, the backend's
+`MOONCAKE_PG_MAX_RANKS`) so that it holds whatever size a group was created with."""
 
-    The buffer holds ``numel + 1`` elements of ``dtype`` (pinned on GPU) and grows if a larger tensor
-    comes."""
+
+class Stamped:
+    """An all-reduce through host memory in which each op carries one more element: each rank's stamp of the
+    op, whose sum (`stamp_sum`) tells whether every rank's data in the result is of this op. Why: Mooncake's
+    CPU collectives end an op on a per-peer flag that carries no sequence number, and a flag that lands late
+    ends the next op in the same buffer slot at once, on that peer's data of the earlier op
+    (docs/known-issues.md, "Mooncake's collectives can lag a step"): the sum is then wrong and the work
+    reports a success. The check costs a host read, free where the data is on the host already. A tensor
+    larger than one Mooncake chunk (`PIECE_BYTES` with its stamp) goes in several all-reduces of at most a
+    chunk each, each stamped: Mooncake would otherwise split it itself, and only its last chunk would carry
+    the stamp.
+
+    The buffer holds ``numel`` elements of ``dtype`` and a stamp (pinned on GPU) and grows if a larger
+    tensor comes."""
 
     def __init__(self, group: dist.ProcessGroup, *, numel: int, dtype: torch.dtype, pin: bool) -> None:
         self.group, self.pin = group, pin
         self.host = torch.empty(numel + 1, dtype=dtype, pin_memory=pin)
+        self.piece = torch.empty(0, dtype=dtype)
+        """Where one piece of a tensor larger than a chunk is reduced with its stamp."""
         self.stamp_sum: float | None = None
 
     def buffer(self, t: torch.Tensor) -> torch.Tensor:
@@ -134,12 +146,33 @@ class Stamped:
         return self.host[:n].view(t.shape)
 
     def reduce(self, n: int, stamp: int) -> dist.Work:
-        """All-reduce the buffer's first ``n`` elements and the stamp after them; sets `stamp_sum`."""
-        self.host[n] = stamp
-        work: dist.Work | None = dist.all_reduce(self.host[: n + 1], group=self.group, async_op=True)
+        """All-reduce the buffer's first ``n`` elements with the stamp; sets `stamp_sum` (NaN when the pieces
+        of a larger tensor disagree: a piece that lost a peer's part disagrees too). Returns the last piece's
+        work."""
+        per = PIECE_BYTES // self.host.element_size() - 1
+        if n <= per:
+            self.host[n] = stamp
+            work = self._all_reduce(self.host[: n + 1])
+            self.stamp_sum = float(self.host[n])
+            return work
+        if self.piece.numel() < per + 1 or self.piece.dtype != self.host.dtype:
+            self.piece = torch.empty(per + 1, dtype=self.host.dtype)
+        sums: set[float] = set()
+        for start in range(0, n, per):
+            m = min(per, n - start)
+            piece = self.piece[: m + 1]
+            piece[:m] = self.host[start : start + m]
+            piece[m] = stamp
+            work = self._all_reduce(piece)
+            self.host[start : start + m] = piece[:m]
+            sums.add(float(piece[m]))
+        self.stamp_sum = sums.pop() if len(sums) == 1 else float("nan")
+        return work
+
+    def _all_reduce(self, x: torch.Tensor) -> dist.Work:
+        work: dist.Work | None = dist.all_reduce(x, group=self.group, async_op=True)
         assert work is not None
         work.wait()
-        self.stamp_sum = float(self.host[n])
         return work
 
 

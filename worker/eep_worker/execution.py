@@ -60,6 +60,7 @@ __all__ = [
     "StepResult",
     "StepWatchdog",
     "output_rank",
+    "stamp",
 ]
 
 log = logging.getLogger(__name__)
@@ -69,11 +70,19 @@ plans is out of step with the leader (docs/known-issues.md, "Mooncake's collecti
 only a new incarnation of it gets back in step; a kill costs one or two unreadable plans."""
 STAMPS = 4
 """Distinct stamps of the combines (`datapath.Stamped`): combine ``i`` of step ``s`` is stamped
-``(s x layers + i) mod STAMPS + 1``, so ops up to three apart differ (a late flag lags an op by the group's
-two buffer slots), and 63 ranks' stamps sum to at most 252, exact even in bfloat16."""
+``(s x (layers | 1) + i) mod STAMPS + 1`` (`stamp`), so ops one or two apart differ (a late flag gives the
+data of the op two before: the group has two buffer slots), and so does combine ``i`` of two consecutive
+steps (an odd stride: a rank a step behind the others); 63 ranks' stamps sum to at most 252, exact even in
+bfloat16."""
 UNANSWERED_LIMIT = 3
 """With a dedicated coordinator: steps in a row in which rank 0 heard no answer from a live output rank
 before rank 0 leaves (`ExitCode.STALLED`); each such step waits `StepExecutor.answer_wait_s`."""
+
+
+def stamp(step: int, layers: int, combine: int) -> int:
+    """The stamp of combine ``combine`` (0-based) of step ``step`` in a model of ``layers`` layers, in
+    ``1..STAMPS`` (`STAMPS`)."""
+    return (step * (layers | 1) + combine) % STAMPS + 1
 
 
 def output_rank(live: frozenset[int], serving: range) -> int:
@@ -86,7 +95,7 @@ class StepResult(NamedTuple):
     """What one step gave this rank (a named tuple: built on every step's critical path)."""
 
     plan: StepPlan | None
-    """The plan executed; None when the received one was bad (this rank then contributed zeros)."""
+    """The plan executed; None when the received one was bad (this rank then contributed NaN)."""
     output: torch.Tensor | None
     """BATCH: the output rows ``[max_batch_tokens, hidden]`` on this rank's device, not read back (the first
     ``len(plan.tokens)`` rows are the batch's). None for RECOVER, FENCE and a bad plan."""
@@ -219,12 +228,14 @@ class StepExecutor:
         self.bad_plans = 0
         """Plans in a row this rank could not read (`OUT_OF_STEP_LIMIT`)."""
         self.serving_ranks = frozenset(c.serving)
-        self._stamp_base: int | None = None
-        """This BATCH step's first combine stamp before the modulus (`STAMPS`); None: stamp nothing."""
+        self._stamp_step: int | None = None
+        """The BATCH step whose combines are stamped (`stamp`); None: stamp nothing."""
         self.contributors = 0
         """Ranks whose stamps this step's combines should sum: the plan's live serving ranks."""
         self.lagged = 0
         """Combines whose stamps did not sum to this op's (`combine`), since start."""
+        self._step_lagged = False
+        """A combine of this step summed another op's data: the step failed here (`all_succeeded`)."""
         self.unanswered = 0
         """Rank 0, dedicated coordinator: steps in a row without an answer (`UNANSWERED_LIMIT`)."""
         self.stall_limit_s = max(30.0, 10 * (t.collective_timeout_s + t.reconcile_window_s))
@@ -266,7 +277,7 @@ class StepExecutor:
         if sent is not None:
             self.codec.encode_into(sent, array)
         self._works, self._combines = [], []
-        self._answer_ok, self._answer_failed = True, frozenset()
+        self._answer_ok, self._answer_failed, self._step_lagged = True, frozenset(), False
         work = dist.broadcast(buf, src=0, group=self.world.cpu, async_op=True)
         assert work is not None
         work.wait()
@@ -300,12 +311,15 @@ class StepExecutor:
                 )
             # Keep the group in step: the same combines as a BATCH plan, poisoning their sums (`poison`).
             log.warning("rank %d: ignoring a bad plan after step %d: %s", self.rank, self.step_no, e)
-            self._stamp_base = None
+            self._stamp_step = None
             if self.path is not None:
                 for _ in range(self.settings.model.num_layers):
                     self.combine(self.poison.clone())
             if self.dedicated:
                 self._exchange_answer(output_rank(self.plan_live, self.settings.cluster.serving), None, 0)
+            # The leader ran a step here all the same: a plan not after it is one read late (a lagging
+            # broadcast), which would add an earlier batch to this step's sums.
+            self.step_no += 1
             return StepResult(None, None)
         self.bad_plans = 0
         self.step_no = plan.step
@@ -333,7 +347,7 @@ class StepExecutor:
             self.leave_tail()
             return StepResult(plan, None)
         self._set_live(plan.live)
-        self._stamp_base = plan.step * self.settings.model.num_layers
+        self._stamp_step = plan.step
         self.contributors = len(plan.live & self.serving_ranks)
         out: torch.Tensor | None = None
         if self.model is not None:
@@ -371,7 +385,7 @@ class StepExecutor:
     def begin(self, work: dist.Work) -> None:
         """Start tracking a step whose first collective is ``work`` (`run` does this itself; a benchmark's
         plain step that broadcasts on its own calls it)."""
-        self._works, self._combines, self._stamp_base = [work], [], None
+        self._works, self._combines, self._stamp_step = [work], [], None
 
     def combine(self, t: torch.Tensor) -> torch.Tensor:
         """The model's combine: all-reduce (SUM) ``t`` in place through the data path chosen at start-up
@@ -381,17 +395,18 @@ class StepExecutor:
         op: ``t`` is filled with NaN, so every later combine of the step, the output and the answer are NaN
         and the step is re-run, never answered."""
         assert self.path is not None, "a dedicated coordinator's rank 0 runs no combine"
-        base = self._stamp_base
-        stamp = 0 if base is None else (base + len(self._combines)) % STAMPS + 1
-        work = self.path.all_reduce(t, stamp)
+        step = self._stamp_step
+        mark = 0 if step is None else stamp(step, self.settings.model.num_layers, len(self._combines))
+        work = self.path.all_reduce(t, mark)
         self._works.append(work)
         self._combines.append(work)
         if self.check_combines:  # issue #14: after a failure, the rest of the step at the tail timeout
             self._note(work)
         got = self.path.stamp_sum
-        if stamp and got is not None and got != stamp * self.contributors:
+        if mark and got is not None and got != mark * self.contributors:
             t.fill_(float("nan"))
             self.lagged += 1
+            self._step_lagged = True
             log.warning(
                 "rank %d step %d combine %d: stamps summed to %g, not %d x %d: the sum holds data of another "
                 "op; the step is poisoned",
@@ -400,7 +415,7 @@ class StepExecutor:
                 len(self._combines) - 1,
                 got,
                 self.contributors,
-                stamp,
+                mark,
             )
         return t
 
@@ -449,7 +464,7 @@ class StepExecutor:
         """Whether every collective of this step succeeded here (on a dedicated coordinator's rank 0: its
         broadcasts, and the output rank's step as its answer says). On GPU call it only after the step's
         output was read back (the works are complete then; asking earlier could wait on the device)."""
-        return self._answer_ok and self.mc.all_succeeded(self._works)
+        return self._answer_ok and not self._step_lagged and self.mc.all_succeeded(self._works)
 
     def failed_ranks(self) -> frozenset[int]:
         """Global ranks this rank saw fail in this step's collectives (the world group's local ranks are the
@@ -511,6 +526,12 @@ class StepExecutor:
         if got.step != self.step_no:  # the output rank could not read this step's plan
             self._answer_ok = False
             return none
+        if got.rows.shape[0] != tokens:
+            log.error(
+                "rank 0 step %d: an answer of %d rows for %d tokens", self.step_no, got.rows.shape[0], tokens
+            )
+            self._answer_ok = False
+            return none
         self._answer_ok, self._answer_failed = got.ok, got.failed
         return got.rows
 
@@ -522,7 +543,7 @@ class StepExecutor:
         rows = out[:tokens].to("cpu")  # the read-back
         if rows.dtype not in (torch.float32, torch.float64):
             rows = rows.float()
-        ok = self.mc.all_succeeded(self._works) and bool(torch.isfinite(rows).all())
+        ok = self.all_succeeded() and bool(torch.isfinite(rows).all())
         failed = frozenset() if ok else self.failed_ranks()
         return Answer(self.rank, self.step_no, self.step_no - 1, ok, failed, rows)
 

@@ -12,8 +12,8 @@ Fixed sequence per step, on every rank whatever it saw: one plan broadcast, then
 combine all-reduce per model layer over ``max_batch`` padded token rows; for a `RECOVER` plan, the recovery
 sequence (`recovery.recover_survivor`); for a `FENCE` plan, no collective at all until Mooncake's new view
 (without the `failed` ranks) has arrived on this rank. Shapes never depend on data, so a rank that received a
-bad plan still issues the same collectives as the others (it contributes zeros) and the group never goes out
-of step.
+bad plan issues the collectives of a `BATCH` plan, contributing NaN so that the step is re-run, never answered
+(`execution.StepExecutor.poison`); it stays in step only when the plan it could not read was a BATCH plan.
 
 Plan vector (int64):
 ``[MAGIC, epoch, step, kind, n_tokens, live_mask, joining_mask, source, failed_mask, tokens...]``.
