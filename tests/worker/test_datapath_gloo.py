@@ -71,7 +71,10 @@ def _rank_main(rank: int, port: int, out_dir: str) -> None:
             dist.all_reduce(wide_sum)
             path.all_reduce(torch.zeros(ROWS, HIDDEN), 3)  # each rank's stamp of the op: 3
             small = path.stamp_sum
-            big = torch.arange(2 * D.PIECE_BYTES // 4 + 5, dtype=torch.float32)  # in 3 stamped pieces
+            stamped = path.stamped
+            assert stamped is not None and stamped.piece_bytes == D.piece_bytes(WORLD)
+            stamped.piece_bytes = 4096  # as on a large group: a tensor of 1024 floats or more is split
+            big = torch.arange(2 * 1024 + 5, dtype=torch.float32)  # in 3 stamped pieces
             path.all_reduce(big, 2)
             big_ok = torch.equal(big, WORLD * torch.arange(big.numel(), dtype=torch.float32))
             sums[mode.value] = [x.tolist(), torch.equal(wide, wide_sum), small, path.stamp_sum, big_ok]

@@ -53,7 +53,6 @@ from eep_contract.env import DataPath
 __all__ = [
     "MODE_KEY",
     "NODE_KEY",
-    "PIECE_BYTES",
     "PROBE_REPEATS",
     "Choice",
     "CombinePath",
@@ -65,6 +64,7 @@ __all__ = [
     "Stamped",
     "check_values",
     "pattern",
+    "piece_bytes",
     "placement",
     "probe",
     "probe_order",
@@ -110,11 +110,12 @@ class CombinePath(Protocol):
         ...
 
 
-PIECE_BYTES = ((1 << 24) - 1) // 64 & ~7
-"""Bytes of the largest all-reduce Mooncake does not split: its chunk, ``(kBufferSize - 1) / maxGroupSize``
-rounded down to 8 (mooncake-pg at 3b5a594: `kBufferSize = 1 << 24` in `include/mooncake_worker.cuh`, the
-chunking in `src/mooncake_worker_host.cpp` ~181), taken for the largest group (64 ranks, the backend's
-`MOONCAKE_PG_MAX_RANKS`) so that it holds whatever size a group was created with."""
+def piece_bytes(group_size: int) -> int:
+    """Bytes of the largest all-reduce Mooncake does not split on a group of ``group_size`` ranks: its chunk,
+    ``(kBufferSize - 1) / maxGroupSize`` rounded down to 8 (mooncake-pg at 3b5a594: `kBufferSize = 1 << 24`
+    in `include/mooncake_worker.cuh`, the chunking in `src/mooncake_worker_host.cpp` ~181), with the
+    group's size for its `maxGroupSize` (the size the worker creates it with)."""
+    return ((1 << 24) - 1) // max(1, group_size) & ~7
 
 
 class Stamped:
@@ -124,7 +125,7 @@ class Stamped:
     ends the next op in the same buffer slot at once, on that peer's data of the earlier op
     (docs/known-issues.md, "Mooncake's collectives can lag a step"): the sum is then wrong and the work
     reports a success. The check costs a host read, free where the data is on the host already. A tensor
-    larger than one Mooncake chunk (`PIECE_BYTES` with its stamp) goes in several all-reduces of at most a
+    larger than one Mooncake chunk (`piece_bytes` with its stamp) goes in several all-reduces of at most a
     chunk each, each stamped: Mooncake would otherwise split it itself, and only its last chunk would carry
     the stamp.
 
@@ -134,6 +135,8 @@ class Stamped:
     def __init__(self, group: dist.ProcessGroup, *, numel: int, dtype: torch.dtype, pin: bool) -> None:
         self.group, self.pin = group, pin
         self.host = torch.empty(numel + 1, dtype=dtype, pin_memory=pin)
+        self.piece_bytes = piece_bytes(group.size())
+        """The largest all-reduce this makes, stamp included (`piece_bytes`)."""
         self.piece = torch.empty(0, dtype=dtype)
         """Where one piece of a tensor larger than a chunk is reduced with its stamp."""
         self.stamp_sum: float | None = None
@@ -149,7 +152,7 @@ class Stamped:
         """All-reduce the buffer's first ``n`` elements with the stamp; sets `stamp_sum` (NaN when the pieces
         of a larger tensor disagree: a piece that lost a peer's part disagrees too). Returns the last piece's
         work."""
-        per = PIECE_BYTES // self.host.element_size() - 1
+        per = self.piece_bytes // self.host.element_size() - 1
         if n <= per:
             self.host[n] = stamp
             work = self._all_reduce(self.host[: n + 1])
