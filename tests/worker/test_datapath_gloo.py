@@ -71,8 +71,10 @@ def _rank_main(rank: int, port: int, out_dir: str) -> None:
             dist.all_reduce(wide_sum)
             path.all_reduce(torch.zeros(ROWS, HIDDEN), 3)  # each rank's stamp of the op: 3
             small = path.stamp_sum
-            stamped = path.stamped
-            assert stamped is not None and stamped.piece_bytes == D.piece_bytes(WORLD)
+            staged = path.on_host if isinstance(path, D.DevicePath) else path  # host tensors: staged alike
+            assert isinstance(staged, D.StagedPath)
+            stamped = staged.stamped
+            assert stamped.piece_bytes == D.piece_bytes(WORLD)
             stamped.piece_bytes = 4096  # as on a large group: a tensor of 1024 floats or more is split
             big = torch.arange(2 * 1024 + 5, dtype=torch.float32)  # in 3 stamped pieces
             path.all_reduce(big, 2)

@@ -202,23 +202,19 @@ class DevicePath:
     def __init__(self, group: dist.ProcessGroup, backend: str) -> None:
         self.group = group
         self.route = f"device route (Mooncake's collectives on the {backend} world group)"
-        self.stamped: Stamped | None = None
-        """On mooncake-cpu (host tensors) the op goes through a stamped host buffer (`Stamped`): a copy in
-        and out, the same CPU collective."""
+        self.on_host: StagedPath | None = None
+        """On mooncake-cpu (host tensors) the op is the staged one (`StagedPath` on the CPU: a copy in and out
+        of its stamped buffer, the same CPU collective)."""
 
     @property
     def stamp_sum(self) -> float | None:
-        return self.stamped.stamp_sum if self.stamped is not None else None
+        return self.on_host.stamp_sum if self.on_host is not None else None
 
     def all_reduce(self, t: torch.Tensor, stamp: int = 0) -> dist.Work:
         if t.device.type == "cpu":
-            if self.stamped is None:
-                self.stamped = Stamped(self.group, numel=t.numel(), dtype=t.dtype, pin=False)
-            host = self.stamped.buffer(t)
-            host.copy_(t)
-            done = self.stamped.reduce(t.numel(), stamp)
-            t.copy_(host)
-            return done
+            if self.on_host is None:
+                self.on_host = StagedPath(self.group, t.device, numel=t.numel(), dtype=t.dtype)
+            return self.on_host.all_reduce(t, stamp)
         work: dist.Work | None = dist.all_reduce(t, group=self.group, async_op=True)
         assert work is not None
         work.wait()

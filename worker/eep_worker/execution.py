@@ -205,12 +205,6 @@ class StepExecutor:
         # model reads the tokens through a view made once (cheaper on the host than a slice copy per step).
         self.dev_plan = torch.zeros(width, dtype=torch.int64, device=self.device)
         self.tokens = self.dev_plan[P.HEADER :]
-        self.zeros = torch.zeros(
-            m.max_batch_tokens,
-            m.hidden_size,
-            dtype=model.config.dtype if model is not None else torch.float32,
-            device=self.device,
-        )
         self._works: list[dist.Work] = []
         self._combines: list[dist.Work] = []
         """This step's combines, on the serving group (local ranks shifted by `offset`)."""
@@ -222,7 +216,12 @@ class StepExecutor:
         """With a dedicated coordinator: rank 0's inbox, a serving rank's outbox (`answer.py`); else None."""
         self.answer_barrier = torch.zeros(1, dtype=torch.float64)
         """The one-element broadcast from the output rank after each answer (`_exchange_answer`)."""
-        self.poison = torch.full_like(self.zeros, float("nan"))
+        self.poison = torch.full(
+            (m.max_batch_tokens, m.hidden_size),
+            float("nan"),
+            dtype=model.config.dtype if model is not None else torch.float32,
+            device=self.device,
+        )
         """What a rank that could not read the plan contributes to each combine: the sum is then NaN, which
         the output rank's answer and the leader refuse, so that step is re-run, never answered."""
         self.bad_plans = 0
@@ -312,9 +311,8 @@ class StepExecutor:
             # Keep the group in step: the same combines as a BATCH plan, poisoning their sums (`poison`).
             log.warning("rank %d: ignoring a bad plan after step %d: %s", self.rank, self.step_no, e)
             self._stamp_step = None
-            if self.path is not None:
-                for _ in range(self.settings.model.num_layers):
-                    self.combine(self.poison.clone())
+            for _ in range(self.settings.model.num_layers):
+                self.combine(self.poison.clone())
             if self.dedicated:
                 self._exchange_answer(output_rank(self.plan_live, self.settings.cluster.serving), None, 0)
             # The leader ran a step here all the same: a plan not after it is one read late (a lagging
